@@ -1,0 +1,24 @@
+//! Compiles the etcd v3 API in `proto/` with the vendored protoc, so the build needs no system package.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let protoc = protoc_bin_vendored::protoc_bin_path()?;
+    // SAFETY of set_var: build scripts are single-threaded.
+    std::env::set_var("PROTOC", protoc);
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    let files = [
+        "mvccpb/kv.proto",
+        "authpb/auth.proto",
+        "etcdserverpb/rpc.proto",
+        "v3electionpb/v3election.proto",
+        "v3lockpb/v3lock.proto",
+        "tandempb/peer.proto",
+    ]
+    .map(|f| root.join(f));
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .bytes(".")
+        .compile_protos(&files, &[root.clone()])?;
+    println!("cargo:rerun-if-changed={}", root.display());
+    Ok(())
+}

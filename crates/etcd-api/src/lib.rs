@@ -1,0 +1,38 @@
+//! The etcd v3 API as Rust types and tonic services, generated from `proto/`, plus etcd's table of
+//! gRPC errors (`rpctypes`). This crate holds no logic: it is the wire contract shared by the
+//! server, the operator CLI and the tests.
+
+#![allow(clippy::all)]
+#![allow(rust_2018_idioms)]
+
+pub mod rpctypes;
+
+/// Key-value records and events (`mvccpb`).
+pub mod mvccpb {
+    tonic::include_proto!("mvccpb");
+}
+
+/// Users, roles and permissions (`authpb`).
+pub mod authpb {
+    tonic::include_proto!("authpb");
+}
+
+/// The etcd v3 services and their messages (`etcdserverpb`).
+pub mod etcdserverpb {
+    tonic::include_proto!("etcdserverpb");
+}
+
+/// The election service (`v3electionpb`).
+pub mod v3electionpb {
+    tonic::include_proto!("v3electionpb");
+}
+
+/// The lock service (`v3lockpb`).
+pub mod v3lockpb {
+    tonic::include_proto!("v3lockpb");
+}
+
+/// tandem's peer protocol between members (`tandempb`).
+pub mod tandempb {
+    tonic::include_proto!("tandempb");
+}

@@ -1,0 +1,1015 @@
+//! The keyspace: reads at any kept revision, the deterministic application of [`Command`]s in
+//! batches (one engine commit per batch), compaction, leases, alarms, hashing, snapshots and
+//! defragmentation.
+//!
+//! Concurrency: one `RwLock` guards the engine handle together with the in-memory index, and a
+//! batch holds the write side from its first change to its commit. A reader therefore always sees
+//! an index and an engine state of the same commit: it collects revisions under the read lock and
+//! opens its engine snapshot before releasing it, so a later compaction cannot delete records it
+//! is about to read.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata};
+
+use crate::backend::*;
+use crate::encoding::{decode_kv, encode_kv};
+use crate::error::{Error, Result};
+use crate::index::{Entry, TreeIndex};
+use crate::request::*;
+use crate::revision::Revision;
+
+/// The result of applying one command: what the proposer gets back, and the events watchers see.
+#[derive(Debug)]
+pub struct Outcome {
+    pub response: Result<CommandResponse>,
+    pub events: Vec<Event>,
+}
+
+/// The outcomes of one applied batch, in command order.
+#[derive(Debug, Default)]
+pub struct AppliedBatch {
+    pub outcomes: Vec<Outcome>,
+}
+
+/// Sizes and counters reported by `Status` and used by the quota check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreStatus {
+    pub revision: i64,
+    pub compacted: i64,
+    /// Bytes of the database file.
+    pub db_size: i64,
+    /// Bytes of the database file holding live data.
+    pub db_size_in_use: i64,
+    pub index_entries: usize,
+}
+
+struct LeaseState {
+    ttl: i64,
+    keys: BTreeSet<Vec<u8>>,
+}
+
+struct Inner {
+    db: Database,
+    index: TreeIndex,
+    current: i64,
+    compacted: i64,
+    leases: BTreeMap<i64, LeaseState>,
+    alarms: BTreeSet<Alarm>,
+}
+
+/// The revisioned keyspace in one database file.
+pub struct Store {
+    inner: RwLock<Inner>,
+    path: PathBuf,
+}
+
+type KvTable<'t> = redb::Table<'t, &'static [u8], &'static [u8]>;
+
+fn get_i64(meta: &impl ReadableTable<&'static str, &'static [u8]>, key: &str) -> Result<i64> {
+    match meta.get(key)? {
+        Some(v) => {
+            let b: [u8; 8] = v
+                .value()
+                .try_into()
+                .map_err(|_| Error::Corrupt(format!("meta {key}")))?;
+            Ok(i64::from_be_bytes(b))
+        }
+        None => Ok(0),
+    }
+}
+
+fn read_kv(
+    table: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    rev: Revision,
+) -> Result<KeyValue> {
+    let v = table.get(rev.to_key(false).as_slice())?.ok_or_else(|| {
+        Error::Corrupt(format!("index names revision {rev:?} that is not stored"))
+    })?;
+    decode_kv(v.value())
+}
+
+impl Store {
+    /// Opens (or creates) the keyspace at `path` and rebuilds the key index from it.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        let db = Database::builder().create(&path)?;
+        let w = db.begin_write()?;
+        w.open_table(KV)?;
+        w.open_table(LEASE)?;
+        w.open_table(META)?;
+        w.commit()?;
+        let mut inner = Inner {
+            db,
+            index: TreeIndex::default(),
+            current: 0,
+            compacted: 0,
+            leases: BTreeMap::new(),
+            alarms: BTreeSet::new(),
+        };
+        inner.load()?;
+        Ok(Self {
+            inner: RwLock::new(inner),
+            path,
+        })
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, Inner> {
+        self.inner.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Inner> {
+        self.inner.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The revision of the last change.
+    pub fn current_revision(&self) -> i64 {
+        self.read().current
+    }
+
+    /// The revision of the last compaction (0 if none).
+    pub fn compacted_revision(&self) -> i64 {
+        self.read().compacted
+    }
+
+    /// Serves a read. The response's `revision` is the store's current revision.
+    pub fn range(&self, req: &RangeRequest) -> Result<RangeResponse> {
+        let inner = self.read();
+        let tx = inner.db.begin_read()?;
+        let table = tx.open_table(KV)?;
+        range_in(&inner.index, &table, inner.current, inner.compacted, req)
+    }
+
+    /// Applies commands in log order as one engine commit. `meta` is written in the same commit
+    /// (the replication layer records its applied position there). With `durable` the commit is
+    /// on disk when this returns; without, it becomes durable with the next durable commit.
+    ///
+    /// An `Err` is a storage failure: the batch may be partially applied in memory and the caller
+    /// must stop the node.
+    pub fn apply(
+        &self,
+        cmds: &[Command],
+        meta: &[(&str, Vec<u8>)],
+        durable: bool,
+    ) -> Result<AppliedBatch> {
+        let mut inner = self.write();
+        let mut tx = inner.db.begin_write()?;
+        tx.set_durability(if durable {
+            Durability::Immediate
+        } else {
+            Durability::None
+        })?;
+        let mut batch = AppliedBatch::default();
+        {
+            let mut kv = tx.open_table(KV)?;
+            let mut lease = tx.open_table(LEASE)?;
+            let mut metat = tx.open_table(META)?;
+            for cmd in cmds {
+                let mut w = Writer {
+                    inner: &mut inner,
+                    kv: &mut kv,
+                    lease: &mut lease,
+                    sub: 0,
+                    events: Vec::new(),
+                };
+                let response = w.apply(cmd)?;
+                let events = std::mem::take(&mut w.events);
+                if w.sub > 0 {
+                    inner.current += 1;
+                }
+                batch.outcomes.push(Outcome {
+                    response: response.map(|r| with_revision(r, inner.current)),
+                    events,
+                });
+            }
+            metat.insert(META_CURRENT, inner.current.to_be_bytes().as_slice())?;
+            metat.insert(META_COMPACTED, inner.compacted.to_be_bytes().as_slice())?;
+            let alarms: Vec<Alarm> = inner.alarms.iter().copied().collect();
+            let encoded =
+                postcard::to_stdvec(&alarms).map_err(|e| Error::Storage(e.to_string()))?;
+            metat.insert(META_ALARMS, encoded.as_slice())?;
+            for (k, v) in meta {
+                let key = format!("{META_EXTERNAL_PREFIX}{k}");
+                metat.insert(key.as_str(), v.as_slice())?;
+            }
+        }
+        tx.commit()?;
+        Ok(batch)
+    }
+
+    /// Makes every earlier commit durable.
+    pub fn sync(&self) -> Result<()> {
+        let inner = self.write();
+        let mut tx = inner.db.begin_write()?;
+        tx.set_durability(Durability::Immediate)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// A value the replication layer stored with [`Store::apply`].
+    pub fn meta(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        let inner = self.read();
+        let tx = inner.db.begin_read()?;
+        let t = tx.open_table(META)?;
+        let key = format!("{META_EXTERNAL_PREFIX}{key}");
+        Ok(t.get(key.as_str())?.map(|v| v.value().to_vec()))
+    }
+
+    /// The changes with revision in `[from, to]` whose key is in `range`, in revision order,
+    /// with previous values when `prev_kv`. `from` must not be below the compacted revision.
+    /// At most `limit` revisions are returned (all events of a revision stay together), so a
+    /// watcher catching up reads history in bounded pieces.
+    pub fn events(
+        &self,
+        range: KeyRange<'_>,
+        from: i64,
+        to: i64,
+        prev_kv: bool,
+        limit: usize,
+    ) -> Result<Vec<Event>> {
+        let inner = self.read();
+        if from < inner.compacted {
+            return Err(Error::Compacted);
+        }
+        let tx = inner.db.begin_read()?;
+        let table = tx.open_table(KV)?;
+        let lower = Revision::new(from, 0).lower_key();
+        let upper = Revision::new(to.saturating_add(1), 0).lower_key();
+        let mut out = Vec::new();
+        let mut revisions = 0usize;
+        let mut last_main = 0;
+        for item in table.range::<&[u8]>(lower.as_slice()..upper.as_slice())? {
+            let (k, v) = item?;
+            let (rev, tombstone) = Revision::from_key(k.value())
+                .ok_or_else(|| Error::Corrupt("revision key".into()))?;
+            if rev.main != last_main {
+                if revisions == limit {
+                    break;
+                }
+                revisions += 1;
+                last_main = rev.main;
+            }
+            let mut kv = decode_kv(v.value())?;
+            if !range.contains(&kv.key) {
+                continue;
+            }
+            let prev = if prev_kv {
+                match inner.index.get(&kv.key).and_then(|h| h.before(rev)) {
+                    Some(e) if !e.is_tombstone() => Some(read_kv(&table, e.rev)?),
+                    _ => None,
+                }
+            } else {
+                None
+            };
+            let kind = if tombstone {
+                kv.mod_revision = rev.main;
+                EventType::Delete
+            } else {
+                EventType::Put
+            };
+            out.push(Event {
+                kind,
+                kv,
+                prev_kv: prev,
+            });
+        }
+        Ok(out)
+    }
+
+    /// etcd's `HashKV`: a CRC-32C over every record visible at `rev` or later, as etcd computes it
+    /// over its key bucket. Returns `(hash, compacted revision, hashed revision)`.
+    pub fn hash_kv(&self, rev: i64) -> Result<(u32, i64, i64)> {
+        let inner = self.read();
+        let rev = if rev <= 0 { inner.current } else { rev };
+        if rev > inner.current {
+            return Err(Error::FutureRevision);
+        }
+        if rev < inner.compacted {
+            return Err(Error::Compacted);
+        }
+        let tx = inner.db.begin_read()?;
+        let table = tx.open_table(KV)?;
+        let upper = Revision::new(rev + 1, 0).lower_key();
+        let mut h = crc32c::crc32c(KV_BUCKET_NAME);
+        for item in table.range::<&[u8]>(..upper.as_slice())? {
+            let (k, v) = item?;
+            h = crc32c::crc32c_append(h, k.value());
+            h = crc32c::crc32c_append(h, v.value());
+        }
+        Ok((h, inner.compacted, rev))
+    }
+
+    /// A lease and its attached keys.
+    pub fn lease(&self, id: i64) -> Option<LeaseInfo> {
+        let inner = self.read();
+        inner.leases.get(&id).map(|l| LeaseInfo {
+            id,
+            ttl: l.ttl,
+            keys: l.keys.iter().cloned().collect(),
+        })
+    }
+
+    /// Every lease as `(id, granted TTL)`.
+    pub fn leases(&self) -> Vec<(i64, i64)> {
+        self.read()
+            .leases
+            .iter()
+            .map(|(id, l)| (*id, l.ttl))
+            .collect()
+    }
+
+    pub fn alarms(&self) -> Vec<Alarm> {
+        self.read().alarms.iter().copied().collect()
+    }
+
+    pub fn status(&self) -> Result<StoreStatus> {
+        let inner = self.read();
+        let db_size = std::fs::metadata(&self.path)
+            .map_err(|e| Error::Storage(e.to_string()))?
+            .len() as i64;
+        let tx = inner.db.begin_read()?;
+        let mut in_use = 0u64;
+        for def in [KV] {
+            let t = tx.open_table(def)?;
+            let s = t.stats()?;
+            in_use += s.stored_bytes() + s.metadata_bytes() + s.fragmented_bytes();
+        }
+        Ok(StoreStatus {
+            revision: inner.current,
+            compacted: inner.compacted,
+            db_size,
+            db_size_in_use: (in_use as i64).min(db_size),
+            index_entries: inner.index.entries(),
+        })
+    }
+
+    /// Rewrites the database file without free space (etcd's defragment). Fails with
+    /// [`Error::Storage`] only on I/O failure; while readers hold snapshots it retries a while.
+    pub fn defragment(&self) -> Result<()> {
+        let mut inner = self.write();
+        let mut tx = inner.db.begin_write()?;
+        tx.set_durability(Durability::Immediate)?;
+        tx.commit()?;
+        loop {
+            match inner.db.compact() {
+                Ok(true) => continue,
+                Ok(false) => return Ok(()),
+                Err(redb::CompactionError::TransactionInProgress) => return Err(Error::Busy),
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Writes every record of the keyspace (a consistent point-in-time copy) to `w`.
+    pub fn snapshot_to(&self, w: &mut dyn Write) -> Result<()> {
+        let (tx, current, compacted) = {
+            let inner = self.read();
+            (inner.db.begin_read()?, inner.current, inner.compacted)
+        };
+        let mut sw = crate::snapshot::Writer::new(w)?;
+        sw.header(current, compacted)?;
+        for item in tx.open_table(KV)?.iter()? {
+            let (k, v) = item?;
+            sw.record(crate::snapshot::TAG_KV, k.value(), v.value())?;
+        }
+        for item in tx.open_table(LEASE)?.iter()? {
+            let (k, v) = item?;
+            sw.record(
+                crate::snapshot::TAG_LEASE,
+                &k.value().to_be_bytes(),
+                &v.value().to_be_bytes(),
+            )?;
+        }
+        for item in tx.open_table(META)?.iter()? {
+            let (k, v) = item?;
+            sw.record(crate::snapshot::TAG_META, k.value().as_bytes(), v.value())?;
+        }
+        sw.finish()
+    }
+
+    /// Replaces the whole keyspace with a copy written by [`Store::snapshot_to`], durably.
+    pub fn restore_from(&self, r: &mut dyn Read) -> Result<()> {
+        let mut inner = self.write();
+        let mut tx = inner.db.begin_write()?;
+        tx.set_durability(Durability::Immediate)?;
+        tx.delete_table(KV)?;
+        tx.delete_table(LEASE)?;
+        tx.delete_table(META)?;
+        {
+            let mut kv = tx.open_table(KV)?;
+            let mut lease = tx.open_table(LEASE)?;
+            let mut meta = tx.open_table(META)?;
+            let mut sr = crate::snapshot::Reader::new(r)?;
+            while let Some((tag, k, v)) = sr.next()? {
+                match tag {
+                    crate::snapshot::TAG_KV => {
+                        kv.insert(k.as_slice(), v.as_slice())?;
+                    }
+                    crate::snapshot::TAG_LEASE => {
+                        let id = i64::from_be_bytes(
+                            k.try_into()
+                                .map_err(|_| Error::Corrupt("lease id".into()))?,
+                        );
+                        let ttl = i64::from_be_bytes(
+                            v.try_into()
+                                .map_err(|_| Error::Corrupt("lease ttl".into()))?,
+                        );
+                        lease.insert(id, ttl)?;
+                    }
+                    crate::snapshot::TAG_META => {
+                        let k =
+                            String::from_utf8(k).map_err(|_| Error::Corrupt("meta key".into()))?;
+                        meta.insert(k.as_str(), v.as_slice())?;
+                    }
+                    t => return Err(Error::Corrupt(format!("snapshot record tag {t}"))),
+                }
+            }
+        }
+        tx.commit()?;
+        inner.load()
+    }
+}
+
+impl Inner {
+    /// Rebuilds the in-memory state from the engine.
+    fn load(&mut self) -> Result<()> {
+        let tx = self.db.begin_read()?;
+        let meta = tx.open_table(META)?;
+        self.current = get_i64(&meta, META_CURRENT)?;
+        self.compacted = get_i64(&meta, META_COMPACTED)?;
+        self.alarms = match meta.get(META_ALARMS)? {
+            Some(v) => postcard::from_bytes::<Vec<Alarm>>(v.value())
+                .map_err(|e| Error::Corrupt(format!("alarms: {e}")))?
+                .into_iter()
+                .collect(),
+            None => BTreeSet::new(),
+        };
+        self.index = TreeIndex::default();
+        let kv = tx.open_table(KV)?;
+        for item in kv.iter()? {
+            let (k, v) = item?;
+            let (rev, tombstone) = Revision::from_key(k.value())
+                .ok_or_else(|| Error::Corrupt("revision key".into()))?;
+            let rec = decode_kv(v.value())?;
+            let e = if tombstone {
+                Entry {
+                    rev,
+                    create: 0,
+                    version: 0,
+                    lease: 0,
+                }
+            } else {
+                Entry {
+                    rev,
+                    create: rec.create_revision,
+                    version: rec.version,
+                    lease: rec.lease,
+                }
+            };
+            self.index.push(&rec.key, e);
+        }
+        self.leases = BTreeMap::new();
+        for item in tx.open_table(LEASE)?.iter()? {
+            let (id, ttl) = item?;
+            self.leases.insert(
+                id.value(),
+                LeaseState {
+                    ttl: ttl.value(),
+                    keys: BTreeSet::new(),
+                },
+            );
+        }
+        for (key, h) in self.index.range(KeyRange::From(b"")) {
+            if let Some(e) = h.latest().filter(|e| !e.is_tombstone() && e.lease != 0) {
+                if let Some(l) = self.leases.get_mut(&e.lease) {
+                    l.keys.insert(key.clone());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Sets the header revision of a response to the store's revision after its command.
+fn with_revision(r: CommandResponse, rev: i64) -> CommandResponse {
+    match r {
+        CommandResponse::Put(mut p) => {
+            p.revision = rev;
+            CommandResponse::Put(p)
+        }
+        CommandResponse::DeleteRange(mut d) => {
+            d.revision = rev;
+            CommandResponse::DeleteRange(d)
+        }
+        CommandResponse::Txn(mut t) => {
+            t.revision = rev;
+            CommandResponse::Txn(t)
+        }
+        CommandResponse::Compact { .. } => CommandResponse::Compact { revision: rev },
+        CommandResponse::LeaseGrant { id, ttl, .. } => CommandResponse::LeaseGrant {
+            id,
+            ttl,
+            revision: rev,
+        },
+        CommandResponse::LeaseRevoke { .. } => CommandResponse::LeaseRevoke { revision: rev },
+        CommandResponse::Alarm { alarms, .. } => CommandResponse::Alarm {
+            alarms,
+            revision: rev,
+        },
+        CommandResponse::Noop { .. } => CommandResponse::Noop { revision: rev },
+    }
+}
+
+/// Serves a range over an index and a table of the same commit. `pending` changes of an
+/// unfinished request are visible through `current` (see `Writer::read_rev`).
+fn range_in(
+    index: &TreeIndex,
+    table: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    current: i64,
+    compacted: i64,
+    req: &RangeRequest,
+) -> Result<RangeResponse> {
+    let rev = if req.revision <= 0 {
+        current
+    } else {
+        req.revision
+    };
+    if rev > current {
+        return Err(Error::FutureRevision);
+    }
+    if rev < compacted {
+        return Err(Error::Compacted);
+    }
+    let filtered = req.min_mod_revision != 0
+        || req.max_mod_revision != 0
+        || req.min_create_revision != 0
+        || req.max_create_revision != 0;
+    let keep = |e: &Entry| {
+        (req.min_mod_revision == 0 || e.rev.main >= req.min_mod_revision)
+            && (req.max_mod_revision == 0 || e.rev.main <= req.max_mod_revision)
+            && (req.min_create_revision == 0 || e.create >= req.min_create_revision)
+            && (req.max_create_revision == 0 || e.create <= req.max_create_revision)
+    };
+    // etcd sorts ascending by default when a non-key target is named, and treats an ascending
+    // key sort as the natural order.
+    let order = match (req.sort_order, req.sort_target) {
+        (SortOrder::None, SortTarget::Key) | (SortOrder::Ascend, SortTarget::Key) => {
+            SortOrder::None
+        }
+        (SortOrder::None, _) => SortOrder::Ascend,
+        (o, _) => o,
+    };
+    let limit = if req.limit > 0 {
+        req.limit as usize
+    } else {
+        usize::MAX
+    };
+    // Without sorting, the first `limit + 1` matches in key order are all that is fetched.
+    let collect_max = if order == SortOrder::None {
+        limit.saturating_add(1)
+    } else {
+        usize::MAX
+    };
+    let range = KeyRange::new(&req.key, &req.range_end);
+    let mut count = 0i64;
+    let mut matches: Vec<(&[u8], Entry)> = Vec::new();
+    for (k, h) in index.range(range) {
+        if let Some(e) = h.at(rev) {
+            count += 1;
+            if !req.count_only && matches.len() < collect_max && (!filtered || keep(e)) {
+                matches.push((k.as_slice(), *e));
+            }
+        }
+    }
+    if req.count_only {
+        return Ok(RangeResponse {
+            kvs: Vec::new(),
+            more: false,
+            count,
+            revision: current,
+        });
+    }
+    let sort_key = |a: &(&[u8], Entry), b: &(&[u8], Entry)| match req.sort_target {
+        SortTarget::Key => a.0.cmp(b.0),
+        SortTarget::Version => a.1.version.cmp(&b.1.version),
+        SortTarget::Create => a.1.create.cmp(&b.1.create),
+        SortTarget::Mod => a.1.rev.cmp(&b.1.rev),
+        SortTarget::Value => std::cmp::Ordering::Equal,
+    };
+    let mut kvs = Vec::new();
+    if req.sort_target == SortTarget::Value && order != SortOrder::None {
+        for (_, e) in &matches {
+            kvs.push(read_kv(table, e.rev)?);
+        }
+        kvs.sort_by(|a, b| a.value.cmp(&b.value));
+        if order == SortOrder::Descend {
+            kvs.reverse();
+        }
+    } else {
+        match order {
+            SortOrder::Ascend => matches.sort_by(sort_key),
+            SortOrder::Descend => matches.sort_by(|a, b| sort_key(b, a)),
+            SortOrder::None => {}
+        }
+        for (_, e) in matches.iter().take(limit) {
+            kvs.push(read_kv(table, e.rev)?);
+        }
+        if matches.len() > limit {
+            // Marks `more` below without fetching the extra record.
+            kvs.push(KeyValue::default());
+        }
+    }
+    let more = kvs.len() > limit;
+    kvs.truncate(limit);
+    if req.keys_only {
+        for kv in &mut kvs {
+            kv.value = Vec::new();
+        }
+    }
+    Ok(RangeResponse {
+        kvs,
+        more,
+        count,
+        revision: current,
+    })
+}
+
+/// Applies one command inside an open engine transaction.
+struct Writer<'a, 't> {
+    inner: &'a mut Inner,
+    kv: &'a mut KvTable<'t>,
+    lease: &'a mut redb::Table<'t, i64, i64>,
+    /// Changes made so far by this command; the revision is bumped iff this ends above zero.
+    sub: i64,
+    events: Vec<Event>,
+}
+
+impl Writer<'_, '_> {
+    fn apply(&mut self, cmd: &Command) -> Result<Result<CommandResponse>> {
+        let current = self.inner.current;
+        Ok(Ok(match cmd {
+            Command::Put(p) => {
+                if let Err(e) = self.check_put(p) {
+                    return Ok(Err(e));
+                }
+                CommandResponse::Put(self.put(p)?)
+            }
+            Command::DeleteRange(d) => CommandResponse::DeleteRange(self.delete_range(d)?),
+            Command::Txn(t) => {
+                if let Err(e) = self.check_txn(t)? {
+                    return Ok(Err(e));
+                }
+                CommandResponse::Txn(self.txn(t)?)
+            }
+            Command::Compact { revision } => {
+                if *revision <= self.inner.compacted {
+                    return Ok(Err(Error::Compacted));
+                }
+                if *revision > current {
+                    return Ok(Err(Error::FutureRevision));
+                }
+                self.compact(*revision)?;
+                CommandResponse::Compact { revision: current }
+            }
+            Command::LeaseGrant { id, ttl } => {
+                if self.inner.leases.contains_key(id) {
+                    return Ok(Err(Error::LeaseExists));
+                }
+                self.lease.insert(*id, *ttl)?;
+                self.inner.leases.insert(
+                    *id,
+                    LeaseState {
+                        ttl: *ttl,
+                        keys: BTreeSet::new(),
+                    },
+                );
+                CommandResponse::LeaseGrant {
+                    id: *id,
+                    ttl: *ttl,
+                    revision: current,
+                }
+            }
+            Command::LeaseRevoke { id } => {
+                let Some(l) = self.inner.leases.remove(id) else {
+                    return Ok(Err(Error::LeaseNotFound));
+                };
+                self.lease.remove(*id)?;
+                for key in l.keys {
+                    self.delete_key(&key, false)?;
+                }
+                CommandResponse::LeaseRevoke { revision: current }
+            }
+            Command::AlarmActivate(a) => {
+                self.inner.alarms.insert(*a);
+                CommandResponse::Alarm {
+                    alarms: vec![*a],
+                    revision: current,
+                }
+            }
+            Command::AlarmDeactivate(a) => {
+                let alarms = if self.inner.alarms.remove(a) {
+                    vec![*a]
+                } else {
+                    vec![]
+                };
+                CommandResponse::Alarm {
+                    alarms,
+                    revision: current,
+                }
+            }
+            Command::Noop => CommandResponse::Noop { revision: current },
+        }))
+    }
+
+    /// The revision reads inside the running command see: including its own earlier changes.
+    fn read_rev(&self) -> i64 {
+        self.inner.current + i64::from(self.sub > 0)
+    }
+
+    fn pending_rev(&self) -> Revision {
+        Revision::new(self.inner.current + 1, self.sub)
+    }
+
+    fn live(&self, key: &[u8]) -> Option<Entry> {
+        self.inner
+            .index
+            .get(key)
+            .and_then(|h| h.at(self.read_rev()))
+            .copied()
+    }
+
+    fn check_put(&self, p: &PutRequest) -> Result<()> {
+        if (p.ignore_value || p.ignore_lease) && self.live(&p.key).is_none() {
+            return Err(Error::KeyNotFound);
+        }
+        if p.lease != 0 && !self.inner.leases.contains_key(&p.lease) {
+            return Err(Error::LeaseNotFound);
+        }
+        Ok(())
+    }
+
+    /// Checks the branch a txn will take before anything is written, as etcd does, so a refused
+    /// txn changes nothing.
+    fn check_txn(&self, t: &TxnRequest) -> Result<Result<()>> {
+        let ops = if self.compares_hold(&t.compare)? {
+            &t.success
+        } else {
+            &t.failure
+        };
+        for op in ops {
+            let r = match op {
+                RequestOp::Range(r) if r.revision > self.inner.current => {
+                    Err(Error::FutureRevision)
+                }
+                RequestOp::Range(r) if r.revision > 0 && r.revision < self.inner.compacted => {
+                    Err(Error::Compacted)
+                }
+                RequestOp::Put(p) => self.check_put(p),
+                RequestOp::Txn(t) => self.check_txn(t)?,
+                _ => Ok(()),
+            };
+            if r.is_err() {
+                return Ok(r);
+            }
+        }
+        Ok(Ok(()))
+    }
+
+    fn compares_hold(&self, compares: &[Compare]) -> Result<bool> {
+        for c in compares {
+            if !self.compare_holds(c)? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    fn compare_holds(&self, c: &Compare) -> Result<bool> {
+        let rev = self.read_rev();
+        let range = KeyRange::new(&c.key, &c.range_end);
+        let entries: Vec<Entry> = self
+            .inner
+            .index
+            .range(range)
+            .filter_map(|(_, h)| h.at(rev).copied())
+            .collect();
+        if entries.is_empty() {
+            if matches!(c.target, CompareTarget::Value(_)) {
+                return Ok(false);
+            }
+            return Ok(compare_entry(
+                c,
+                &Entry {
+                    rev: Revision::default(),
+                    create: 0,
+                    version: 0,
+                    lease: 0,
+                },
+                None,
+            ));
+        }
+        for e in entries {
+            let value = match c.target {
+                CompareTarget::Value(_) => Some(read_kv(&*self.kv, e.rev)?.value),
+                _ => None,
+            };
+            if !compare_entry(c, &e, value.as_deref()) {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    fn put(&mut self, p: &PutRequest) -> Result<PutResponse> {
+        let rev = self.pending_rev();
+        let prev = self.live(&p.key);
+        let prev_kv = match prev {
+            Some(e) => Some(read_kv(&*self.kv, e.rev)?),
+            None => None,
+        };
+        let (create, version) = match prev {
+            Some(e) => (e.create, e.version + 1),
+            None => (rev.main, 1),
+        };
+        let value = match (&prev_kv, p.ignore_value) {
+            (Some(old), true) => old.value.clone(),
+            _ => p.value.clone(),
+        };
+        let lease = match (&prev_kv, p.ignore_lease) {
+            (Some(old), true) => old.lease,
+            _ => p.lease,
+        };
+        let kv = KeyValue {
+            key: p.key.clone(),
+            create_revision: create,
+            mod_revision: rev.main,
+            version,
+            value,
+            lease,
+        };
+        self.kv
+            .insert(rev.to_key(false).as_slice(), encode_kv(&kv).as_slice())?;
+        self.inner.index.push(
+            &p.key,
+            Entry {
+                rev,
+                create,
+                version,
+                lease,
+            },
+        );
+        let old_lease = prev.map_or(0, |e| e.lease);
+        if old_lease != lease {
+            if let Some(l) = self.inner.leases.get_mut(&old_lease) {
+                l.keys.remove(&p.key);
+            }
+        }
+        if let Some(l) = self.inner.leases.get_mut(&lease) {
+            l.keys.insert(p.key.clone());
+        }
+        self.sub += 1;
+        self.events.push(Event {
+            kind: EventType::Put,
+            kv,
+            prev_kv: prev_kv.clone(),
+        });
+        Ok(PutResponse {
+            prev_kv: prev_kv.filter(|_| p.prev_kv),
+            revision: 0,
+        })
+    }
+
+    fn delete_range(&mut self, d: &DeleteRangeRequest) -> Result<DeleteRangeResponse> {
+        let rev = self.read_rev();
+        let keys: Vec<Vec<u8>> = self
+            .inner
+            .index
+            .range(KeyRange::new(&d.key, &d.range_end))
+            .filter(|(_, h)| h.at(rev).is_some())
+            .map(|(k, _)| k.clone())
+            .collect();
+        let mut resp = DeleteRangeResponse {
+            deleted: keys.len() as i64,
+            ..Default::default()
+        };
+        for key in keys {
+            if let Some(prev) = self.delete_key(&key, d.prev_kv)? {
+                resp.prev_kvs.push(prev);
+            }
+        }
+        Ok(resp)
+    }
+
+    /// Deletes one live key; returns its last value when `want_prev`.
+    fn delete_key(&mut self, key: &[u8], want_prev: bool) -> Result<Option<KeyValue>> {
+        let Some(prev) = self.live(key) else {
+            return Ok(None);
+        };
+        let prev_kv = read_kv(&*self.kv, prev.rev)?;
+        let rev = self.pending_rev();
+        let tomb = KeyValue {
+            key: key.to_vec(),
+            ..Default::default()
+        };
+        self.kv
+            .insert(rev.to_key(true).as_slice(), encode_kv(&tomb).as_slice())?;
+        self.inner.index.push(
+            key,
+            Entry {
+                rev,
+                create: 0,
+                version: 0,
+                lease: 0,
+            },
+        );
+        if let Some(l) = self.inner.leases.get_mut(&prev.lease) {
+            l.keys.remove(key);
+        }
+        self.sub += 1;
+        let kv = KeyValue {
+            key: key.to_vec(),
+            mod_revision: rev.main,
+            ..Default::default()
+        };
+        self.events.push(Event {
+            kind: EventType::Delete,
+            kv,
+            prev_kv: Some(prev_kv.clone()),
+        });
+        Ok(want_prev.then_some(prev_kv))
+    }
+
+    fn txn(&mut self, t: &TxnRequest) -> Result<TxnResponse> {
+        let succeeded = self.compares_hold(&t.compare)?;
+        let ops = if succeeded { &t.success } else { &t.failure };
+        let mut responses = Vec::with_capacity(ops.len());
+        for op in ops {
+            responses.push(match op {
+                RequestOp::Range(r) => {
+                    let (index, cur, compacted) =
+                        (&self.inner.index, self.read_rev(), self.inner.compacted);
+                    ResponseOp::Range(range_in(index, &*self.kv, cur, compacted, r)?)
+                }
+                RequestOp::Put(p) => ResponseOp::Put(self.put(p)?),
+                RequestOp::DeleteRange(d) => ResponseOp::DeleteRange(self.delete_range(d)?),
+                RequestOp::Txn(t) => ResponseOp::Txn(self.txn(t)?),
+            });
+        }
+        let rev = self.read_rev();
+        for r in &mut responses {
+            set_op_revision(r, rev);
+        }
+        Ok(TxnResponse {
+            succeeded,
+            responses,
+            revision: 0,
+        })
+    }
+
+    fn compact(&mut self, rev: i64) -> Result<()> {
+        let removed = self.inner.index.compact(rev);
+        for (r, tombstone) in removed {
+            self.kv.remove(r.to_key(tombstone).as_slice())?;
+        }
+        self.inner.compacted = rev;
+        Ok(())
+    }
+}
+
+fn set_op_revision(r: &mut ResponseOp, rev: i64) {
+    match r {
+        ResponseOp::Range(_) => {}
+        ResponseOp::Put(p) => p.revision = rev,
+        ResponseOp::DeleteRange(d) => d.revision = rev,
+        ResponseOp::Txn(t) => {
+            t.revision = rev;
+            for r in &mut t.responses {
+                set_op_revision(r, rev);
+            }
+        }
+    }
+}
+
+fn compare_entry(c: &Compare, e: &Entry, value: Option<&[u8]>) -> bool {
+    use std::cmp::Ordering;
+    let ord: Ordering = match &c.target {
+        CompareTarget::Version(v) => e.version.cmp(v),
+        CompareTarget::Create(v) => e.create.cmp(v),
+        CompareTarget::Mod(v) => e.rev.main.cmp(v),
+        CompareTarget::Lease(v) => e.lease.cmp(v),
+        CompareTarget::Value(v) => value.unwrap_or_default().cmp(v.as_slice()),
+    };
+    match c.result {
+        CompareResult::Equal => ord == Ordering::Equal,
+        CompareResult::NotEqual => ord != Ordering::Equal,
+        CompareResult::Greater => ord == Ordering::Greater,
+        CompareResult::Less => ord == Ordering::Less,
+    }
+}
