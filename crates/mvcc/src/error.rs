@@ -2,7 +2,7 @@
 //! status table); the variants carry no text of their own for clients.
 
 /// A request the store refuses, or a storage failure.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum Error {
     #[error("required revision has been compacted")]
     Compacted,

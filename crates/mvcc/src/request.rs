@@ -23,7 +23,7 @@ pub enum EventType {
 }
 
 /// One change, as a watcher sees it. A delete carries the key and the deleting revision only.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Event {
     pub kind: EventType,
     pub kv: KeyValue,
@@ -92,7 +92,7 @@ pub struct RangeRequest {
     pub max_create_revision: i64,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RangeResponse {
     pub kvs: Vec<KeyValue>,
     pub more: bool,
@@ -112,7 +112,7 @@ pub struct PutRequest {
     pub ignore_lease: bool,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PutResponse {
     pub prev_kv: Option<KeyValue>,
     pub revision: i64,
@@ -125,7 +125,7 @@ pub struct DeleteRangeRequest {
     pub prev_kv: bool,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeleteRangeResponse {
     pub deleted: i64,
     pub prev_kvs: Vec<KeyValue>,
@@ -140,7 +140,7 @@ pub enum RequestOp {
     Txn(TxnRequest),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ResponseOp {
     Range(RangeResponse),
     Put(PutResponse),
@@ -183,7 +183,7 @@ pub struct TxnRequest {
     pub failure: Vec<RequestOp>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TxnResponse {
     pub succeeded: bool,
     pub responses: Vec<ResponseOp>,
@@ -248,7 +248,7 @@ impl Command {
 }
 
 /// What applying a command returned to the proposer.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CommandResponse {
     Put(PutResponse),
     DeleteRange(DeleteRangeResponse),
@@ -261,7 +261,7 @@ pub enum CommandResponse {
 }
 
 /// A lease as the store knows it: its granted TTL and the keys attached to it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LeaseInfo {
     pub id: i64,
     pub ttl: i64,

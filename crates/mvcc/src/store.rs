@@ -367,12 +367,18 @@ impl Store {
         }
     }
 
-    /// Writes every record of the keyspace (a consistent point-in-time copy) to `w`.
-    pub fn snapshot_to(&self, w: &mut dyn Write) -> Result<()> {
+    /// Writes every record of the keyspace (a consistent point-in-time copy) to `w`. Returns the
+    /// caller's meta value `meta_key` as of that same point.
+    pub fn snapshot_to(&self, w: &mut dyn Write, meta_key: &str) -> Result<Option<Vec<u8>>> {
         let (tx, current, compacted) = {
             let inner = self.read();
             (inner.db.begin_read()?, inner.current, inner.compacted)
         };
+        let external = format!("{META_EXTERNAL_PREFIX}{meta_key}");
+        let meta_value = tx
+            .open_table(META)?
+            .get(external.as_str())?
+            .map(|v| v.value().to_vec());
         let mut sw = crate::snapshot::Writer::new(w)?;
         sw.header(current, compacted)?;
         for item in tx.open_table(KV)?.iter()? {
@@ -391,7 +397,8 @@ impl Store {
             let (k, v) = item?;
             sw.record(crate::snapshot::TAG_META, k.value().as_bytes(), v.value())?;
         }
-        sw.finish()
+        sw.finish()?;
+        Ok(meta_value)
     }
 
     /// Replaces the whole keyspace with a copy written by [`Store::snapshot_to`], durably.

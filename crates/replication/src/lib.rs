@@ -1,1 +1,19 @@
-//! placeholder
+//! Replication: the openraft glue that turns client mutations into log entries, makes them
+//! durable, and applies them to the keyspace in the same order on every member.
+//!
+//! - `types`: the raft type configuration and the member description.
+//! - `log_store`: the raft log and vote, in their own redb file, fsynced before acknowledging.
+//! - `state_machine`: applies committed entries to `mvcc::Store`, builds and installs snapshots.
+//! - `network`: the peer transport (gRPC, `tandempb.RaftPeer`), client and service sides.
+//! - `replica`: one member: opening, bootstrapping, proposing, linearizable read barriers.
+
+pub mod codec;
+pub mod log_store;
+pub mod network;
+pub mod replica;
+pub mod state_machine;
+pub mod types;
+
+pub use replica::{Replica, ReplicaConfig, ReplicaError, ReplicaStatus};
+pub use state_machine::ApplyListener;
+pub use types::{MemberNode, NodeId, TypeConfig};

@@ -1,1 +1,183 @@
-//! placeholder
+//! The tandem node: etcd's gRPC services and HTTP endpoints over the replicated keyspace.
+//!
+//! `run` is the whole server: tests start it in-process with their own listeners and shutdown
+//! signal, and `main` starts it from etcd's flags.
+
+pub mod auth;
+pub mod cluster;
+pub mod compaction;
+pub mod config;
+pub mod convert;
+pub mod errors;
+pub mod http;
+pub mod kv;
+pub mod lease;
+pub mod maintenance;
+pub mod node;
+pub mod watch;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use etcd_api::etcdserverpb::{
+    auth_server::AuthServer, cluster_server::ClusterServer, kv_server::KvServer,
+    lease_server::LeaseServer, maintenance_server::MaintenanceServer, watch_server::WatchServer,
+};
+use etcd_api::tandempb::raft_peer_server::RaftPeerServer;
+use replication::{Replica, ReplicaConfig};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::config::Config;
+use crate::node::Node;
+
+/// gRPC allows this much beyond `--max-request-bytes` before refusing a message outright; the
+/// rest is refused with etcd's `request is too large` (etcd does the same).
+const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
+/// How long a fresh member waits for its first leader before serving anyway.
+const FIRST_LEADER_WAIT: Duration = Duration::from_secs(30);
+
+/// Binds every listen URL of `config`.
+pub async fn bind(urls: &[String]) -> anyhow::Result<Vec<TcpListener>> {
+    let mut out = Vec::new();
+    for url in urls {
+        let addr = config::listen_addr(url).await?;
+        out.push(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("listening on {url}"))?,
+        );
+    }
+    Ok(out)
+}
+
+/// Runs a node until `shutdown` completes, then stops gracefully: listeners close, in-flight
+/// requests finish, raft stops and the keyspace is made durable.
+pub async fn run(
+    config: Config,
+    client_listeners: Vec<TcpListener>,
+    peer_listeners: Vec<TcpListener>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let store = Replica::open_store(&config.data_dir)?;
+    let hub = watch::WatchHub::new(Arc::clone(&store));
+    let replica_config = ReplicaConfig {
+        data_dir: config.data_dir.clone(),
+        member_id: config.member_id,
+        cluster_id: config.cluster_id,
+        initial_members: config.initial_members.clone(),
+        bootstrap: config.bootstrap,
+        heartbeat_interval_ms: config.heartbeat_interval_ms,
+        election_timeout_ms: config.election_timeout_ms,
+        snapshot_count: config.snapshot_count,
+    };
+    let replica = Replica::open(replica_config, store, hub.clone()).await?;
+    if replica.wait_for_leader(FIRST_LEADER_WAIT).await.is_none() {
+        tracing::warn!(
+            "no leader yet; serving anyway (requests that need one fail with 'no leader')"
+        );
+    }
+    let node = Node::new(config, replica, hub);
+    let background = [
+        tokio::spawn(lease::expiry_loop(Arc::clone(&node))),
+        tokio::spawn(compaction::run(Arc::clone(&node))),
+    ];
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+
+    let mut servers = Vec::new();
+    for listener in client_listeners {
+        let addr = listener.local_addr()?;
+        tracing::info!(address = %addr, "serving client traffic (gRPC and HTTP)");
+        let routes = client_routes(&node);
+        let server = tonic::transport::Server::builder()
+            .accept_http1(true)
+            .tcp_nodelay(true)
+            .http2_keepalive_interval(Some(Duration::from_secs(2 * 60 * 60)))
+            .add_routes(routes)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopped());
+        servers.push(tokio::spawn(server));
+    }
+    for listener in peer_listeners {
+        let addr = listener.local_addr()?;
+        tracing::info!(address = %addr, "serving peer traffic");
+        let server = tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .add_service(
+                RaftPeerServer::new(node.replica.peer_service())
+                    .max_decoding_message_size(64 << 20),
+            )
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopped());
+        servers.push(tokio::spawn(server));
+    }
+    tracing::info!(
+        name = %node.config.name,
+        member_id = %format!("{:x}", node.config.member_id),
+        cluster_id = %format!("{:x}", node.config.cluster_id),
+        "ready to serve client requests"
+    );
+    stopped().await;
+    tracing::info!("shutting down");
+    for s in servers {
+        match s.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "server stopped with an error"),
+            Err(e) => tracing::warn!(error = %e, "server task failed"),
+        }
+    }
+    for b in background {
+        b.abort();
+    }
+    node.replica.shutdown().await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn client_routes(node: &Arc<Node>) -> tonic::service::Routes {
+    let max = node.config.max_request_bytes as usize + GRPC_OVERHEAD_BYTES;
+    let node = Arc::clone(node);
+    tonic::service::Routes::from(http::router(Arc::clone(&node)))
+        .add_service(
+            KvServer::new(kv::KvService {
+                node: Arc::clone(&node),
+            })
+            .max_decoding_message_size(max),
+        )
+        .add_service(
+            WatchServer::new(watch::WatchService {
+                node: Arc::clone(&node),
+            })
+            .max_decoding_message_size(max),
+        )
+        .add_service(
+            LeaseServer::new(lease::LeaseService {
+                node: Arc::clone(&node),
+            })
+            .max_decoding_message_size(max),
+        )
+        .add_service(
+            MaintenanceServer::new(maintenance::MaintenanceService {
+                node: Arc::clone(&node),
+            })
+            .max_decoding_message_size(max),
+        )
+        .add_service(
+            ClusterServer::new(cluster::ClusterService {
+                node: Arc::clone(&node),
+            })
+            .max_decoding_message_size(max),
+        )
+        .add_service(AuthServer::new(auth::AuthService { node }).max_decoding_message_size(max))
+}

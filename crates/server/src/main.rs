@@ -1,1 +1,55 @@
-fn main() {}
+//! `tandem`: starts a node from etcd's flags and environment variables and runs it until SIGTERM
+//! or SIGINT, then shuts down gracefully.
+
+use anyhow::Context;
+use server::config::Flags;
+use tracing_subscriber::EnvFilter;
+
+fn init_logging(level: &str, outputs: &str) -> anyhow::Result<()> {
+    let level = match level {
+        "debug" | "info" | "warn" | "error" => level,
+        "panic" | "fatal" => "error",
+        other => {
+            anyhow::bail!("--log-level={other}: must be debug, info, warn, error, panic or fatal")
+        }
+    };
+    let filter = EnvFilter::try_from_env("TANDEM_LOG")
+        .unwrap_or_else(|_| EnvFilter::new(format!("{level},openraft=warn")));
+    let builder = tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(filter)
+        .with_current_span(false);
+    match outputs {
+        "default" | "stderr" => builder.with_writer(std::io::stderr).init(),
+        "stdout" => builder.with_writer(std::io::stdout).init(),
+        other => {
+            anyhow::bail!("--log-outputs={other}: only default, stderr and stdout are supported")
+        }
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("received SIGTERM"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("received SIGINT"),
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let flags = Flags::parse_etcd_style();
+    init_logging(&flags.log_level, &flags.log_outputs)?;
+    let config = flags.resolve()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let clients = server::bind(&config.client_urls).await?;
+        let peers = server::bind(&config.peer_urls).await?;
+        server::run(config, clients, peers, shutdown_signal())
+            .await
+            .context("tandem stopped with an error")
+    })
+}

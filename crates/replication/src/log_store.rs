@@ -1,0 +1,350 @@
+//! The raft log and vote, kept in their own redb file (`member/raft.db`).
+//!
+//! Group commit: every append, truncate, purge and vote goes to one writer thread, which takes
+//! everything queued, writes it in a single engine transaction and makes it durable with a single
+//! commit before completing any of it. Many concurrent client writes therefore cost one commit.
+//! Entries wait in an in-memory cache between `append` and their commit so readers always find
+//! them.
+//!
+//! # Correctness
+//! - An append's callback fires only after its entries are durable (two-phase commit, fsynced).
+//! - A vote is durable before `save_vote` returns.
+//! - Jobs take effect in submission order; a truncate or purge is durable before it returns.
+//! - The log has no holes: entries are contiguous from `last_purged + 1` to `last_log_id`.
+//! - A failed commit is reported to openraft, which stops the node; nothing is retried.
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+use std::path::Path;
+use std::sync::{mpsc, Arc, Mutex};
+
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
+use openraft::{ErrorSubject, ErrorVerb, RaftLogReader, StorageIOError};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use tokio::sync::oneshot;
+
+use crate::codec;
+use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
+
+/// Log index → encoded entry.
+const LOG: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("log");
+/// The vote, the committed log id and the last purged log id.
+const STATE: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("state");
+const KEY_VOTE: &str = "vote";
+const KEY_COMMITTED: &str = "committed";
+const KEY_PURGED: &str = "last_purged";
+/// The most jobs one commit takes, so one commit's size stays bounded.
+const GROUP_JOBS_MAX: usize = 4096;
+
+enum Job {
+    Append(Vec<Entry>, LogFlushed<TypeConfig>),
+    Truncate(u64, oneshot::Sender<Result<(), String>>),
+    Purge(LogId, oneshot::Sender<Result<(), String>>),
+    Vote(Vote, oneshot::Sender<Result<(), String>>),
+    Committed(Option<LogId>, oneshot::Sender<Result<(), String>>),
+}
+
+struct Shared {
+    db: Database,
+    /// Appended entries not yet known durable, by index.
+    pending: Mutex<BTreeMap<u64, Entry>>,
+    jobs: mpsc::Sender<Job>,
+}
+
+/// The raft log store; cheap to clone (readers share it).
+#[derive(Clone)]
+pub struct LogStore {
+    shared: Arc<Shared>,
+}
+
+fn io_err(subject: ErrorSubject<u64>, verb: ErrorVerb, e: impl ToString) -> StorageError {
+    StorageIOError::new(subject, verb, openraft::AnyError::error(e.to_string())).into()
+}
+
+fn read_err(e: impl ToString) -> StorageError {
+    io_err(ErrorSubject::Logs, ErrorVerb::Read, e)
+}
+
+impl LogStore {
+    /// Opens (or creates) the log at `path` and starts its writer thread.
+    pub fn open(path: &Path) -> anyhow::Result<Self> {
+        let db = Database::builder().create(path)?;
+        let w = db.begin_write()?;
+        w.open_table(LOG)?;
+        w.open_table(STATE)?;
+        w.commit()?;
+        let (tx, rx) = mpsc::channel();
+        let shared = Arc::new(Shared {
+            db,
+            pending: Mutex::new(BTreeMap::new()),
+            jobs: tx,
+        });
+        let writer = Arc::clone(&shared);
+        std::thread::Builder::new()
+            .name("raft-log-writer".into())
+            .spawn(move || writer.run(rx))?;
+        Ok(Self { shared })
+    }
+
+    fn submit(&self, job: Job) -> Result<(), StorageError> {
+        self.shared
+            .jobs
+            .send(job)
+            .map_err(|_| io_err(ErrorSubject::Store, ErrorVerb::Write, "log writer stopped"))
+    }
+
+    async fn submit_wait(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<(), String>>) -> Job,
+        subject: ErrorSubject<u64>,
+    ) -> Result<(), StorageError> {
+        let (tx, rx) = oneshot::channel();
+        self.submit(make(tx))?;
+        match rx.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(io_err(subject, ErrorVerb::Write, e)),
+            Err(_) => Err(io_err(subject, ErrorVerb::Write, "log writer stopped")),
+        }
+    }
+
+    fn state_value<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &str,
+    ) -> Result<Option<T>, StorageError> {
+        let tx = self.shared.db.begin_read().map_err(read_err)?;
+        let t = tx.open_table(STATE).map_err(read_err)?;
+        match t.get(key).map_err(read_err)? {
+            Some(v) => Ok(Some(codec::decode(v.value()).map_err(read_err)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn last_stored(&self) -> Result<Option<LogId>, StorageError> {
+        let tx = self.shared.db.begin_read().map_err(read_err)?;
+        let t = tx.open_table(LOG).map_err(read_err)?;
+        let last = match t.last().map_err(read_err)? {
+            Some((_, v)) => {
+                let e: Entry = codec::decode(v.value()).map_err(read_err)?;
+                Some(e.log_id)
+            }
+            None => None,
+        };
+        Ok(last)
+    }
+}
+
+impl Shared {
+    /// The writer thread: one engine commit per group of queued jobs.
+    fn run(self: Arc<Self>, rx: mpsc::Receiver<Job>) {
+        while let Ok(first) = rx.recv() {
+            let mut jobs = vec![first];
+            while jobs.len() < GROUP_JOBS_MAX {
+                match rx.try_recv() {
+                    Ok(j) => jobs.push(j),
+                    Err(_) => break,
+                }
+            }
+            let result = self.commit(&jobs).map_err(|e| e.to_string());
+            if let Err(e) = &result {
+                tracing::error!(error = %e, "raft log commit failed; the node stops");
+            }
+            self.complete(jobs, result);
+        }
+    }
+
+    fn commit(&self, jobs: &[Job]) -> anyhow::Result<()> {
+        let mut tx = self.db.begin_write()?;
+        tx.set_durability(Durability::Immediate)?;
+        tx.set_two_phase_commit(true);
+        {
+            let mut log = tx.open_table(LOG)?;
+            let mut state = tx.open_table(STATE)?;
+            for job in jobs {
+                match job {
+                    Job::Append(entries, _) => {
+                        for e in entries {
+                            log.insert(e.log_id.index, codec::encode(e).as_slice())?;
+                        }
+                    }
+                    Job::Truncate(index, _) => {
+                        log.retain_in(*index.., |_, _| false)?;
+                    }
+                    Job::Purge(log_id, _) => {
+                        log.retain_in(..=log_id.index, |_, _| false)?;
+                        state.insert(KEY_PURGED, codec::encode(log_id).as_slice())?;
+                    }
+                    Job::Vote(vote, _) => {
+                        state.insert(KEY_VOTE, codec::encode(vote).as_slice())?;
+                    }
+                    Job::Committed(c, _) => {
+                        state.insert(KEY_COMMITTED, codec::encode(c).as_slice())?;
+                    }
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn complete(&self, jobs: Vec<Job>, result: Result<(), String>) {
+        for job in jobs {
+            match job {
+                Job::Append(entries, cb) => {
+                    if result.is_ok() {
+                        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+                        for e in &entries {
+                            if pending
+                                .get(&e.log_id.index)
+                                .is_some_and(|p| p.log_id == e.log_id)
+                            {
+                                pending.remove(&e.log_id.index);
+                            }
+                        }
+                    }
+                    cb.log_io_completed(result.clone().map_err(std::io::Error::other));
+                }
+                Job::Truncate(_, tx)
+                | Job::Purge(_, tx)
+                | Job::Vote(_, tx)
+                | Job::Committed(_, tx) => {
+                    let _ = tx.send(result.clone());
+                }
+            }
+        }
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let mut out: BTreeMap<u64, Entry> = BTreeMap::new();
+        {
+            let tx = self.shared.db.begin_read().map_err(read_err)?;
+            let t = tx.open_table(LOG).map_err(read_err)?;
+            let lo = match range.start_bound() {
+                Bound::Included(i) => *i,
+                Bound::Excluded(i) => i + 1,
+                Bound::Unbounded => 0,
+            };
+            let hi = match range.end_bound() {
+                Bound::Included(i) => Bound::Included(*i),
+                Bound::Excluded(i) => Bound::Excluded(*i),
+                Bound::Unbounded => Bound::Unbounded,
+            };
+            for item in t
+                .range::<u64>((Bound::Included(lo), hi))
+                .map_err(read_err)?
+            {
+                let (k, v) = item.map_err(read_err)?;
+                out.insert(k.value(), codec::decode(v.value()).map_err(read_err)?);
+            }
+        }
+        let pending = self
+            .shared
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        for (i, e) in pending.range(range) {
+            out.insert(*i, e.clone());
+        }
+        Ok(out.into_values().collect())
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let last_purged: Option<LogId> = self.state_value::<Option<LogId>>(KEY_PURGED)?.flatten();
+        let pending_last = {
+            let pending = self
+                .shared
+                .pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            pending.values().next_back().map(|e| e.log_id)
+        };
+        let last = pending_last.or(self.last_stored()?).or(last_purged);
+        Ok(LogState {
+            last_purged_log_id: last_purged,
+            last_log_id: last,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
+        let vote = *vote;
+        self.submit_wait(|tx| Job::Vote(vote, tx), ErrorSubject::Vote)
+            .await
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
+        self.state_value(KEY_VOTE)
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        self.submit_wait(|tx| Job::Committed(committed, tx), ErrorSubject::Store)
+            .await
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        Ok(self.state_value::<Option<LogId>>(KEY_COMMITTED)?.flatten())
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        {
+            let mut pending = self
+                .shared
+                .pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            for e in &entries {
+                pending.insert(e.log_id.index, e.clone());
+            }
+        }
+        self.submit(Job::Append(entries, callback))
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        {
+            let mut pending = self
+                .shared
+                .pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            pending.split_off(&log_id.index);
+        }
+        let index = log_id.index;
+        self.submit_wait(|tx| Job::Truncate(index, tx), ErrorSubject::Logs)
+            .await
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        {
+            let mut pending = self
+                .shared
+                .pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            let keep = pending.split_off(&(log_id.index + 1));
+            *pending = keep;
+        }
+        self.submit_wait(|tx| Job::Purge(log_id, tx), ErrorSubject::Logs)
+            .await
+    }
+}

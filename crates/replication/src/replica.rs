@@ -1,0 +1,236 @@
+//! One member of the replicated store: opens the keyspace and the log, starts raft, bootstraps a
+//! new cluster, and offers the three things the server needs: propose a mutation, wait for a
+//! linearizable read point, and report status.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mvcc::{Command, CommandResponse, Store};
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::{Config, ServerState, SnapshotPolicy};
+
+use crate::log_store::LogStore;
+use crate::network::{Network, PeerService};
+use crate::state_machine::{ApplyListener, StateMachine};
+use crate::types::{MemberNode, NodeId, Raft};
+
+/// How a member is set up; the server fills it from etcd's flags.
+#[derive(Debug, Clone)]
+pub struct ReplicaConfig {
+    pub data_dir: PathBuf,
+    pub member_id: NodeId,
+    pub cluster_id: u64,
+    /// The voters of a new cluster (`--initial-cluster`).
+    pub initial_members: BTreeMap<NodeId, MemberNode>,
+    /// `--initial-cluster-state=new`: bootstrap if this member has no state yet.
+    pub bootstrap: bool,
+    pub heartbeat_interval_ms: u64,
+    pub election_timeout_ms: u64,
+    /// Applied entries between two snapshots (`--snapshot-count`).
+    pub snapshot_count: u64,
+}
+
+/// Why a request could not be replicated. Each maps to one etcd error at the gRPC edge.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReplicaError {
+    #[error("no leader")]
+    NoLeader,
+    /// Another member leads; the request must go there.
+    #[error("not leader (leader is {0:?})")]
+    NotLeader(Option<NodeId>),
+    #[error("leader changed")]
+    LeaderChanged,
+    #[error("server stopped")]
+    Stopped,
+    #[error("request timed out")]
+    Timeout,
+}
+
+/// Raft-level facts for `Status` and the metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplicaStatus {
+    pub leader: Option<NodeId>,
+    pub term: u64,
+    pub last_log_index: u64,
+    pub applied_index: u64,
+    pub is_leader: bool,
+    pub is_learner: bool,
+}
+
+/// A running member.
+pub struct Replica {
+    raft: Raft,
+    store: Arc<Store>,
+    config: ReplicaConfig,
+}
+
+impl Replica {
+    /// Opens the keyspace of the member whose data directory is `data_dir`.
+    pub fn open_store(data_dir: &std::path::Path) -> anyhow::Result<Arc<Store>> {
+        let dir = data_dir.join("member");
+        std::fs::create_dir_all(&dir)?;
+        Ok(Arc::new(Store::open(dir.join("tandem.db"))?))
+    }
+
+    /// Starts raft over the keyspace from [`Replica::open_store`] and the log beside it.
+    pub async fn open(
+        config: ReplicaConfig,
+        store: Arc<Store>,
+        listener: Arc<dyn ApplyListener>,
+    ) -> anyhow::Result<Self> {
+        let dir = config.data_dir.join("member");
+        let log = LogStore::open(&dir.join("raft.db"))?;
+        let sm = StateMachine::new(Arc::clone(&store), listener)?;
+        let raft_config = Config {
+            cluster_name: format!("{:x}", config.cluster_id),
+            heartbeat_interval: config.heartbeat_interval_ms,
+            election_timeout_min: config.election_timeout_ms,
+            election_timeout_max: config.election_timeout_ms * 2,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_count),
+            max_in_snapshot_log_to_keep: 5_000,
+            ..Default::default()
+        }
+        .validate()?;
+        let network = Network {
+            cluster_id: config.cluster_id,
+        };
+        let raft = Raft::new(config.member_id, Arc::new(raft_config), network, log, sm).await?;
+        if config.bootstrap && !raft.is_initialized().await? {
+            tracing::info!(
+                members = config.initial_members.len(),
+                "bootstrapping a new cluster"
+            );
+            raft.initialize(config.initial_members.clone()).await?;
+        }
+        Ok(Self {
+            raft,
+            store,
+            config,
+        })
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    pub fn member_id(&self) -> NodeId {
+        self.config.member_id
+    }
+
+    pub fn cluster_id(&self) -> u64 {
+        self.config.cluster_id
+    }
+
+    /// The peer-facing gRPC service of this member.
+    pub fn peer_service(&self) -> PeerService {
+        PeerService {
+            raft: self.raft.clone(),
+            cluster_id: self.config.cluster_id,
+        }
+    }
+
+    /// Replicates `cmd`, waits until it is applied here, and returns what applying it returned.
+    pub async fn propose(
+        &self,
+        cmd: Command,
+    ) -> Result<Result<CommandResponse, mvcc::Error>, ReplicaError> {
+        match self.raft.client_write(cmd).await {
+            Ok(r) => Ok(r.data.0),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => match f.leader_id {
+                Some(l) => Err(ReplicaError::NotLeader(Some(l))),
+                None => Err(ReplicaError::NoLeader),
+            },
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(_))) => {
+                Err(ReplicaError::LeaderChanged)
+            }
+            Err(RaftError::Fatal(_)) => Err(ReplicaError::Stopped),
+        }
+    }
+
+    /// Waits until this member has applied everything committed before the call (ReadIndex).
+    pub async fn read_barrier(&self) -> Result<(), ReplicaError> {
+        match self.raft.ensure_linearizable().await {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => match f.leader_id {
+                Some(l) => Err(ReplicaError::NotLeader(Some(l))),
+                None => Err(ReplicaError::NoLeader),
+            },
+            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) => {
+                Err(ReplicaError::Timeout)
+            }
+            Err(RaftError::Fatal(_)) => Err(ReplicaError::Stopped),
+        }
+    }
+
+    pub fn status(&self) -> ReplicaStatus {
+        status_of(&self.raft.metrics().borrow())
+    }
+
+    /// The current members, voters and learners, with whether each is a learner.
+    pub fn members(&self) -> Vec<(NodeId, MemberNode, bool)> {
+        let m = self.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        let voters: std::collections::BTreeSet<NodeId> = membership.voter_ids().collect();
+        membership
+            .nodes()
+            .map(|(id, n)| (*id, n.clone(), !voters.contains(id)))
+            .collect()
+    }
+
+    /// Waits until some member leads (or `timeout` passes); returns the leader.
+    pub async fn wait_for_leader(&self, timeout: Duration) -> Option<NodeId> {
+        let mut rx = self.raft.metrics();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(l) = rx.borrow().current_leader {
+                return Some(l);
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => continue,
+                _ => return None,
+            }
+        }
+    }
+
+    /// A receiver of this member's raft status, updated whenever it changes.
+    pub fn watch_status(&self) -> tokio::sync::watch::Receiver<ReplicaStatus> {
+        let (tx, rx) = tokio::sync::watch::channel(self.status());
+        let mut metrics = self.raft.metrics();
+        tokio::spawn(async move {
+            while metrics.changed().await.is_ok() {
+                let status = status_of(&metrics.borrow());
+                tx.send_if_modified(|cur| {
+                    let changed = *cur != status;
+                    *cur = status;
+                    changed
+                });
+                if tx.is_closed() {
+                    break;
+                }
+            }
+        });
+        rx
+    }
+
+    /// Stops raft and makes the keyspace durable.
+    pub async fn shutdown(&self) -> anyhow::Result<()> {
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft shutdown");
+        }
+        self.store.sync()?;
+        Ok(())
+    }
+}
+
+fn status_of(m: &openraft::RaftMetrics<NodeId, MemberNode>) -> ReplicaStatus {
+    ReplicaStatus {
+        leader: m.current_leader,
+        term: m.current_term,
+        last_log_index: m.last_log_index.unwrap_or(0),
+        applied_index: m.last_applied.map_or(0, |l| l.index),
+        is_leader: m.state == ServerState::Leader,
+        is_learner: m.state == ServerState::Learner,
+    }
+}

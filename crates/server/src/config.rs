@@ -1,0 +1,495 @@
+//! The node's configuration: etcd's flag names, defaults and `ETCD_*` environment variables, so
+//! an etcd unit file or kubeadm manifest works unchanged. etcd flags tandem does not support yet
+//! are recognised and refused with a clear message, never ignored.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use replication::MemberNode;
+use sha2::{Digest, Sha256};
+
+/// The etcd version tandem reports by default in `Status.version` and `/version`: an etcd
+/// 3.6-style semver, because kube-apiserver gates features on it.
+pub const DEFAULT_SERVER_VERSION: &str = "3.6.5";
+/// The etcd cluster version reported alongside it.
+pub const DEFAULT_CLUSTER_VERSION: &str = "3.6.0";
+
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "tandem",
+    version,
+    about = "An etcd v3-compatible replicated key-value store (two nodes + witness).",
+    long_about = None
+)]
+pub struct Flags {
+    /// Human-readable name for this member.
+    #[arg(long, env = "ETCD_NAME", default_value = "default")]
+    pub name: String,
+    /// Path to the data directory (default: "<name>.etcd").
+    #[arg(long, env = "ETCD_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// List of URLs to listen on for client traffic (gRPC and HTTP).
+    #[arg(
+        long,
+        env = "ETCD_LISTEN_CLIENT_URLS",
+        default_value = "http://localhost:2379"
+    )]
+    pub listen_client_urls: String,
+    /// List of this member's client URLs to advertise to the rest of the cluster.
+    #[arg(
+        long,
+        env = "ETCD_ADVERTISE_CLIENT_URLS",
+        default_value = "http://localhost:2379"
+    )]
+    pub advertise_client_urls: String,
+    /// List of URLs to listen on for peer traffic.
+    #[arg(
+        long,
+        env = "ETCD_LISTEN_PEER_URLS",
+        default_value = "http://localhost:2380"
+    )]
+    pub listen_peer_urls: String,
+    /// List of this member's peer URLs to advertise to the rest of the cluster.
+    #[arg(
+        long,
+        env = "ETCD_INITIAL_ADVERTISE_PEER_URLS",
+        default_value = "http://localhost:2380"
+    )]
+    pub initial_advertise_peer_urls: String,
+    /// Initial cluster configuration for bootstrapping ("name=peerURL,...").
+    #[arg(long, env = "ETCD_INITIAL_CLUSTER")]
+    pub initial_cluster: Option<String>,
+    /// Initial cluster state ("new" or "existing").
+    #[arg(long, env = "ETCD_INITIAL_CLUSTER_STATE", default_value = "new")]
+    pub initial_cluster_state: String,
+    /// Initial cluster token for the cluster during bootstrap.
+    #[arg(
+        long,
+        env = "ETCD_INITIAL_CLUSTER_TOKEN",
+        default_value = "etcd-cluster"
+    )]
+    pub initial_cluster_token: String,
+    /// Raise an alarm when the backend size exceeds this many bytes (0 = the default, 2 GiB).
+    #[arg(long, env = "ETCD_QUOTA_BACKEND_BYTES", default_value_t = 0)]
+    pub quota_backend_bytes: i64,
+    /// Maximum client request size in bytes the server will accept.
+    #[arg(long, env = "ETCD_MAX_REQUEST_BYTES", default_value_t = 1_572_864)]
+    pub max_request_bytes: u32,
+    /// Maximum number of operations permitted in a transaction.
+    #[arg(long, env = "ETCD_MAX_TXN_OPS", default_value_t = 128)]
+    pub max_txn_ops: usize,
+    /// Auto compaction mode: "periodic" or "revision".
+    #[arg(long, env = "ETCD_AUTO_COMPACTION_MODE", default_value = "periodic")]
+    pub auto_compaction_mode: String,
+    /// Auto compaction retention: a duration ("1h", or hours as a number) for periodic mode, a
+    /// revision count for revision mode; 0 disables auto compaction.
+    #[arg(long, env = "ETCD_AUTO_COMPACTION_RETENTION", default_value = "0")]
+    pub auto_compaction_retention: String,
+    /// Time (in milliseconds) of a heartbeat interval.
+    #[arg(long, env = "ETCD_HEARTBEAT_INTERVAL", default_value_t = 100)]
+    pub heartbeat_interval: u64,
+    /// Time (in milliseconds) for an election to timeout.
+    #[arg(long, env = "ETCD_ELECTION_TIMEOUT", default_value_t = 1000)]
+    pub election_timeout: u64,
+    /// Number of committed entries between two snapshots.
+    #[arg(long, env = "ETCD_SNAPSHOT_COUNT", default_value_t = 100_000)]
+    pub snapshot_count: u64,
+    /// Duration of periodic watch progress notifications.
+    #[arg(
+        long,
+        env = "ETCD_EXPERIMENTAL_WATCH_PROGRESS_NOTIFY_INTERVAL",
+        alias = "watch-progress-notify-interval",
+        default_value = "10m"
+    )]
+    pub experimental_watch_progress_notify_interval: String,
+    /// Log level: debug, info, warn, error, panic or fatal.
+    #[arg(long, env = "ETCD_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+    /// Logger: only "zap" (structured) is accepted, as in etcd 3.5+.
+    #[arg(long, env = "ETCD_LOGGER", default_value = "zap")]
+    pub logger: String,
+    /// Where logs go: "default", "stderr" or "stdout".
+    #[arg(long, env = "ETCD_LOG_OUTPUTS", default_value = "default")]
+    pub log_outputs: String,
+    /// Additional URLs to serve /metrics and /health on.
+    #[arg(long, env = "ETCD_LISTEN_METRICS_URLS")]
+    pub listen_metrics_urls: Option<String>,
+    /// The etcd version reported to clients (Status.version, /version); tandem's own version
+    /// is reported separately.
+    #[arg(long, env = "TANDEM_SERVER_VERSION", default_value = DEFAULT_SERVER_VERSION)]
+    pub server_version: String,
+
+    #[command(flatten)]
+    pub unsupported: Unsupported,
+}
+
+macro_rules! unsupported_flags {
+    ($($field:ident = $flag:literal, $env:literal;)*) => {
+        /// etcd flags tandem recognises but does not implement yet.
+        #[derive(clap::Args, Debug, Clone, Default)]
+        pub struct Unsupported {
+            $(
+                #[arg(long = $flag, env = $env, hide = true, num_args = 0..=1, default_missing_value = "true")]
+                pub $field: Option<String>,
+            )*
+        }
+
+        impl Unsupported {
+            /// The first unsupported flag that was given.
+            pub fn first_given(&self) -> Option<(&'static str, &'static str)> {
+                $(if self.$field.is_some() { return Some(($flag, $env)); })*
+                None
+            }
+        }
+    };
+}
+
+unsupported_flags! {
+    cert_file = "cert-file", "ETCD_CERT_FILE";
+    key_file = "key-file", "ETCD_KEY_FILE";
+    client_cert_auth = "client-cert-auth", "ETCD_CLIENT_CERT_AUTH";
+    trusted_ca_file = "trusted-ca-file", "ETCD_TRUSTED_CA_FILE";
+    auto_tls = "auto-tls", "ETCD_AUTO_TLS";
+    peer_cert_file = "peer-cert-file", "ETCD_PEER_CERT_FILE";
+    peer_key_file = "peer-key-file", "ETCD_PEER_KEY_FILE";
+    peer_client_cert_auth = "peer-client-cert-auth", "ETCD_PEER_CLIENT_CERT_AUTH";
+    peer_trusted_ca_file = "peer-trusted-ca-file", "ETCD_PEER_TRUSTED_CA_FILE";
+    peer_auto_tls = "peer-auto-tls", "ETCD_PEER_AUTO_TLS";
+    discovery = "discovery", "ETCD_DISCOVERY";
+    discovery_srv = "discovery-srv", "ETCD_DISCOVERY_SRV";
+    enable_v2 = "enable-v2", "ETCD_ENABLE_V2";
+    auth_token = "auth-token", "ETCD_AUTH_TOKEN";
+    cipher_suites = "cipher-suites", "ETCD_CIPHER_SUITES";
+    listen_client_http_urls = "listen-client-http-urls", "ETCD_LISTEN_CLIENT_HTTP_URLS";
+    force_new_cluster = "force-new-cluster", "ETCD_FORCE_NEW_CLUSTER";
+    wal_dir = "wal-dir", "ETCD_WAL_DIR";
+    enable_pprof = "enable-pprof", "ETCD_ENABLE_PPROF";
+}
+
+/// Automatic compaction as etcd's `--auto-compaction-*` flags describe it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AutoCompaction {
+    Disabled,
+    /// Keep roughly this much history (by time).
+    Periodic(Duration),
+    /// Keep this many revisions.
+    Revision(i64),
+}
+
+/// The resolved configuration the node runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub name: String,
+    pub data_dir: PathBuf,
+    pub client_urls: Vec<String>,
+    pub advertise_client_urls: Vec<String>,
+    pub peer_urls: Vec<String>,
+    pub advertise_peer_urls: Vec<String>,
+    pub member_id: u64,
+    pub cluster_id: u64,
+    pub initial_members: BTreeMap<u64, MemberNode>,
+    pub bootstrap: bool,
+    pub quota_backend_bytes: i64,
+    pub max_request_bytes: u32,
+    pub max_txn_ops: usize,
+    pub auto_compaction: AutoCompaction,
+    pub heartbeat_interval_ms: u64,
+    pub election_timeout_ms: u64,
+    pub snapshot_count: u64,
+    pub progress_notify_interval: Duration,
+    pub server_version: String,
+    pub metrics_urls: Vec<String>,
+}
+
+/// etcd's default backend quota.
+pub const DEFAULT_QUOTA_BYTES: i64 = 2 * 1024 * 1024 * 1024;
+
+fn split_urls(s: &str) -> Vec<String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+/// A member id derived from its peer URLs and the cluster token (stable across restarts).
+pub fn member_id(peer_urls: &[String], token: &str) -> u64 {
+    let mut urls = peer_urls.to_vec();
+    urls.sort();
+    let mut h = Sha256::new();
+    h.update(urls.join("").as_bytes());
+    h.update(token.as_bytes());
+    let d = h.finalize();
+    u64::from_be_bytes(d[..8].try_into().expect("8 bytes")) | 1
+}
+
+/// A cluster id derived from its members' ids.
+pub fn cluster_id(member_ids: impl Iterator<Item = u64>) -> u64 {
+    let mut ids: Vec<u64> = member_ids.collect();
+    ids.sort_unstable();
+    let mut h = Sha256::new();
+    for id in ids {
+        h.update(id.to_be_bytes());
+    }
+    let d = h.finalize();
+    u64::from_be_bytes(d[..8].try_into().expect("8 bytes"))
+}
+
+/// Parses a Go-style duration ("10m", "5s", "1h30m", "500ms") or a bare number of `unit`s.
+pub fn parse_duration(s: &str, unit: Duration) -> anyhow::Result<Duration> {
+    if let Ok(n) = s.parse::<f64>() {
+        return Ok(unit.mul_f64(n));
+    }
+    let mut total = Duration::ZERO;
+    let mut num = String::new();
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c.is_ascii_digit() || c == '.' {
+            num.push(c);
+            continue;
+        }
+        let mut u = c.to_string();
+        while let Some(&n) = chars.peek() {
+            if n.is_ascii_alphabetic() {
+                u.push(n);
+                chars.next();
+            } else {
+                break;
+            }
+        }
+        let n: f64 = num
+            .parse()
+            .with_context(|| format!("invalid duration {s:?}"))?;
+        num.clear();
+        let d = match u.as_str() {
+            "ns" => Duration::from_nanos(1),
+            "us" | "µs" => Duration::from_micros(1),
+            "ms" => Duration::from_millis(1),
+            "s" => Duration::from_secs(1),
+            "m" => Duration::from_secs(60),
+            "h" => Duration::from_secs(3600),
+            _ => bail!("invalid duration {s:?}: unknown unit {u:?}"),
+        };
+        total += d.mul_f64(n);
+    }
+    if !num.is_empty() {
+        bail!("invalid duration {s:?}: missing unit");
+    }
+    Ok(total)
+}
+
+/// The socket address of an `http://host:port` URL.
+pub async fn listen_addr(url: &str) -> anyhow::Result<SocketAddr> {
+    let rest = if let Some(r) = url.strip_prefix("http://") {
+        r
+    } else if url.starts_with("https://") {
+        bail!("{url}: TLS listeners are not supported by tandem yet (use http://)");
+    } else if url.starts_with("unix://") || url.starts_with("unixs://") {
+        bail!("{url}: unix socket listeners are not supported by tandem yet");
+    } else {
+        bail!("{url}: a listen URL must start with http://");
+    };
+    let hostport = rest.trim_end_matches('/');
+    let mut addrs = tokio::net::lookup_host(hostport)
+        .await
+        .with_context(|| format!("resolving {hostport}"))?;
+    addrs
+        .next()
+        .with_context(|| format!("{hostport} resolves to no address"))
+}
+
+impl Flags {
+    /// Parses the command line, accepting Go's single-dash long flags (`-name x`) as etcd does.
+    pub fn parse_etcd_style() -> Self {
+        let args = std::env::args().enumerate().map(|(i, a)| {
+            if i > 0 && a.starts_with('-') && !a.starts_with("--") && a.len() > 2 {
+                format!("-{a}")
+            } else {
+                a
+            }
+        });
+        Flags::parse_from(args)
+    }
+
+    /// Checks the flags and derives the member and cluster ids.
+    pub fn resolve(self) -> anyhow::Result<Config> {
+        if let Some((flag, env)) = self.unsupported.first_given() {
+            bail!("--{flag} ({env}) is not supported by tandem yet; remove it to start");
+        }
+        if self.logger != "zap" {
+            bail!("--logger={}: only \"zap\" is supported", self.logger);
+        }
+        let data_dir = self
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(format!("{}.etcd", self.name)));
+        let advertise_peer_urls = split_urls(&self.initial_advertise_peer_urls);
+        let initial_cluster = self
+            .initial_cluster
+            .clone()
+            .unwrap_or_else(|| format!("{}={}", self.name, advertise_peer_urls.join(",")));
+        let mut by_name: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for part in split_urls(&initial_cluster) {
+            let (name, url) = part
+                .split_once('=')
+                .with_context(|| format!("--initial-cluster: {part:?} is not name=url"))?;
+            by_name
+                .entry(name.to_string())
+                .or_default()
+                .push(url.to_string());
+        }
+        let Some(own_urls) = by_name.get(&self.name) else {
+            bail!(
+                "--initial-cluster has no entry for this member's --name {:?}",
+                self.name
+            );
+        };
+        let mut own_sorted = own_urls.clone();
+        own_sorted.sort();
+        let mut adv_sorted = advertise_peer_urls.clone();
+        adv_sorted.sort();
+        if own_sorted != adv_sorted {
+            bail!(
+                "--initial-cluster must include {}={} given --initial-advertise-peer-urls={}",
+                self.name,
+                advertise_peer_urls.join(","),
+                advertise_peer_urls.join(",")
+            );
+        }
+        let token = &self.initial_cluster_token;
+        let advertise_client_urls = split_urls(&self.advertise_client_urls);
+        let mut initial_members = BTreeMap::new();
+        for (name, urls) in &by_name {
+            let id = member_id(urls, token);
+            let client_urls = if *name == self.name {
+                advertise_client_urls.clone()
+            } else {
+                Vec::new()
+            };
+            initial_members.insert(
+                id,
+                MemberNode {
+                    name: name.clone(),
+                    peer_urls: urls.clone(),
+                    client_urls,
+                },
+            );
+        }
+        if initial_members.len() > 1 {
+            bail!("--initial-cluster names {} members: multi-member clusters are not supported by tandem yet (a single member for now)", initial_members.len());
+        }
+        let bootstrap = match self.initial_cluster_state.as_str() {
+            "new" => true,
+            "existing" => false,
+            s => bail!("--initial-cluster-state={s}: must be \"new\" or \"existing\""),
+        };
+        let retention = self.auto_compaction_retention.trim();
+        let auto_compaction = match self.auto_compaction_mode.as_str() {
+            _ if retention == "0" || retention.is_empty() => AutoCompaction::Disabled,
+            "periodic" => {
+                AutoCompaction::Periodic(parse_duration(retention, Duration::from_secs(3600))?)
+            }
+            "revision" => AutoCompaction::Revision(retention.parse().with_context(|| {
+                format!("--auto-compaction-retention={retention}: not a revision count")
+            })?),
+            m => bail!("--auto-compaction-mode={m}: must be \"periodic\" or \"revision\""),
+        };
+        if self.election_timeout < 5 * self.heartbeat_interval {
+            bail!(
+                "--election-timeout[{}ms] should be at least 5 times as --heartbeat-interval[{}ms]",
+                self.election_timeout,
+                self.heartbeat_interval
+            );
+        }
+        let progress_notify_interval = parse_duration(
+            &self.experimental_watch_progress_notify_interval,
+            Duration::from_secs(1),
+        )?;
+        if progress_notify_interval.is_zero() {
+            bail!("--experimental-watch-progress-notify-interval must be positive");
+        }
+        let member_id = member_id(&advertise_peer_urls, token);
+        Ok(Config {
+            name: self.name,
+            data_dir,
+            client_urls: split_urls(&self.listen_client_urls),
+            advertise_client_urls,
+            peer_urls: split_urls(&self.listen_peer_urls),
+            advertise_peer_urls,
+            member_id,
+            cluster_id: cluster_id(initial_members.keys().copied()),
+            initial_members,
+            bootstrap,
+            quota_backend_bytes: if self.quota_backend_bytes <= 0 {
+                DEFAULT_QUOTA_BYTES
+            } else {
+                self.quota_backend_bytes
+            },
+            max_request_bytes: self.max_request_bytes,
+            max_txn_ops: self.max_txn_ops,
+            auto_compaction,
+            heartbeat_interval_ms: self.heartbeat_interval,
+            election_timeout_ms: self.election_timeout,
+            snapshot_count: self.snapshot_count.max(1),
+            progress_notify_interval,
+            server_version: self.server_version,
+            metrics_urls: self
+                .listen_metrics_urls
+                .as_deref()
+                .map(split_urls)
+                .unwrap_or_default(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(
+            parse_duration("10m", Duration::from_secs(1)).unwrap(),
+            Duration::from_secs(600)
+        );
+        assert_eq!(
+            parse_duration("1h30m", Duration::from_secs(1)).unwrap(),
+            Duration::from_secs(5400)
+        );
+        assert_eq!(
+            parse_duration("500ms", Duration::from_secs(1)).unwrap(),
+            Duration::from_millis(500)
+        );
+        assert_eq!(
+            parse_duration("2", Duration::from_secs(3600)).unwrap(),
+            Duration::from_secs(7200)
+        );
+        assert!(parse_duration("5x", Duration::from_secs(1)).is_err());
+    }
+
+    #[test]
+    fn defaults_resolve_to_one_member() {
+        let c = Flags::parse_from(["tandem"]).resolve().unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("default.etcd"));
+        assert_eq!(c.initial_members.len(), 1);
+        assert!(c.initial_members.contains_key(&c.member_id));
+        assert_eq!(c.quota_backend_bytes, DEFAULT_QUOTA_BYTES);
+        assert_eq!(c.progress_notify_interval, Duration::from_secs(600));
+    }
+
+    #[test]
+    fn unsupported_flags_are_refused() {
+        let err = Flags::parse_from(["tandem", "--cert-file", "x.pem"])
+            .resolve()
+            .unwrap_err();
+        assert!(err.to_string().contains("--cert-file"), "{err}");
+        let err = Flags::parse_from(["tandem", "--client-cert-auth"])
+            .resolve()
+            .unwrap_err();
+        assert!(err.to_string().contains("not supported"), "{err}");
+    }
+}

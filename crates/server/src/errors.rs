@@ -1,0 +1,75 @@
+//! The one place where tandem's errors become etcd's gRPC errors. Every handler returns
+//! `tonic::Status` built here, so the codes and messages clients see are exactly etcd's
+//! (`etcd_api::rpctypes`).
+
+use etcd_api::rpctypes::{self, RpcError};
+use replication::ReplicaError;
+use tonic::Status;
+
+/// The etcd error for a keyspace error. Storage failures are not client errors: the node is
+/// stopping, and the client is told so.
+pub fn mvcc_error(e: &mvcc::Error) -> RpcError {
+    match e {
+        mvcc::Error::Compacted => rpctypes::COMPACTED,
+        mvcc::Error::FutureRevision => rpctypes::FUTURE_REV,
+        mvcc::Error::LeaseNotFound => rpctypes::LEASE_NOT_FOUND,
+        mvcc::Error::LeaseExists => rpctypes::LEASE_EXIST,
+        mvcc::Error::KeyNotFound => rpctypes::KEY_NOT_FOUND,
+        mvcc::Error::Busy => rpctypes::TOO_MANY_REQUESTS,
+        mvcc::Error::Storage(_) | mvcc::Error::Corrupt(_) => rpctypes::STOPPED,
+    }
+}
+
+/// The etcd error for a replication failure.
+pub fn replica_error(e: &ReplicaError) -> RpcError {
+    match e {
+        ReplicaError::NoLeader => rpctypes::NO_LEADER,
+        ReplicaError::NotLeader(_) | ReplicaError::LeaderChanged => rpctypes::LEADER_CHANGED,
+        ReplicaError::Stopped => rpctypes::STOPPED,
+        ReplicaError::Timeout => rpctypes::TIMEOUT,
+    }
+}
+
+pub fn from_mvcc(e: mvcc::Error) -> Status {
+    if matches!(e, mvcc::Error::Storage(_) | mvcc::Error::Corrupt(_)) {
+        tracing::error!(error = %e, "keyspace failure");
+    }
+    mvcc_error(&e).status()
+}
+
+pub fn from_replica(e: ReplicaError) -> Status {
+    replica_error(&e).status()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keyspace_errors_use_etcds_strings() {
+        let s = from_mvcc(mvcc::Error::Compacted);
+        assert_eq!(s.code(), tonic::Code::OutOfRange);
+        assert_eq!(
+            s.message(),
+            "etcdserver: mvcc: required revision has been compacted"
+        );
+        let s = from_mvcc(mvcc::Error::FutureRevision);
+        assert_eq!(
+            s.message(),
+            "etcdserver: mvcc: required revision is a future revision"
+        );
+        let s = from_mvcc(mvcc::Error::LeaseNotFound);
+        assert_eq!(
+            (s.code(), s.message()),
+            (
+                tonic::Code::NotFound,
+                "etcdserver: requested lease not found"
+            )
+        );
+        let s = from_replica(ReplicaError::NoLeader);
+        assert_eq!(
+            (s.code(), s.message()),
+            (tonic::Code::Unavailable, "etcdserver: no leader")
+        );
+    }
+}

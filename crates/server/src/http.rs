@@ -1,0 +1,304 @@
+//! The HTTP endpoints etcd serves next to gRPC on the client port: `/health`, `/livez`,
+//! `/readyz` (with etcd's `?exclude=`, `?serializable=` and `?verbose` forms), `/version` and
+//! `/metrics` (Prometheus text, etcd's metric names).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::node::Node;
+
+/// How long a health check's read may take (etcd: 5 s for /health, 2 s is what the apiserver
+/// gives its own probe).
+const HEALTH_READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub fn router(node: Arc<Node>) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/livez", get(livez))
+        .route("/readyz", get(readyz))
+        .route("/version", get(version))
+        .route("/metrics", get(metrics))
+        .with_state(node)
+}
+
+type Params = Query<HashMap<String, String>>;
+
+/// One named check and its failure reason, if any.
+type Check = (&'static str, Option<String>);
+
+async fn linearizable_read(node: &Node) -> Option<String> {
+    match tokio::time::timeout(HEALTH_READ_TIMEOUT, node.read_index()).await {
+        Ok(Ok(())) => None,
+        Ok(Err(s)) => Some(s.message().to_string()),
+        Err(_) => Some("timed out".into()),
+    }
+}
+
+fn alarm_failure(node: &Node, excluded: &[&str]) -> Option<String> {
+    let alarms: Vec<&str> = node
+        .store
+        .alarms()
+        .iter()
+        .map(|a| match a.alarm {
+            mvcc::AlarmType::NoSpace => "NOSPACE",
+            mvcc::AlarmType::Corrupt => "CORRUPT",
+        })
+        .filter(|a| !excluded.contains(a))
+        .collect();
+    (!alarms.is_empty()).then(|| format!("ALARM {}", alarms.join(",")))
+}
+
+/// etcd's `/health`: JSON `{"health":"true","reason":""}`, 503 when unhealthy.
+async fn health(State(node): State<Arc<Node>>, Query(q): Params) -> impl IntoResponse {
+    let excluded: Vec<&str> = q
+        .get("exclude")
+        .map(|e| e.split(',').collect())
+        .unwrap_or_default();
+    let serializable = q.get("serializable").is_some_and(|v| v == "true");
+    let reason = if let Some(r) = alarm_failure(&node, &excluded) {
+        Some(r)
+    } else if node.leader().is_none() {
+        Some("RAFT NO LEADER".to_string())
+    } else if !serializable {
+        linearizable_read(&node)
+            .await
+            .map(|e| format!("QGET ERROR: {e}"))
+    } else {
+        None
+    };
+    let (code, healthy, reason) = match reason {
+        None => (StatusCode::OK, "true", String::new()),
+        Some(r) => (StatusCode::SERVICE_UNAVAILABLE, "false", r),
+    };
+    let body = serde_json::json!({ "health": healthy, "reason": reason }).to_string();
+    (code, [(header::CONTENT_TYPE, "application/json")], body)
+}
+
+fn render_checks(
+    checks: Vec<Check>,
+    q: &HashMap<String, String>,
+    kind: &str,
+) -> (StatusCode, String) {
+    let excluded: Vec<&str> = q
+        .get("exclude")
+        .map(|e| e.split(',').collect())
+        .unwrap_or_default();
+    let verbose = q.contains_key("verbose");
+    let mut body = String::new();
+    let mut failed = false;
+    for (name, failure) in checks {
+        if excluded.contains(&name) {
+            body.push_str(&format!("[+]{name} excluded: ok\n"));
+            continue;
+        }
+        match failure {
+            None => body.push_str(&format!("[+]{name} ok\n")),
+            Some(reason) => {
+                failed = true;
+                body.push_str(&format!("[-]{name} failed: {reason}\n"));
+            }
+        }
+    }
+    if failed {
+        body.push_str(&format!("{kind} check failed\n"));
+        (StatusCode::SERVICE_UNAVAILABLE, body)
+    } else if verbose {
+        body.push_str(&format!("{kind} check passed\n"));
+        (StatusCode::OK, body)
+    } else {
+        (StatusCode::OK, "ok".into())
+    }
+}
+
+async fn livez(State(node): State<Arc<Node>>, Query(q): Params) -> impl IntoResponse {
+    let serializable = node
+        .store
+        .range(&mvcc::RangeRequest {
+            key: b"health".to_vec(),
+            ..Default::default()
+        })
+        .err()
+        .map(|e| e.to_string());
+    render_checks(vec![("serializable_read", serializable)], &q, "livez")
+}
+
+async fn readyz(State(node): State<Arc<Node>>, Query(q): Params) -> impl IntoResponse {
+    let corrupt = node
+        .store
+        .alarms()
+        .iter()
+        .any(|a| a.alarm == mvcc::AlarmType::Corrupt)
+        .then(|| "data corruption alarm".to_string());
+    let serializable = node
+        .store
+        .range(&mvcc::RangeRequest {
+            key: b"health".to_vec(),
+            ..Default::default()
+        })
+        .err()
+        .map(|e| e.to_string());
+    let excluded = q
+        .get("exclude")
+        .is_some_and(|e| e.split(',').any(|c| c == "linearizable_read"));
+    let linearizable = if excluded {
+        None
+    } else {
+        linearizable_read(&node).await
+    };
+    render_checks(
+        vec![
+            ("data_corruption", corrupt),
+            ("serializable_read", serializable),
+            ("linearizable_read", linearizable),
+        ],
+        &q,
+        "readyz",
+    )
+}
+
+async fn version(State(node): State<Arc<Node>>) -> impl IntoResponse {
+    let body = serde_json::json!({
+        "etcdserver": node.config.server_version,
+        "etcdcluster": crate::config::DEFAULT_CLUSTER_VERSION,
+        "storage": crate::maintenance::STORAGE_VERSION,
+        "tandem": env!("CARGO_PKG_VERSION"),
+    })
+    .to_string();
+    ([(header::CONTENT_TYPE, "application/json")], body)
+}
+
+fn gauge(registry: &mut Registry, name: &str, help: &str, value: i64) {
+    let g: Gauge = Gauge::default();
+    g.set(value);
+    registry.register(name, help, g);
+}
+
+/// A gauge of 1 with one label, as etcd reports versions.
+fn labelled(registry: &mut Registry, name: &str, help: &str, label: &str, value: &str) {
+    let f: Family<Vec<(String, String)>, Gauge> = Family::default();
+    f.get_or_create(&vec![(label.to_string(), value.to_string())])
+        .set(1);
+    registry.register(name, help, f);
+}
+
+/// Metrics are read from the node's state at scrape time, under etcd's names.
+async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
+    let mut registry = Registry::default();
+    let raft = node.status();
+    let store = node.store.status().ok();
+    gauge(
+        &mut registry,
+        "etcd_server_has_leader",
+        "Whether or not a leader exists. 1 is existence, 0 is not.",
+        i64::from(raft.leader.is_some()),
+    );
+    gauge(
+        &mut registry,
+        "etcd_server_is_leader",
+        "Whether or not this member is a leader. 1 if is, 0 otherwise.",
+        i64::from(raft.is_leader),
+    );
+    gauge(
+        &mut registry,
+        "etcd_server_is_learner",
+        "Whether or not this member is a learner. 1 if is, 0 otherwise.",
+        i64::from(raft.is_learner),
+    );
+    gauge(
+        &mut registry,
+        "etcd_server_proposals_committed_total",
+        "The total number of consensus proposals committed.",
+        raft.last_log_index as i64,
+    );
+    gauge(
+        &mut registry,
+        "etcd_server_proposals_applied_total",
+        "The total number of consensus proposals applied.",
+        raft.applied_index as i64,
+    );
+    gauge(
+        &mut registry,
+        "etcd_server_term",
+        "The current raft term.",
+        raft.term as i64,
+    );
+    gauge(
+        &mut registry,
+        "etcd_server_quota_backend_bytes",
+        "Current backend storage quota size in bytes.",
+        node.config.quota_backend_bytes,
+    );
+    if let Some(s) = store {
+        gauge(
+            &mut registry,
+            "etcd_mvcc_db_total_size_in_bytes",
+            "Total size of the underlying database physically allocated in bytes.",
+            s.db_size,
+        );
+        gauge(
+            &mut registry,
+            "etcd_mvcc_db_total_size_in_use_in_bytes",
+            "Total size of the underlying database logically in use in bytes.",
+            s.db_size_in_use,
+        );
+        gauge(
+            &mut registry,
+            "etcd_debugging_mvcc_current_revision",
+            "The current revision of store.",
+            s.revision,
+        );
+        gauge(
+            &mut registry,
+            "etcd_debugging_mvcc_compact_revision",
+            "The revision of the last compaction in store.",
+            s.compacted,
+        );
+        gauge(
+            &mut registry,
+            "etcd_debugging_mvcc_keys_total",
+            "Total number of key changes kept in the index.",
+            s.index_entries as i64,
+        );
+    }
+    labelled(
+        &mut registry,
+        "etcd_server_version",
+        "Which version is running. 1 for 'server_version' label with current version.",
+        "server_version",
+        &node.config.server_version,
+    );
+    labelled(
+        &mut registry,
+        "etcd_cluster_version",
+        "Which version is running. 1 for 'cluster_version' label with current cluster version",
+        "cluster_version",
+        crate::config::DEFAULT_CLUSTER_VERSION,
+    );
+    let mut body = String::new();
+    if encode(&mut body, &registry).is_err() {
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            [(header::CONTENT_TYPE, "text/plain")],
+            String::new(),
+        );
+    }
+    (
+        StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
+}

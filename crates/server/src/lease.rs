@@ -1,0 +1,269 @@
+//! Leases. Grants and revocations are log entries; expiry is decided by the leader alone, on the
+//! monotonic clock, and carried out through the log (a `LeaseRevoke` entry deletes every attached
+//! key in one revision). Expiry times live only in the leader's memory: a new leader (and a
+//! restarted one) starts every lease's full TTL again, so a lease may expire late but never early.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use etcd_api::etcdserverpb as pb;
+use etcd_api::rpctypes;
+use futures::Stream;
+use mvcc::{Command, CommandResponse};
+use prost::Message;
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::config::Config;
+use crate::node::Node;
+
+/// How often the leader looks for expired leases (etcd: 500 ms).
+const EXPIRY_CHECK_INTERVAL: Duration = Duration::from_millis(500);
+/// The most leases revoked per check (etcd revokes at most 1,000 per second).
+const REVOKES_PER_CHECK_MAX: usize = 500;
+/// Responses buffered on one keep-alive stream.
+const KEEPALIVE_BUFFER: usize = 16;
+
+/// The leader's view of when each lease expires.
+pub struct Lessor {
+    expiry: Mutex<HashMap<i64, Instant>>,
+    /// The shortest TTL granted, as etcd derives it from the election timeout.
+    pub min_ttl: i64,
+    /// The term in which the expiry times were set; another term starts them over.
+    term: Mutex<u64>,
+}
+
+impl Lessor {
+    pub fn new(config: &Config) -> Self {
+        // etcd: ceil(1.5 × election timeout), in seconds.
+        let min_ttl_ms = 3 * config.election_timeout_ms / 2;
+        Self {
+            expiry: Mutex::new(HashMap::new()),
+            min_ttl: min_ttl_ms.div_ceil(1000) as i64,
+            term: Mutex::new(0),
+        }
+    }
+
+    fn expiry(&self) -> std::sync::MutexGuard<'_, HashMap<i64, Instant>> {
+        self.expiry.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Forgets every expiry time when leadership moved, so each lease gets its full TTL again.
+    fn on_term(&self, term: u64) {
+        let mut t = self.term.lock().unwrap_or_else(|e| e.into_inner());
+        if *t != term {
+            *t = term;
+            self.expiry().clear();
+        }
+    }
+
+    /// Starts a lease's TTL over (grant or keep-alive).
+    pub fn refresh(&self, id: i64, ttl: i64) {
+        self.expiry()
+            .insert(id, Instant::now() + Duration::from_secs(ttl.max(0) as u64));
+    }
+
+    /// Seconds left (rounded down, as etcd reports them); a lease the leader has not timed yet
+    /// starts its full TTL now.
+    pub fn remaining(&self, id: i64, ttl: i64) -> i64 {
+        let now = Instant::now();
+        let mut exp = self.expiry();
+        let at = *exp
+            .entry(id)
+            .or_insert_with(|| now + Duration::from_secs(ttl.max(0) as u64));
+        at.saturating_duration_since(now).as_secs() as i64
+    }
+
+    /// Leases whose TTL has run out, given every lease the keyspace holds.
+    fn expired(&self, leases: &[(i64, i64)]) -> Vec<i64> {
+        let now = Instant::now();
+        let mut exp = self.expiry();
+        exp.retain(|id, _| leases.iter().any(|(l, _)| l == id));
+        let mut out = Vec::new();
+        for (id, ttl) in leases {
+            let at = *exp
+                .entry(*id)
+                .or_insert_with(|| now + Duration::from_secs((*ttl).max(0) as u64));
+            if at <= now && out.len() < REVOKES_PER_CHECK_MAX {
+                out.push(*id);
+            }
+        }
+        out
+    }
+}
+
+/// The leader's expiry loop: revokes expired leases through the log.
+pub async fn expiry_loop(node: Arc<Node>) {
+    let mut tick = tokio::time::interval(EXPIRY_CHECK_INTERVAL);
+    loop {
+        tick.tick().await;
+        let status = node.status();
+        if !status.is_leader {
+            node.lessor.on_term(0);
+            continue;
+        }
+        node.lessor.on_term(status.term);
+        for id in node.lessor.expired(&node.store.leases()) {
+            tracing::debug!(lease = id, "lease expired; revoking");
+            if let Err(e) = node.propose(Command::LeaseRevoke { id }, 0).await {
+                if node.store.lease(id).is_some() {
+                    tracing::warn!(lease = id, error = %e, "revoking an expired lease failed; retrying");
+                }
+            }
+        }
+    }
+}
+
+pub struct LeaseService {
+    pub node: Arc<Node>,
+}
+
+type KeepAliveStream =
+    Pin<Box<dyn Stream<Item = Result<pb::LeaseKeepAliveResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::lease_server::Lease for LeaseService {
+    async fn lease_grant(
+        &self,
+        request: Request<pb::LeaseGrantRequest>,
+    ) -> Result<Response<pb::LeaseGrantResponse>, Status> {
+        let r = request.into_inner();
+        if r.ttl > mvcc::MAX_LEASE_TTL_SECONDS {
+            return Err(rpctypes::LEASE_TTL_TOO_LARGE.status());
+        }
+        let ttl = r.ttl.max(self.node.lessor.min_ttl);
+        let mut id = r.id;
+        while id == 0 {
+            id = rand::random::<i64>() & i64::MAX;
+        }
+        match self
+            .node
+            .propose(Command::LeaseGrant { id, ttl }, r.encoded_len())
+            .await?
+        {
+            CommandResponse::LeaseGrant { id, ttl, revision } => {
+                self.node.lessor.refresh(id, ttl);
+                Ok(Response::new(pb::LeaseGrantResponse {
+                    header: self.node.header(revision),
+                    id,
+                    ttl,
+                    error: String::new(),
+                }))
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn lease_revoke(
+        &self,
+        request: Request<pb::LeaseRevokeRequest>,
+    ) -> Result<Response<pb::LeaseRevokeResponse>, Status> {
+        let r = request.into_inner();
+        match self
+            .node
+            .propose(Command::LeaseRevoke { id: r.id }, 0)
+            .await?
+        {
+            CommandResponse::LeaseRevoke { revision } => {
+                Ok(Response::new(pb::LeaseRevokeResponse {
+                    header: self.node.header(revision),
+                }))
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    type LeaseKeepAliveStream = KeepAliveStream;
+
+    async fn lease_keep_alive(
+        &self,
+        request: Request<Streaming<pb::LeaseKeepAliveRequest>>,
+    ) -> Result<Response<KeepAliveStream>, Status> {
+        let mut inbound = request.into_inner();
+        let (tx, rx) = tokio::sync::mpsc::channel(KEEPALIVE_BUFFER);
+        let node = Arc::clone(&self.node);
+        tokio::spawn(async move {
+            while let Ok(Some(req)) = inbound.message().await {
+                let reply = keep_alive(&node, req.id).await;
+                if tx.send(reply).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn lease_time_to_live(
+        &self,
+        request: Request<pb::LeaseTimeToLiveRequest>,
+    ) -> Result<Response<pb::LeaseTimeToLiveResponse>, Status> {
+        let r = request.into_inner();
+        self.node.read_index().await?;
+        let header = self.node.current_header();
+        let Some(l) = self.node.store.lease(r.id) else {
+            return Ok(Response::new(pb::LeaseTimeToLiveResponse {
+                header,
+                id: r.id,
+                ttl: -1,
+                ..Default::default()
+            }));
+        };
+        Ok(Response::new(pb::LeaseTimeToLiveResponse {
+            header,
+            id: r.id,
+            ttl: self.node.lessor.remaining(r.id, l.ttl),
+            granted_ttl: l.ttl,
+            keys: if r.keys {
+                l.keys.into_iter().map(Into::into).collect()
+            } else {
+                Vec::new()
+            },
+        }))
+    }
+
+    async fn lease_leases(
+        &self,
+        _request: Request<pb::LeaseLeasesRequest>,
+    ) -> Result<Response<pb::LeaseLeasesResponse>, Status> {
+        self.node.read_index().await?;
+        let leases = self
+            .node
+            .store
+            .leases()
+            .into_iter()
+            .map(|(id, _)| pb::LeaseStatus { id })
+            .collect();
+        Ok(Response::new(pb::LeaseLeasesResponse {
+            header: self.node.current_header(),
+            leases,
+        }))
+    }
+}
+
+/// Renews a lease on the leader; an unknown lease answers TTL 0, as etcd does.
+async fn keep_alive(node: &Node, id: i64) -> Result<pb::LeaseKeepAliveResponse, Status> {
+    if !node.status().is_leader {
+        return Err(rpctypes::NOT_LEADER.status());
+    }
+    node.read_index().await?;
+    let header = node.current_header();
+    match node.store.lease(id) {
+        Some(l) => {
+            node.lessor.refresh(id, l.ttl);
+            Ok(pb::LeaseKeepAliveResponse {
+                header,
+                id,
+                ttl: l.ttl,
+            })
+        }
+        None => Ok(pb::LeaseKeepAliveResponse { header, id, ttl: 0 }),
+    }
+}
+
+pub fn unexpected(r: CommandResponse) -> Status {
+    tracing::error!(response = ?r, "a command returned a response of another kind");
+    Status::internal("tandem: unexpected response kind")
+}

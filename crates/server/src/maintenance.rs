@@ -1,0 +1,282 @@
+//! The Maintenance service: status, hashes, alarms, defragmentation and snapshots.
+
+use std::io::{Read, Seek, Write};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use etcd_api::etcdserverpb as pb;
+use etcd_api::rpctypes;
+use futures::Stream;
+use mvcc::{Alarm, AlarmType, Command, CommandResponse};
+use sha2::{Digest, Sha256};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::lease::unexpected;
+use crate::node::Node;
+
+/// Bytes per snapshot message (etcd sends 32 KiB pieces).
+const SNAPSHOT_CHUNK_BYTES: usize = 32 * 1024;
+/// The snapshot body is padded to a multiple of this, as etcd clients require.
+const SNAPSHOT_ALIGN_BYTES: u64 = 512;
+/// The storage version reported by `Status` (etcd 3.6's field).
+pub const STORAGE_VERSION: &str = "3.6.0";
+/// How long defragmentation waits for readers to let go of the store before giving up.
+const DEFRAG_WAIT_MAX: Duration = Duration::from_secs(30);
+
+pub struct MaintenanceService {
+    pub node: Arc<Node>,
+}
+
+fn alarm_to_pb(a: &Alarm) -> pb::AlarmMember {
+    pb::AlarmMember {
+        member_id: a.member_id,
+        alarm: match a.alarm {
+            AlarmType::NoSpace => pb::AlarmType::Nospace as i32,
+            AlarmType::Corrupt => pb::AlarmType::Corrupt as i32,
+        },
+    }
+}
+
+/// etcd's text form of an alarm, as `Status.errors` lists it.
+fn alarm_string(a: &Alarm) -> String {
+    let name = match a.alarm {
+        AlarmType::NoSpace => "NOSPACE",
+        AlarmType::Corrupt => "CORRUPT",
+    };
+    format!("memberID:{} alarm:{} ", a.member_id, name)
+}
+
+type SnapshotStream = Pin<Box<dyn Stream<Item = Result<pb::SnapshotResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::maintenance_server::Maintenance for MaintenanceService {
+    async fn alarm(
+        &self,
+        request: Request<pb::AlarmRequest>,
+    ) -> Result<Response<pb::AlarmResponse>, Status> {
+        use pb::alarm_request::AlarmAction;
+        let r = request.into_inner();
+        let alarm = match pb::AlarmType::try_from(r.alarm).unwrap_or(pb::AlarmType::None) {
+            pb::AlarmType::None => None,
+            pb::AlarmType::Nospace => Some(AlarmType::NoSpace),
+            pb::AlarmType::Corrupt => Some(AlarmType::Corrupt),
+        };
+        let action = AlarmAction::try_from(r.action).unwrap_or(AlarmAction::Get);
+        let alarms = match (action, alarm) {
+            (AlarmAction::Get, _) | (_, None) => self
+                .node
+                .store
+                .alarms()
+                .into_iter()
+                .filter(|a| {
+                    alarm.is_none_or(|t| a.alarm == t)
+                        && (r.member_id == 0 || a.member_id == r.member_id)
+                })
+                .collect(),
+            (action, Some(alarm)) => {
+                let a = Alarm {
+                    member_id: r.member_id,
+                    alarm,
+                };
+                let cmd = if action == AlarmAction::Activate {
+                    Command::AlarmActivate(a)
+                } else {
+                    Command::AlarmDeactivate(a)
+                };
+                match self.node.propose(cmd, 0).await? {
+                    CommandResponse::Alarm { alarms, .. } => alarms,
+                    other => return Err(unexpected(other)),
+                }
+            }
+        };
+        Ok(Response::new(pb::AlarmResponse {
+            header: self.node.current_header(),
+            alarms: alarms.iter().map(alarm_to_pb).collect(),
+        }))
+    }
+
+    async fn status(
+        &self,
+        _request: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
+        let st = self.node.store.status().map_err(crate::errors::from_mvcc)?;
+        let raft = self.node.status();
+        Ok(Response::new(pb::StatusResponse {
+            header: self.node.header(st.revision),
+            version: self.node.config.server_version.clone(),
+            db_size: st.db_size,
+            leader: raft.leader.unwrap_or(0),
+            raft_index: raft.last_log_index,
+            raft_term: raft.term,
+            raft_applied_index: raft.applied_index,
+            errors: self.node.store.alarms().iter().map(alarm_string).collect(),
+            db_size_in_use: st.db_size_in_use,
+            is_learner: raft.is_learner,
+            storage_version: STORAGE_VERSION.to_string(),
+            db_size_quota: self.node.config.quota_backend_bytes,
+            downgrade_info: Some(pb::DowngradeInfo::default()),
+        }))
+    }
+
+    async fn defragment(
+        &self,
+        _request: Request<pb::DefragmentRequest>,
+    ) -> Result<Response<pb::DefragmentResponse>, Status> {
+        let store = Arc::clone(&self.node.store);
+        let deadline = tokio::time::Instant::now() + DEFRAG_WAIT_MAX;
+        loop {
+            let s = Arc::clone(&store);
+            let result = tokio::task::spawn_blocking(move || s.defragment())
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?;
+            match result {
+                Ok(()) => break,
+                // Readers (a snapshot stream, say) hold the file; wait for them, within limits.
+                Err(mvcc::Error::Busy) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => return Err(crate::errors::from_mvcc(e)),
+            }
+        }
+        Ok(Response::new(pb::DefragmentResponse {
+            header: self.node.current_header(),
+        }))
+    }
+
+    async fn hash(
+        &self,
+        _request: Request<pb::HashRequest>,
+    ) -> Result<Response<pb::HashResponse>, Status> {
+        let (hash, ..) = self
+            .node
+            .store
+            .hash_kv(0)
+            .map_err(crate::errors::from_mvcc)?;
+        Ok(Response::new(pb::HashResponse {
+            header: self.node.current_header(),
+            hash,
+        }))
+    }
+
+    async fn hash_kv(
+        &self,
+        request: Request<pb::HashKvRequest>,
+    ) -> Result<Response<pb::HashKvResponse>, Status> {
+        let r = request.into_inner();
+        let (hash, compact_revision, hash_revision) = self
+            .node
+            .store
+            .hash_kv(r.revision)
+            .map_err(crate::errors::from_mvcc)?;
+        Ok(Response::new(pb::HashKvResponse {
+            header: self.node.current_header(),
+            hash,
+            compact_revision,
+            hash_revision,
+        }))
+    }
+
+    type SnapshotStream = SnapshotStream;
+
+    async fn snapshot(
+        &self,
+        _request: Request<pb::SnapshotRequest>,
+    ) -> Result<Response<SnapshotStream>, Status> {
+        let store = Arc::clone(&self.node.store);
+        let dir = self.node.config.data_dir.join("member");
+        // Dump to a temporary file first: its size gives `remaining_bytes`, and the keyspace is
+        // held only while dumping, not while a slow client reads.
+        let mut file = tokio::task::spawn_blocking(move || -> Result<std::fs::File, Status> {
+            let mut f = tempfile::tempfile_in(&dir).map_err(|e| Status::internal(e.to_string()))?;
+            {
+                let mut w = std::io::BufWriter::new(&mut f);
+                store
+                    .snapshot_to(&mut w, "")
+                    .map_err(crate::errors::from_mvcc)?;
+                w.flush().map_err(|e| Status::internal(e.to_string()))?;
+            }
+            // etcd clients expect a body of whole 512-byte pages (bbolt's) before the SHA-256
+            // trailer and refuse anything else; the snapshot reader ignores the zero padding.
+            let len = f
+                .metadata()
+                .map_err(|e| Status::internal(e.to_string()))?
+                .len();
+            let pad = (SNAPSHOT_ALIGN_BYTES - len % SNAPSHOT_ALIGN_BYTES) % SNAPSHOT_ALIGN_BYTES;
+            f.write_all(&vec![0u8; pad as usize])
+                .map_err(|e| Status::internal(e.to_string()))?;
+            f.rewind().map_err(|e| Status::internal(e.to_string()))?;
+            Ok(f)
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))??;
+        let total = file
+            .metadata()
+            .map_err(|e| Status::internal(e.to_string()))?
+            .len();
+        let header = self.node.current_header();
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::task::spawn_blocking(move || {
+            let mut sent = 0u64;
+            let mut hasher = Sha256::new();
+            let mut buf = vec![0u8; SNAPSHOT_CHUNK_BYTES];
+            loop {
+                let n = match file.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) => {
+                        let _ = tx.blocking_send(Err(Status::internal(e.to_string())));
+                        return;
+                    }
+                };
+                hasher.update(&buf[..n]);
+                sent += n as u64;
+                let msg = pb::SnapshotResponse {
+                    header,
+                    remaining_bytes: total - sent,
+                    blob: buf[..n].to_vec().into(),
+                    version: STORAGE_VERSION.to_string(),
+                };
+                if tx.blocking_send(Ok(msg)).is_err() {
+                    return;
+                }
+            }
+            // As etcd does, the last message carries the SHA-256 of everything before it.
+            let sum = hasher.finalize().to_vec();
+            let _ = tx.blocking_send(Ok(pb::SnapshotResponse {
+                header,
+                remaining_bytes: 0,
+                blob: sum.into(),
+                version: STORAGE_VERSION.to_string(),
+            }));
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn move_leader(
+        &self,
+        request: Request<pb::MoveLeaderRequest>,
+    ) -> Result<Response<pb::MoveLeaderResponse>, Status> {
+        let r = request.into_inner();
+        let raft = self.node.status();
+        if !raft.is_leader {
+            return Err(rpctypes::NOT_LEADER.status());
+        }
+        if r.target_id != self.node.config.member_id {
+            return Err(rpctypes::BAD_LEADER_TRANSFEREE.status());
+        }
+        Ok(Response::new(pb::MoveLeaderResponse {
+            header: self.node.current_header(),
+        }))
+    }
+
+    async fn downgrade(
+        &self,
+        _request: Request<pb::DowngradeRequest>,
+    ) -> Result<Response<pb::DowngradeResponse>, Status> {
+        Err(Status::unimplemented(
+            "tandem: cluster downgrade is not supported",
+        ))
+    }
+}

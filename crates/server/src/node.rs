@@ -1,0 +1,166 @@
+//! The running member as the gRPC services see it: the replica, the keyspace, the watch hub and
+//! the lessor, plus the checks every request shares (leader, quota, request size, timeouts).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use etcd_api::etcdserverpb as pb;
+use etcd_api::rpctypes;
+use mvcc::{Command, CommandResponse, Store};
+use replication::{Replica, ReplicaStatus};
+use tokio::sync::watch;
+use tonic::Status;
+
+use crate::config::Config;
+use crate::convert::HeaderFactory;
+use crate::errors;
+use crate::lease::Lessor;
+use crate::watch::WatchHub;
+
+/// The longest a client request waits for replication before `request timed out` (etcd: 5 s
+/// plus two election timeouts).
+fn request_timeout(election_timeout_ms: u64) -> Duration {
+    Duration::from_secs(5) + Duration::from_millis(2 * election_timeout_ms)
+}
+
+/// gRPC metadata a client sets to require a leader (etcd's `hasleader`).
+pub const HAS_LEADER_METADATA: &str = "hasleader";
+
+pub struct Node {
+    pub config: Config,
+    pub replica: Replica,
+    pub store: Arc<Store>,
+    pub hub: Arc<WatchHub>,
+    pub lessor: Lessor,
+    /// This member's raft status, kept current by a metrics task.
+    status: watch::Receiver<ReplicaStatus>,
+}
+
+impl Node {
+    pub fn new(config: Config, replica: Replica, hub: Arc<WatchHub>) -> Arc<Self> {
+        let store = Arc::clone(replica.store());
+        let status = replica.watch_status();
+        let lessor = Lessor::new(&config);
+        Arc::new(Self {
+            config,
+            replica,
+            store,
+            hub,
+            lessor,
+            status,
+        })
+    }
+
+    pub fn status(&self) -> ReplicaStatus {
+        *self.status.borrow()
+    }
+
+    /// A receiver that changes with this member's raft status.
+    pub fn status_changes(&self) -> watch::Receiver<ReplicaStatus> {
+        self.status.clone()
+    }
+
+    pub fn term(&self) -> u64 {
+        self.status.borrow().term
+    }
+
+    pub fn leader(&self) -> Option<u64> {
+        self.status.borrow().leader
+    }
+
+    pub fn headers(&self) -> HeaderFactory {
+        HeaderFactory {
+            cluster_id: self.config.cluster_id,
+            member_id: self.config.member_id,
+            raft_term: self.term(),
+        }
+    }
+
+    pub fn header(&self, revision: i64) -> Option<pb::ResponseHeader> {
+        self.headers().header(revision)
+    }
+
+    /// A header with the store's current revision.
+    pub fn current_header(&self) -> Option<pb::ResponseHeader> {
+        self.header(self.store.current_revision())
+    }
+
+    /// Refuses a request that asked for a leader when there is none.
+    pub fn check_has_leader<T>(&self, req: &tonic::Request<T>) -> Result<(), Status> {
+        let wants = req
+            .metadata()
+            .get(HAS_LEADER_METADATA)
+            .is_some_and(|v| v.as_bytes() == b"true");
+        if wants && self.leader().is_none() {
+            return Err(rpctypes::NO_LEADER.status());
+        }
+        Ok(())
+    }
+
+    /// Refuses a mutation bigger than `--max-request-bytes`.
+    pub fn check_size(&self, encoded_len: usize) -> Result<(), Status> {
+        if encoded_len > self.config.max_request_bytes as usize {
+            return Err(rpctypes::REQUEST_TOO_LARGE.status());
+        }
+        Ok(())
+    }
+
+    /// etcd's backend quota: while NOSPACE is raised, or when this request would pass the quota,
+    /// requests that may grow the store are refused (and the alarm is raised once).
+    async fn check_quota(&self, cmd: &Command, cost: usize) -> Result<(), Status> {
+        if !cmd.may_grow() {
+            return Ok(());
+        }
+        let raised = self
+            .store
+            .alarms()
+            .iter()
+            .any(|a| a.alarm == mvcc::AlarmType::NoSpace);
+        if raised {
+            return Err(rpctypes::NO_SPACE.status());
+        }
+        let size = std::fs::metadata(self.store.path())
+            .map(|m| m.len() as i64)
+            .unwrap_or(0);
+        if size + cost as i64 > self.config.quota_backend_bytes {
+            tracing::warn!(
+                db_size = size,
+                quota = self.config.quota_backend_bytes,
+                "backend quota exceeded; raising NOSPACE"
+            );
+            let alarm = mvcc::Alarm {
+                member_id: self.config.member_id,
+                alarm: mvcc::AlarmType::NoSpace,
+            };
+            self.propose_unchecked(Command::AlarmActivate(alarm))
+                .await?;
+            return Err(rpctypes::NO_SPACE.status());
+        }
+        Ok(())
+    }
+
+    /// Replicates a mutation and returns what applying it returned, as a gRPC result.
+    pub async fn propose(&self, cmd: Command, cost: usize) -> Result<CommandResponse, Status> {
+        self.check_quota(&cmd, cost).await?;
+        self.propose_unchecked(cmd).await
+    }
+
+    async fn propose_unchecked(&self, cmd: Command) -> Result<CommandResponse, Status> {
+        let timeout = request_timeout(self.config.election_timeout_ms);
+        match tokio::time::timeout(timeout, self.replica.propose(cmd)).await {
+            Err(_) => Err(rpctypes::TIMEOUT.status()),
+            Ok(Err(e)) => Err(errors::from_replica(e)),
+            Ok(Ok(Err(e))) => Err(errors::from_mvcc(e)),
+            Ok(Ok(Ok(r))) => Ok(r),
+        }
+    }
+
+    /// Waits until a linearizable read may be served from the local keyspace.
+    pub async fn read_index(&self) -> Result<(), Status> {
+        let timeout = request_timeout(self.config.election_timeout_ms);
+        match tokio::time::timeout(timeout, self.replica.read_barrier()).await {
+            Err(_) => Err(rpctypes::TIMEOUT.status()),
+            Ok(r) => r.map_err(errors::from_replica),
+        }
+    }
+}

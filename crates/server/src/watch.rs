@@ -1,0 +1,517 @@
+//! Watches. The hub keeps the events of the most recent revisions in a bounded ring; each watch
+//! stream owns its watchers and pulls the events it still owes them, from the ring when they are
+//! recent and from the keyspace when a watcher is further behind (etcd's unsynced watchers). So
+//! memory is bounded whatever a slow client does, and every watcher gets every event exactly
+//! once, in revision order, with all events of a revision in one response.
+//!
+//! A `WatchProgressRequest` is answered (watch id -1, the current revision) only when every
+//! watcher of the stream has been sent everything up to that revision, so no event at or below
+//! the reported revision can follow it.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use etcd_api::etcdserverpb as pb;
+use etcd_api::etcdserverpb::watch_create_request::FilterType;
+use etcd_api::etcdserverpb::watch_request::RequestUnion;
+use futures::Stream;
+use mvcc::{Event, EventType, KeyRange, Store};
+use prost::Message;
+use replication::ApplyListener;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::convert::event_to_pb;
+use crate::node::{Node, HAS_LEADER_METADATA};
+
+/// Revisions kept in the hub's ring.
+const RING_REVISIONS_MAX: usize = 16_384;
+/// Bytes of event data kept in the ring (keys and values, roughly).
+const RING_BYTES_MAX: usize = 64 << 20;
+/// Revisions one watcher is sent per step when catching up, so one slow watcher cannot starve
+/// the stream's other work.
+const CATCH_UP_REVISIONS_MAX: usize = 1_000;
+/// Event bytes one response aims to stay under (a revision is never split, except by fragment).
+const RESPONSE_BYTES_TARGET: usize = 1 << 20;
+/// Responses buffered towards one client before the stream waits for it.
+const STREAM_BUFFER_RESPONSES: usize = 128;
+/// etcd's watch id for responses that belong to the whole stream.
+const STREAM_WATCH_ID: i64 = -1;
+
+struct Ring {
+    revs: VecDeque<(i64, Arc<Vec<Event>>)>,
+    bytes: usize,
+}
+
+fn event_bytes(events: &[Event]) -> usize {
+    events
+        .iter()
+        .map(|e| {
+            e.kv.key.len()
+                + e.kv.value.len()
+                + e.prev_kv
+                    .as_ref()
+                    .map_or(0, |p| p.value.len() + p.key.len())
+                + 64
+        })
+        .sum()
+}
+
+/// The events of recent revisions, shared by every watch stream.
+pub struct WatchHub {
+    ring: Mutex<Ring>,
+    revision: watch::Sender<i64>,
+    store: Arc<Store>,
+}
+
+impl WatchHub {
+    pub fn new(store: Arc<Store>) -> Arc<Self> {
+        let (revision, _) = watch::channel(store.current_revision());
+        Arc::new(Self {
+            ring: Mutex::new(Ring {
+                revs: VecDeque::new(),
+                bytes: 0,
+            }),
+            revision,
+            store,
+        })
+    }
+
+    fn subscribe(&self) -> watch::Receiver<i64> {
+        self.revision.subscribe()
+    }
+
+    /// Events of revisions `from..=to` in `range`, at most `max_revisions` of them.
+    fn events(
+        &self,
+        range: KeyRange<'_>,
+        from: i64,
+        to: i64,
+        max_revisions: usize,
+    ) -> Result<Vec<Event>, mvcc::Error> {
+        {
+            let ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
+            if ring.revs.front().is_some_and(|(first, _)| *first <= from) {
+                let mut out = Vec::new();
+                let skip = (from - ring.revs[0].0) as usize;
+                for (rev, evs) in ring.revs.iter().skip(skip).take(max_revisions) {
+                    if *rev > to {
+                        break;
+                    }
+                    out.extend(evs.iter().filter(|e| range.contains(&e.kv.key)).cloned());
+                }
+                return Ok(out);
+            }
+        }
+        self.store.events(range, from, to, true, max_revisions)
+    }
+}
+
+impl ApplyListener for WatchHub {
+    fn applied(&self, events: Vec<Vec<Event>>, revision: i64) {
+        {
+            let mut ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
+            for evs in events.into_iter().filter(|e| !e.is_empty()) {
+                let rev = evs[0].kv.mod_revision;
+                if let Some((last, _)) = ring.revs.back() {
+                    assert_eq!(
+                        rev,
+                        last + 1,
+                        "revisions reach the watch hub in order without gaps"
+                    );
+                }
+                ring.bytes += event_bytes(&evs);
+                ring.revs.push_back((rev, Arc::new(evs)));
+            }
+            while ring.revs.len() > RING_REVISIONS_MAX
+                || (ring.bytes > RING_BYTES_MAX && ring.revs.len() > 1)
+            {
+                if let Some((_, evs)) = ring.revs.pop_front() {
+                    ring.bytes -= event_bytes(&evs);
+                }
+            }
+        }
+        self.revision.send_replace(revision);
+    }
+
+    fn reset(&self, revision: i64) {
+        {
+            let mut ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
+            ring.revs.clear();
+            ring.bytes = 0;
+        }
+        self.revision.send_replace(revision);
+    }
+}
+
+struct Watcher {
+    key: Vec<u8>,
+    range_end: Vec<u8>,
+    /// The next revision this watcher has not been sent.
+    next_rev: i64,
+    prev_kv: bool,
+    progress_notify: bool,
+    no_put: bool,
+    no_delete: bool,
+    fragment: bool,
+    /// Whether anything was sent since the last progress tick.
+    sent_since_tick: bool,
+}
+
+impl Watcher {
+    fn range(&self) -> KeyRange<'_> {
+        KeyRange::new(&self.key, &self.range_end)
+    }
+
+    fn wants(&self, e: &Event) -> bool {
+        match e.kind {
+            EventType::Put => !self.no_put,
+            EventType::Delete => !self.no_delete,
+        }
+    }
+}
+
+/// One client stream and its watchers.
+struct StreamState {
+    node: Arc<Node>,
+    out: mpsc::Sender<Result<pb::WatchResponse, Status>>,
+    watchers: BTreeMap<i64, Watcher>,
+    next_id: i64,
+    progress_requested: bool,
+}
+
+/// The output side closed: the client went away.
+struct Closed;
+
+impl StreamState {
+    async fn send(&self, r: pb::WatchResponse) -> Result<(), Closed> {
+        self.out.send(Ok(r)).await.map_err(|_| Closed)
+    }
+
+    fn response(&self, watch_id: i64, revision: i64) -> pb::WatchResponse {
+        pb::WatchResponse {
+            header: self.node.header(revision),
+            watch_id,
+            ..Default::default()
+        }
+    }
+
+    async fn handle(&mut self, req: pb::WatchRequest, current: i64) -> Result<(), Closed> {
+        match req.request_union {
+            Some(RequestUnion::CreateRequest(c)) => self.create(c, current).await,
+            Some(RequestUnion::CancelRequest(c)) => {
+                if self.watchers.remove(&c.watch_id).is_some() {
+                    let mut r = self.response(c.watch_id, current);
+                    r.canceled = true;
+                    self.send(r).await?;
+                }
+                Ok(())
+            }
+            Some(RequestUnion::ProgressRequest(_)) => {
+                self.progress_requested = true;
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+
+    async fn create(&mut self, c: pb::WatchCreateRequest, current: i64) -> Result<(), Closed> {
+        let mut r = self.response(STREAM_WATCH_ID, current);
+        r.created = true;
+        let empty_range =
+            !c.range_end.is_empty() && c.range_end.as_ref() != [0u8] && c.key >= c.range_end;
+        if empty_range {
+            r.canceled = true;
+            r.cancel_reason = "mvcc: watcher range is empty".into();
+            return self.send(r).await;
+        }
+        let id = if c.watch_id != 0 {
+            if self.watchers.contains_key(&c.watch_id) {
+                r.canceled = true;
+                r.cancel_reason = "mvcc: duplicate watch ID provided on the WatchStream".into();
+                return self.send(r).await;
+            }
+            c.watch_id
+        } else {
+            while self.watchers.contains_key(&self.next_id) {
+                self.next_id += 1;
+            }
+            self.next_id += 1;
+            self.next_id - 1
+        };
+        r.watch_id = id;
+        self.send(r).await?;
+        let compacted = self.node.store.compacted_revision();
+        if c.start_revision != 0 && c.start_revision < compacted {
+            let mut r = self.response(id, current);
+            r.canceled = true;
+            r.compact_revision = compacted;
+            return self.send(r).await;
+        }
+        let filters: Vec<i32> = c.filters.clone();
+        self.watchers.insert(
+            id,
+            Watcher {
+                key: c.key.to_vec(),
+                range_end: c.range_end.to_vec(),
+                next_rev: if c.start_revision == 0 {
+                    current + 1
+                } else {
+                    c.start_revision
+                },
+                prev_kv: c.prev_kv,
+                progress_notify: c.progress_notify,
+                no_put: filters.contains(&(FilterType::Noput as i32)),
+                no_delete: filters.contains(&(FilterType::Nodelete as i32)),
+                fragment: c.fragment,
+                sent_since_tick: false,
+            },
+        );
+        Ok(())
+    }
+
+    fn behind(&self, current: i64) -> bool {
+        self.watchers.values().any(|w| w.next_rev <= current)
+    }
+
+    /// Sends every watcher the events it is owed up to `current` (a bounded step for each).
+    async fn deliver(&mut self, current: i64) -> Result<(), Closed> {
+        let ids: Vec<i64> = self
+            .watchers
+            .iter()
+            .filter(|(_, w)| w.next_rev <= current)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            let Some(w) = self.watchers.get(&id) else {
+                continue;
+            };
+            let from = w.next_rev;
+            let to = current.min(from.saturating_add(CATCH_UP_REVISIONS_MAX as i64 - 1));
+            let events = match self
+                .node
+                .hub
+                .events(w.range(), from, to, CATCH_UP_REVISIONS_MAX)
+            {
+                Ok(evs) => evs,
+                Err(mvcc::Error::Compacted) => {
+                    self.watchers.remove(&id);
+                    let mut r = self.response(id, current);
+                    r.canceled = true;
+                    r.compact_revision = self.node.store.compacted_revision();
+                    self.send(r).await?;
+                    continue;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "reading watch history");
+                    let _ = self.out.send(Err(crate::errors::from_mvcc(e))).await;
+                    return Err(Closed);
+                }
+            };
+            let (prev_kv, fragment) = (w.prev_kv, w.fragment);
+            let wanted: Vec<&Event> = events.iter().filter(|e| w.wants(e)).collect();
+            // `to - from + 1` revisions fit the read limit, so everything up to `to` was read.
+            let next = to + 1;
+            if !wanted.is_empty() {
+                self.send_events(id, &wanted, prev_kv, fragment, current)
+                    .await?;
+            }
+            if let Some(w) = self.watchers.get_mut(&id) {
+                w.next_rev = next;
+                if !wanted.is_empty() {
+                    w.sent_since_tick = true;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends events in responses of bounded size; revisions are never split across responses,
+    /// except into fragments for a watcher that asked for them.
+    async fn send_events(
+        &self,
+        id: i64,
+        events: &[&Event],
+        prev_kv: bool,
+        fragment: bool,
+        current: i64,
+    ) -> Result<(), Closed> {
+        let mut batch: Vec<etcd_api::mvccpb::Event> = Vec::new();
+        let mut bytes = 0usize;
+        let mut i = 0;
+        while i < events.len() {
+            let rev = events[i].kv.mod_revision;
+            let mut group = Vec::new();
+            while i < events.len() && events[i].kv.mod_revision == rev {
+                group.push(event_to_pb(events[i], prev_kv));
+                i += 1;
+            }
+            let group_bytes: usize = group.iter().map(|e| e.encoded_len()).sum();
+            if !batch.is_empty() && bytes + group_bytes > RESPONSE_BYTES_TARGET {
+                self.send_batch(id, std::mem::take(&mut batch), fragment, current)
+                    .await?;
+                bytes = 0;
+            }
+            bytes += group_bytes;
+            batch.extend(group);
+        }
+        if !batch.is_empty() {
+            self.send_batch(id, batch, fragment, current).await?;
+        }
+        Ok(())
+    }
+
+    async fn send_batch(
+        &self,
+        id: i64,
+        events: Vec<etcd_api::mvccpb::Event>,
+        fragment: bool,
+        current: i64,
+    ) -> Result<(), Closed> {
+        let limit = self.node.config.max_request_bytes as usize;
+        let mut r = self.response(id, current);
+        r.events = events;
+        if !fragment || r.encoded_len() <= limit {
+            return self.send(r).await;
+        }
+        // Fragmented: pieces under the request size limit, all but the last marked `fragment`.
+        let events = std::mem::take(&mut r.events);
+        let mut piece = Vec::new();
+        let mut piece_bytes = 0;
+        for e in events {
+            let n = e.encoded_len();
+            if !piece.is_empty() && piece_bytes + n > limit {
+                let mut f = self.response(id, current);
+                f.fragment = true;
+                f.events = std::mem::take(&mut piece);
+                self.send(f).await?;
+                piece_bytes = 0;
+            }
+            piece_bytes += n;
+            piece.push(e);
+        }
+        let mut last = self.response(id, current);
+        last.events = piece;
+        self.send(last).await
+    }
+
+    /// Periodic progress: an empty response to each synced watcher that asked for progress
+    /// notifications and was sent nothing since the last tick.
+    async fn progress_tick(&mut self, current: i64) -> Result<(), Closed> {
+        let due: Vec<i64> = self
+            .watchers
+            .iter()
+            .filter(|(_, w)| w.progress_notify && !w.sent_since_tick && w.next_rev > current)
+            .map(|(id, _)| *id)
+            .collect();
+        for w in self.watchers.values_mut() {
+            w.sent_since_tick = false;
+        }
+        for id in due {
+            self.send(self.response(id, current)).await?;
+        }
+        Ok(())
+    }
+}
+
+/// The Watch gRPC service.
+pub struct WatchService {
+    pub node: Arc<Node>,
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::watch_server::Watch for WatchService {
+    type WatchStream = WatchStream;
+
+    async fn watch(
+        &self,
+        request: Request<Streaming<pb::WatchRequest>>,
+    ) -> Result<Response<WatchStream>, Status> {
+        self.node.check_has_leader(&request)?;
+        let needs_leader = request
+            .metadata()
+            .get(HAS_LEADER_METADATA)
+            .is_some_and(|v| v.as_bytes() == b"true");
+        let inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER_RESPONSES);
+        let state = StreamState {
+            node: Arc::clone(&self.node),
+            out: tx,
+            watchers: BTreeMap::new(),
+            next_id: 0,
+            progress_requested: false,
+        };
+        tokio::spawn(run_stream(state, inbound, needs_leader));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+async fn run_stream(
+    mut s: StreamState,
+    mut inbound: Streaming<pb::WatchRequest>,
+    needs_leader: bool,
+) {
+    let mut revisions = s.node.hub.subscribe();
+    let mut status = s.node.status_changes();
+    let interval = s.node.config.progress_notify_interval;
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    // etcd cancels `hasleader` streams after about three election timeouts without a leader.
+    let leaderless_max = Duration::from_millis(3 * s.node.config.election_timeout_ms);
+    let mut leaderless_since: Option<tokio::time::Instant> = None;
+    loop {
+        let current = *revisions.borrow_and_update();
+        let behind = s.behind(current);
+        let leader_deadline = leaderless_since.map(|t| t + leaderless_max);
+        tokio::select! {
+            biased;
+            msg = inbound.message() => match msg {
+                Ok(Some(req)) => {
+                    let current = *revisions.borrow();
+                    if s.handle(req, current).await.is_err() { return; }
+                }
+                Ok(None) | Err(_) => return,
+            },
+            _ = std::future::ready(()), if behind => {}
+            r = revisions.changed() => if r.is_err() { return },
+            _ = ticker.tick() => {
+                let current = *revisions.borrow();
+                if s.progress_tick(current).await.is_err() { return; }
+            }
+            r = status.changed(), if needs_leader => {
+                if r.is_err() { return; }
+                let has_leader = status.borrow().leader.is_some();
+                leaderless_since = match (has_leader, leaderless_since) {
+                    (true, _) => None,
+                    (false, None) => Some(tokio::time::Instant::now()),
+                    (false, since) => since,
+                };
+            }
+            _ = sleep_until_opt(leader_deadline) => {
+                let _ = s.out.send(Err(etcd_api::rpctypes::NO_LEADER.status())).await;
+                return;
+            }
+        }
+        let current = *revisions.borrow();
+        if s.deliver(current).await.is_err() {
+            return;
+        }
+        if s.progress_requested && !s.behind(current) {
+            s.progress_requested = false;
+            if s.send(s.response(STREAM_WATCH_ID, current)).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
