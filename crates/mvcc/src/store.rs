@@ -284,7 +284,7 @@ impl Store {
     }
 
     /// etcd's `HashKV`: a CRC-32C over every record visible at `rev` or later, as etcd computes it
-    /// over its key bucket. Returns `(hash, compacted revision, hashed revision)`.
+    /// over its key bucket. Returns `(hash, compacted revision or -1 if none, hashed revision)`.
     pub fn hash_kv(&self, rev: i64) -> Result<(u32, i64, i64)> {
         let inner = self.read();
         let rev = if rev <= 0 { inner.current } else { rev };
@@ -303,7 +303,13 @@ impl Store {
             h = crc32c::crc32c_append(h, k.value());
             h = crc32c::crc32c_append(h, v.value());
         }
-        Ok((h, inner.compacted, rev))
+        // etcd reports -1 while nothing was ever compacted.
+        let compacted = if inner.compacted == 0 {
+            -1
+        } else {
+            inner.compacted
+        };
+        Ok((h, compacted, rev))
     }
 
     /// A lease and its attached keys.
@@ -449,7 +455,8 @@ impl Inner {
     fn load(&mut self) -> Result<()> {
         let tx = self.db.begin_read()?;
         let meta = tx.open_table(META)?;
-        self.current = get_i64(&meta, META_CURRENT)?;
+        // A new store is at revision 1, as etcd's is: the first change gets revision 2.
+        self.current = get_i64(&meta, META_CURRENT)?.max(1);
         self.compacted = get_i64(&meta, META_COMPACTED)?;
         self.alarms = match meta.get(META_ALARMS)? {
             Some(v) => postcard::from_bytes::<Vec<Alarm>>(v.value())

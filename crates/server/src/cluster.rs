@@ -66,7 +66,8 @@ impl pb::cluster_server::Cluster for ClusterService {
             self.node.read_index().await?;
         }
         Ok(Response::new(pb::MemberListResponse {
-            header: self.node.current_header(),
+            // etcd's cluster service headers carry no revision.
+            header: self.node.header(0),
             members: self.members(),
         }))
     }
