@@ -595,3 +595,77 @@ pub fn lease_id(grant_output: &str) -> String {
 pub fn workspace_path(rel: &str) -> PathBuf {
     workspace_root().join(rel)
 }
+
+/// An etcdctl process left running (watch, elect): its output is collected in a file.
+pub struct Background {
+    child: Child,
+    out: PathBuf,
+}
+
+impl Background {
+    /// Starts etcdctl with `args`; `stdin` is written and then kept open until the process ends.
+    pub fn start(ctl: &Ctl, args: &[&str], stdin: Option<&str>) -> Self {
+        let out = ctl.cwd.join(format!("bg-{}.out", free_port()));
+        let file = std::fs::File::create(&out).expect("output file");
+        let mut c = ctl.command(args);
+        c.stdout(file).stderr(Stdio::null()).stdin(Stdio::piped());
+        let mut child = c.spawn().expect("starting etcdctl");
+        if let Some(input) = stdin {
+            child
+                .stdin
+                .as_mut()
+                .expect("stdin")
+                .write_all(input.as_bytes())
+                .expect("writing stdin");
+        }
+        Self { child, out }
+    }
+
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(&self.out).unwrap_or_default()
+    }
+
+    /// Waits until the output has at least `n` lines.
+    pub fn wait_lines(&self, n: usize, deadline: Duration) -> Result<String> {
+        wait_until(&format!("{n} lines of etcdctl output"), deadline, || {
+            self.output().lines().count() >= n
+        })
+        .with_context(|| format!("output so far:\n{}", self.output()))?;
+        Ok(self.output())
+    }
+
+    /// Waits until the output contains `needle`.
+    pub fn wait_for(&self, needle: &str, deadline: Duration) -> Result<String> {
+        wait_until(&format!("{needle:?} in etcdctl output"), deadline, || {
+            self.output().contains(needle)
+        })
+        .with_context(|| format!("output so far:\n{}", self.output()))?;
+        Ok(self.output())
+    }
+
+    /// Whether the process has exited.
+    pub fn exited(&mut self) -> bool {
+        self.child.try_wait().ok().flatten().is_some()
+    }
+
+    /// Stops the process and returns everything it printed.
+    pub fn finish(mut self) -> String {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.output()
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The store's current revision, read with etcdctl.
+pub fn current_revision(ctl: &Ctl) -> i64 {
+    let out = ctl.run(&["get", "revision-probe", "-w", "json"], None);
+    let v: serde_json::Value = serde_json::from_str(out.stdout.trim()).expect("get -w json output");
+    v["header"]["revision"].as_i64().expect("header.revision")
+}

@@ -283,8 +283,8 @@ impl Store {
         Ok(out)
     }
 
-    /// etcd's `HashKV`: a CRC-32C over every record visible at `rev` or later, as etcd computes it
-    /// over its key bucket. Returns `(hash, compacted revision or -1 if none, hashed revision)`.
+    /// etcd's `HashKV`: a CRC-32C over the records up to `rev`, as etcd computes it over its key
+    /// bucket, so equal histories give equal hashes on tandem and etcd. Returns `(hash, compacted revision or -1 if none, hashed revision)`.
     pub fn hash_kv(&self, rev: i64) -> Result<(u32, i64, i64)> {
         let inner = self.read();
         let rev = if rev <= 0 { inner.current } else { rev };
@@ -294,12 +294,24 @@ impl Store {
         if rev < inner.compacted {
             return Err(Error::Compacted);
         }
+        // As etcd: below the compaction point only each key's live revision as of `rev` counts
+        // (its `Keep(rev)`), unless no key is live then, in which case everything kept counts.
+        let keep: std::collections::HashSet<Revision> = inner
+            .index
+            .range(KeyRange::From(b""))
+            .filter_map(|(_, h)| h.at(rev).map(|e| e.rev))
+            .collect();
         let tx = inner.db.begin_read()?;
         let table = tx.open_table(KV)?;
         let upper = Revision::new(rev + 1, 0).lower_key();
         let mut h = crc32c::crc32c(KV_BUCKET_NAME);
         for item in table.range::<&[u8]>(..upper.as_slice())? {
             let (k, v) = item?;
+            let (r, _) = Revision::from_key(k.value())
+                .ok_or_else(|| Error::Corrupt("revision key".into()))?;
+            if r.main <= inner.compacted && !keep.is_empty() && !keep.contains(&r) {
+                continue;
+            }
             h = crc32c::crc32c_append(h, k.value());
             h = crc32c::crc32c_append(h, v.value());
         }
@@ -677,10 +689,16 @@ impl Writer<'_, '_> {
             }
             Command::DeleteRange(d) => CommandResponse::DeleteRange(self.delete_range(d)?),
             Command::Txn(t) => {
-                if let Err(e) = self.check_txn(t)? {
+                // Like etcd, every compare (nested ones included) is evaluated against the state
+                // before the txn writes anything; this fixes the branch each txn takes.
+                let mut path = Vec::new();
+                self.txn_path(t, &mut path)?;
+                if let Err(e) = self.check_txn(t, &mut path.iter().copied())? {
                     return Ok(Err(e));
                 }
-                CommandResponse::Txn(self.txn(t)?)
+                let mut resp = self.txn(t, &mut path.iter().copied())?;
+                resp.revision = self.read_rev();
+                CommandResponse::Txn(resp)
             }
             Command::Compact { revision } => {
                 if *revision <= self.inner.compacted {
@@ -769,10 +787,27 @@ impl Writer<'_, '_> {
         Ok(())
     }
 
-    /// Checks the branch a txn will take before anything is written, as etcd does, so a refused
-    /// txn changes nothing.
-    fn check_txn(&self, t: &TxnRequest) -> Result<Result<()>> {
-        let ops = if self.compares_hold(&t.compare)? {
+    /// Appends, in execution order, whether each txn on the path (this one, then the nested ones
+    /// it will run) takes its success branch.
+    fn txn_path(&self, t: &TxnRequest, path: &mut Vec<bool>) -> Result<()> {
+        let ok = self.compares_hold(&t.compare)?;
+        path.push(ok);
+        for op in if ok { &t.success } else { &t.failure } {
+            if let RequestOp::Txn(nested) = op {
+                self.txn_path(nested, path)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks the branches a txn will take before anything is written, as etcd does, so a
+    /// refused txn changes nothing.
+    fn check_txn(
+        &self,
+        t: &TxnRequest,
+        path: &mut impl Iterator<Item = bool>,
+    ) -> Result<Result<()>> {
+        let ops = if path.next().unwrap_or(false) {
             &t.success
         } else {
             &t.failure
@@ -786,7 +821,7 @@ impl Writer<'_, '_> {
                     Err(Error::Compacted)
                 }
                 RequestOp::Put(p) => self.check_put(p),
-                RequestOp::Txn(t) => self.check_txn(t)?,
+                RequestOp::Txn(t) => self.check_txn(t, path)?,
                 _ => Ok(()),
             };
             if r.is_err() {
@@ -960,8 +995,14 @@ impl Writer<'_, '_> {
         Ok(want_prev.then_some(prev_kv))
     }
 
-    fn txn(&mut self, t: &TxnRequest) -> Result<TxnResponse> {
-        let succeeded = self.compares_hold(&t.compare)?;
+    /// Runs a txn along its precomputed path. Each response carries the revision as of its own
+    /// operation (a nested txn's stays 0, as etcd leaves it); the caller sets the outer one.
+    fn txn(
+        &mut self,
+        t: &TxnRequest,
+        path: &mut impl Iterator<Item = bool>,
+    ) -> Result<TxnResponse> {
+        let succeeded = path.next().unwrap_or(false);
         let ops = if succeeded { &t.success } else { &t.failure };
         let mut responses = Vec::with_capacity(ops.len());
         for op in ops {
@@ -971,14 +1012,18 @@ impl Writer<'_, '_> {
                         (&self.inner.index, self.read_rev(), self.inner.compacted);
                     ResponseOp::Range(range_in(index, &*self.kv, cur, compacted, r)?)
                 }
-                RequestOp::Put(p) => ResponseOp::Put(self.put(p)?),
-                RequestOp::DeleteRange(d) => ResponseOp::DeleteRange(self.delete_range(d)?),
-                RequestOp::Txn(t) => ResponseOp::Txn(self.txn(t)?),
+                RequestOp::Put(p) => {
+                    let mut resp = self.put(p)?;
+                    resp.revision = self.read_rev();
+                    ResponseOp::Put(resp)
+                }
+                RequestOp::DeleteRange(d) => {
+                    let mut resp = self.delete_range(d)?;
+                    resp.revision = self.read_rev();
+                    ResponseOp::DeleteRange(resp)
+                }
+                RequestOp::Txn(t) => ResponseOp::Txn(self.txn(t, path)?),
             });
-        }
-        let rev = self.read_rev();
-        for r in &mut responses {
-            set_op_revision(r, rev);
         }
         Ok(TxnResponse {
             succeeded,
@@ -994,20 +1039,6 @@ impl Writer<'_, '_> {
         }
         self.inner.compacted = rev;
         Ok(())
-    }
-}
-
-fn set_op_revision(r: &mut ResponseOp, rev: i64) {
-    match r {
-        ResponseOp::Range(_) => {}
-        ResponseOp::Put(p) => p.revision = rev,
-        ResponseOp::DeleteRange(d) => d.revision = rev,
-        ResponseOp::Txn(t) => {
-            t.revision = rev;
-            for r in &mut t.responses {
-                set_op_revision(r, rev);
-            }
-        }
     }
 }
 
