@@ -31,9 +31,10 @@ fn watch_scenario(t: &mut Transcript, _s: &Server) {
     );
     let json = Background::start(&t.ctl, &["watch", "w/a", &rev, "-w", "json"], None);
     writes(t);
-    // 7 events of 3 lines each (PUT/DELETE, key, value).
-    plain.wait_lines(21, WAIT).expect("plain watch output");
-    prev.wait_for("w/e", WAIT).expect("prev-kv watch output");
+    // 8 events of 3 lines each (PUT/DELETE, key, value); with --prev-kv a put of an existing
+    // key and a delete print the previous key and value too (2 + 2 + 2 more lines).
+    plain.wait_lines(24, WAIT).expect("plain watch output");
+    prev.wait_lines(30, WAIT).expect("prev-kv watch output");
     wait_until("3 events on the json watch", WAIT, || {
         json_events(&json.output()).len() == 3
     })
@@ -52,7 +53,7 @@ fn watch_scenario(t: &mut Transcript, _s: &Server) {
     t.note(format!("watch -w json events:\n{}", events.join("\n")));
     // Replaying all history from revision 1.
     let replay = Background::start(&t.ctl, &["watch", "", "--prefix", "--rev=1"], None);
-    replay.wait_for("w/e", WAIT).expect("replay output");
+    replay.wait_lines(27, WAIT).expect("replay output");
     t.note(format!("watch --rev=1:\n{}", normalize(&replay.finish())));
 }
 
