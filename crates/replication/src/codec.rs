@@ -34,3 +34,64 @@ pub fn decode<T: DeserializeOwned>(b: &[u8]) -> Result<T, CodecError> {
         Some(&v) => Err(CodecError::Version(v)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use openraft::{CommittedLeaderId, EntryPayload, LogId, Membership};
+
+    use super::*;
+    use crate::types::{Entry, MemberNode, Vote};
+
+    fn round_trip<T: Serialize + serde::de::DeserializeOwned + std::fmt::Debug + PartialEq>(v: T) {
+        let back: T = decode(&encode(&v)).expect("decode");
+        assert_eq!(back, v);
+    }
+
+    #[test]
+    fn replication_values_round_trip() {
+        let log_id = LogId::new(CommittedLeaderId::new(3, 7), 42);
+        round_trip(log_id);
+        round_trip(Some(log_id));
+        round_trip(None::<LogId<u64>>);
+        round_trip(Vote::new(3, 7));
+        round_trip(Vote::new_committed(3, 7));
+        let blank = Entry {
+            log_id,
+            payload: EntryPayload::Blank,
+        };
+        round_trip(blank);
+        let nodes: BTreeMap<u64, MemberNode> = [(
+            1,
+            MemberNode {
+                name: "a".into(),
+                peer_urls: vec!["http://x:2380".into()],
+                client_urls: vec![],
+            },
+        )]
+        .into();
+        let m = Membership::new(vec![BTreeSet::from([1])], nodes);
+        round_trip(Entry {
+            log_id,
+            payload: EntryPayload::Membership(m),
+        });
+        let put = mvcc::Command::Put(mvcc::PutRequest {
+            key: b"k".to_vec(),
+            ..Default::default()
+        });
+        round_trip(Entry {
+            log_id,
+            payload: EntryPayload::Normal(put),
+        });
+    }
+
+    #[test]
+    fn unknown_versions_are_refused() {
+        assert!(matches!(
+            decode::<u64>(&[9, 1]),
+            Err(CodecError::Version(9))
+        ));
+        assert!(matches!(decode::<u64>(&[]), Err(CodecError::Empty)));
+    }
+}

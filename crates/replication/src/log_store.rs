@@ -258,7 +258,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
-        let last_purged: Option<LogId> = self.state_value::<Option<LogId>>(KEY_PURGED)?.flatten();
+        let last_purged: Option<LogId> = self.state_value::<LogId>(KEY_PURGED)?;
         let pending_last = {
             let pending = self
                 .shared
