@@ -14,7 +14,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "tandempb/peer.proto",
     ]
     .map(|f| root.join(f));
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     tonic_prost_build::configure()
+        .file_descriptor_set_path(out.join("etcd_descriptor.bin"))
         .build_client(true)
         .build_server(true)
         .bytes(".")

@@ -7,6 +7,10 @@
 
 pub mod rpctypes;
 
+/// The compiled descriptors of every message in `proto/` (for tests that check the wire contract).
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/etcd_descriptor.bin"));
+
 /// Key-value records and events (`mvccpb`).
 pub mod mvccpb {
     tonic::include_proto!("mvccpb");
