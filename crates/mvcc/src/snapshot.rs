@@ -62,6 +62,9 @@ impl<'a> Writer<'a> {
     }
 }
 
+/// One snapshot record: tag, key, value.
+pub type Record = (u8, Vec<u8>, Vec<u8>);
+
 pub struct Reader<'a> {
     r: &'a mut dyn Read,
     crc: u32,
@@ -111,7 +114,7 @@ impl<'a> Reader<'a> {
 
     /// The next record, or `None` after the end record (whose checksum is verified).
     #[allow(clippy::should_implement_trait)]
-    pub fn next(&mut self) -> Result<Option<(u8, Vec<u8>, Vec<u8>)>> {
+    pub fn next(&mut self) -> Result<Option<Record>> {
         let mut tag = [0u8; 1];
         self.get(&mut tag)?;
         if tag[0] == TAG_END {
