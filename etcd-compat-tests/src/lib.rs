@@ -167,6 +167,11 @@ impl Server {
         self.dir.path().join("data")
     }
 
+    /// Starts a single-member server configured only through `ETCD_*` environment variables.
+    pub fn start_env(kind: Kind) -> Result<Self> {
+        Self::start_with(kind, &["--env-only"])
+    }
+
     fn spawn(&mut self) -> Result<()> {
         let bin = match self.kind {
             Kind::Tandem => tandem_bin(),
@@ -180,15 +185,29 @@ impl Server {
             .append(true)
             .open(self.dir.path().join("server.log"))?;
         let mut cmd = Command::new(&bin);
-        cmd.arg("--name=s1")
-            .arg(format!("--data-dir={}", self.data_dir().display()))
-            .arg(format!("--listen-client-urls={client}"))
-            .arg(format!("--advertise-client-urls={client}"))
-            .arg(format!("--listen-peer-urls={peer}"))
-            .arg(format!("--initial-advertise-peer-urls={peer}"))
-            .arg(format!("--initial-cluster=s1={peer}"))
-            .args(&self.extra)
-            .stdin(Stdio::null())
+        let settings = [
+            ("name", "s1".to_string()),
+            ("data-dir", self.data_dir().display().to_string()),
+            ("listen-client-urls", client.clone()),
+            ("advertise-client-urls", client.clone()),
+            ("listen-peer-urls", peer.clone()),
+            ("initial-advertise-peer-urls", peer.clone()),
+            ("initial-cluster", format!("s1={peer}")),
+        ];
+        if self.extra.iter().any(|e| e == "--env-only") {
+            for (flag, value) in settings {
+                cmd.env(
+                    format!("ETCD_{}", flag.to_uppercase().replace('-', "_")),
+                    value,
+                );
+            }
+        } else {
+            for (flag, value) in settings {
+                cmd.arg(format!("--{flag}={value}"));
+            }
+            cmd.args(&self.extra);
+        }
+        cmd.stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
         self.child = Some(

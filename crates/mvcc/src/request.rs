@@ -247,6 +247,28 @@ impl Command {
     }
 }
 
+impl Command {
+    /// Roughly how many bytes applying this may write (keys and values of its puts).
+    pub fn approx_bytes(&self) -> usize {
+        fn ops_bytes(ops: &[RequestOp]) -> usize {
+            ops.iter()
+                .map(|op| match op {
+                    RequestOp::Put(p) => p.key.len() + p.value.len(),
+                    RequestOp::Txn(t) => ops_bytes(&t.success).max(ops_bytes(&t.failure)),
+                    RequestOp::DeleteRange(d) => d.key.len(),
+                    RequestOp::Range(_) => 0,
+                })
+                .sum()
+        }
+        match self {
+            Command::Put(p) => p.key.len() + p.value.len(),
+            Command::DeleteRange(d) => d.key.len(),
+            Command::Txn(t) => ops_bytes(&t.success).max(ops_bytes(&t.failure)),
+            _ => 0,
+        }
+    }
+}
+
 /// What applying a command returned to the proposer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CommandResponse {

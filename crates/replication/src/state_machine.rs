@@ -5,7 +5,7 @@
 //! # Correctness
 //! - Applying is deterministic: the same entries give the same keyspace on every member.
 //! - Keyspace commits are not fsynced one by one (the log is the durable record and is replayed
-//!   after a crash); they are made durable every `DURABLE_EVERY_ENTRIES` entries and always
+//!   after a crash); they are made durable every `DURABLE_EVERY_ENTRIES` entries or `DURABLE_EVERY_BYTES` bytes and always
 //!   before a snapshot is handed out, because openraft purges the log behind a snapshot.
 //! - A snapshot carries the applied log id and membership of exactly the state it contains.
 
@@ -27,8 +27,11 @@ use crate::types::{
 /// The keyspace meta key of the applied state.
 const META_APPLIED: &str = "applied";
 /// Entries applied between two durable keyspace commits (etcd commits its backend every 10,000
-/// writes or 100 ms; we use the count only, to stay clock-free).
-const DURABLE_EVERY_ENTRIES: usize = 10_000;
+/// writes or 100 ms; we stay clock-free). redb reuses the pages a commit frees only after a
+/// durable commit, so this also bounds how much the file grows between two of them.
+const DURABLE_EVERY_ENTRIES: usize = 1_000;
+/// Bytes of keys and values applied between two durable keyspace commits (same reason).
+const DURABLE_EVERY_BYTES: usize = 4 << 20;
 
 /// Receives what the keyspace did, right after each applied batch (the watch hub).
 pub trait ApplyListener: Send + Sync + 'static {
@@ -50,6 +53,7 @@ pub struct StateMachine {
     listener: Arc<dyn ApplyListener>,
     state: AppliedState,
     since_durable: usize,
+    since_durable_bytes: usize,
 }
 
 fn sm_err(verb: ErrorVerb, e: impl ToString) -> StorageError {
@@ -81,6 +85,7 @@ impl StateMachine {
             listener,
             state,
             since_durable: 0,
+            since_durable_bytes: 0,
         })
     }
 
@@ -164,9 +169,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             return Ok(Vec::new());
         }
         self.since_durable += cmds.len();
-        let durable = self.since_durable >= DURABLE_EVERY_ENTRIES;
+        self.since_durable_bytes += cmds.iter().map(Command::approx_bytes).sum::<usize>();
+        let durable = self.since_durable >= DURABLE_EVERY_ENTRIES
+            || self.since_durable_bytes >= DURABLE_EVERY_BYTES;
         if durable {
             self.since_durable = 0;
+            self.since_durable_bytes = 0;
         }
         let meta = [(META_APPLIED, codec::encode(&self.state))];
         let batch = self
@@ -211,6 +219,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .apply(&[], &m, true)
             .map_err(|e| snap_err(ErrorVerb::Write, e))?;
         self.since_durable = 0;
+        self.since_durable_bytes = 0;
         self.listener.reset(self.store.current_revision());
         Ok(())
     }

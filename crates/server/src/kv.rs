@@ -71,6 +71,15 @@ pub fn check_txn(r: &pb::TxnRequest, max_ops: usize) -> Result<(), Status> {
     Ok(())
 }
 
+/// Every check etcd makes on a txn before proposing it: operation counts and nested requests,
+/// then duplicate keys on each branch.
+pub fn check_txn_request(r: &pb::TxnRequest, max_ops: usize) -> Result<(), Status> {
+    check_txn(r, max_ops)?;
+    check_intervals(&r.success)?;
+    check_intervals(&r.failure)?;
+    Ok(())
+}
+
 /// A deleted interval: one key, or `[key, end)` compared as strings (etcd's affine intervals,
 /// under which an end of `"\0"` covers nothing).
 struct Deleted {
@@ -198,9 +207,7 @@ impl pb::kv_server::Kv for KvService {
         request: Request<pb::TxnRequest>,
     ) -> Result<Response<pb::TxnResponse>, Status> {
         let r = request.into_inner();
-        check_txn(&r, self.node.config.max_txn_ops)?;
-        check_intervals(&r.success)?;
-        check_intervals(&r.failure)?;
+        check_txn_request(&r, self.node.config.max_txn_ops)?;
         let len = r.encoded_len();
         self.node.check_size(len)?;
         match self

@@ -34,6 +34,40 @@ pub struct Node {
     pub lessor: Lessor,
     /// This member's raft status, kept current by a metrics task.
     status: watch::Receiver<ReplicaStatus>,
+    quota: QuotaMeter,
+}
+
+/// How many bytes may be written before the in-use size is measured again near the quota.
+const QUOTA_REMEASURE_BYTES: i64 = 1 << 20;
+
+/// Decides whether a write would pass the backend quota. The quota applies to the bytes the
+/// database uses, not to its file: redb grows its file by doubling, so the file can be twice
+/// the data. Measuring use walks the tree, so it happens only once the file itself passes the
+/// quota, and then once per MiB written.
+#[derive(Default)]
+struct QuotaMeter {
+    /// The last measured use and the bytes written since.
+    measured: std::sync::Mutex<Option<(i64, i64)>>,
+}
+
+impl QuotaMeter {
+    /// The size in use if writing `cost` more bytes would pass `quota`.
+    fn over(&self, store: &Store, cost: i64, quota: i64) -> Option<i64> {
+        let file = std::fs::metadata(store.path())
+            .map(|m| m.len() as i64)
+            .unwrap_or(0);
+        let mut m = self.measured.lock().unwrap_or_else(|e| e.into_inner());
+        if file + cost <= quota {
+            *m = None;
+            return None;
+        }
+        let (in_use, since) = match *m {
+            Some((in_use, since)) if since < QUOTA_REMEASURE_BYTES => (in_use, since),
+            _ => (store.status().map(|s| s.db_size_in_use).unwrap_or(file), 0),
+        };
+        *m = Some((in_use, since + cost));
+        (in_use + since + cost > quota).then_some(in_use + since)
+    }
 }
 
 impl Node {
@@ -48,6 +82,7 @@ impl Node {
             hub,
             lessor,
             status,
+            quota: QuotaMeter::default(),
         })
     }
 
@@ -119,13 +154,11 @@ impl Node {
         if raised {
             return Err(rpctypes::NO_SPACE.status());
         }
-        let size = std::fs::metadata(self.store.path())
-            .map(|m| m.len() as i64)
-            .unwrap_or(0);
-        if size + cost as i64 > self.config.quota_backend_bytes {
+        let quota = self.config.quota_backend_bytes;
+        if let Some(in_use) = self.quota.over(&self.store, cost as i64, quota) {
             tracing::warn!(
-                db_size = size,
-                quota = self.config.quota_backend_bytes,
+                db_size_in_use = in_use,
+                quota,
                 "backend quota exceeded; raising NOSPACE"
             );
             let alarm = mvcc::Alarm {
