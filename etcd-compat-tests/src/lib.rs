@@ -139,6 +139,8 @@ pub struct Server {
     pub peer_port: u16,
     pub dir: tempfile::TempDir,
     extra: Vec<String>,
+    /// A command the server runs under (e.g. strace for fault injection).
+    wrapper: Vec<String>,
 }
 
 impl Server {
@@ -158,6 +160,7 @@ impl Server {
             peer_port: free_port(),
             dir,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            wrapper: Vec::new(),
         };
         s.spawn()?;
         Ok(s)
@@ -165,6 +168,25 @@ impl Server {
 
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
+    }
+
+    /// Starts a server under `wrapper` (a command and its arguments, run with the server's
+    /// command line appended), e.g. strace injecting slow fsyncs.
+    pub fn start_wrapped(kind: Kind, wrapper: &[&str]) -> Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("{}-", kind.name()))
+            .tempdir()?;
+        let mut s = Server {
+            kind,
+            child: None,
+            client_port: free_port(),
+            peer_port: free_port(),
+            dir,
+            extra: Vec::new(),
+            wrapper: wrapper.iter().map(|s| s.to_string()).collect(),
+        };
+        s.spawn()?;
+        Ok(s)
     }
 
     /// Starts a single-member server configured only through `ETCD_*` environment variables.
@@ -184,7 +206,16 @@ impl Server {
             .create(true)
             .append(true)
             .open(self.dir.path().join("server.log"))?;
-        let mut cmd = Command::new(&bin);
+        let mut cmd = match self.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(&bin);
+                c
+            }
+            None => Command::new(&bin),
+        };
+        // Its own process group, so that signals reach a wrapped server too.
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         let settings = [
             ("name", "s1".to_string()),
             ("data-dir", self.data_dir().display().to_string()),
@@ -274,6 +305,12 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
+            // The whole process group: a wrapped server must not outlive its test.
+            let _ = Command::new("kill")
+                .arg("-KILL")
+                .arg("--")
+                .arg(format!("-{}", c.id()))
+                .status();
             let _ = c.kill();
             let _ = c.wait();
         }

@@ -155,3 +155,59 @@ async fn hashkv_is_unchanged_by_restarts() {
         assert_eq!(before, after, "HashKV changed across a SIG{signal} restart");
     }
 }
+
+fn metric(server: &Server, name: &str) -> i64 {
+    let (_, body) = http_get(&format!("{}/metrics", server.url())).expect("metrics");
+    body.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or_else(|| panic!("{name} not in /metrics"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_writes_share_log_fsyncs() {
+    // Group commit: while the log's fsync runs, concurrent writes queue and share the next one.
+    // fsync is made the bottleneck (2 ms per fdatasync, injected by strace) so the test does not
+    // depend on how fast this machine's disk is relative to its CPU.
+    let server = Server::start_wrapped(
+        Kind::Tandem,
+        &[
+            "strace",
+            "-f",
+            "-qq",
+            "-o",
+            "/dev/null",
+            "-e",
+            "trace=fdatasync,fsync",
+            "-e",
+            "inject=fdatasync,fsync:delay_enter=2000",
+        ],
+    )
+    .expect("tandem under strace");
+    let (commits0, entries0) = (
+        metric(&server, "tandem_raft_log_commits_total"),
+        metric(&server, "tandem_raft_log_entries_total"),
+    );
+    let tasks: Vec<_> = (0..64)
+        .map(|w| {
+            let url = server.url();
+            tokio::spawn(async move {
+                let mut c = Client::connect([url], None).await.expect("connect");
+                for i in 0..20 {
+                    c.put(format!("gc/{w}/{i}"), "v", None).await.expect("put");
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("writer");
+    }
+    let commits = metric(&server, "tandem_raft_log_commits_total") - commits0;
+    let entries = metric(&server, "tandem_raft_log_entries_total") - entries0;
+    let puts = 64 * 20;
+    println!("{puts} puts in {entries} log entries and {commits} durable log commits");
+    assert!(
+        commits >= 1 && entries >= 1,
+        "the puts went through the log"
+    );
+    assert!(commits * 4 <= puts, "expected at least 4 puts per log fsync under 64 concurrent writers: {puts} puts, {commits} commits");
+}

@@ -82,7 +82,7 @@ mod tests {
         });
         round_trip(Entry {
             log_id,
-            payload: EntryPayload::Normal(put),
+            payload: EntryPayload::Normal(crate::types::Batch(vec![put])),
         });
     }
 

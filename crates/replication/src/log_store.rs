@@ -8,7 +8,8 @@
 //!
 //! # Correctness
 //! - An append's callback fires only after its entries are durable (two-phase commit, fsynced).
-//! - A vote is durable before `save_vote` returns.
+//! - A vote is durable before `save_vote` returns. The committed log id is written lazily (it is
+//!   a restart hint; openraft does not require it to be durable).
 //! - Jobs take effect in submission order; a truncate or purge is durable before it returns.
 //! - The log has no holes: entries are contiguous from `last_purged + 1` to `last_log_id`.
 //! - A failed commit is reported to openraft, which stops the node; nothing is retried.
@@ -17,7 +18,9 @@ use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
+use std::time::Instant;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{ErrorSubject, ErrorVerb, RaftLogReader, StorageIOError};
@@ -42,11 +45,25 @@ enum Job {
     Truncate(u64, oneshot::Sender<Result<(), String>>),
     Purge(LogId, oneshot::Sender<Result<(), String>>),
     Vote(Vote, oneshot::Sender<Result<(), String>>),
-    Committed(Option<LogId>, oneshot::Sender<Result<(), String>>),
+    /// The committed log id is a hint for restart, not a durability promise: it is written with
+    /// the next commit and never forces an fsync of its own.
+    Committed(Option<LogId>),
+}
+
+/// Counters of the writer thread: how much work each durable commit covered.
+#[derive(Debug, Default)]
+pub struct LogStats {
+    /// Durable commits (each one fsync of the log).
+    pub commits: AtomicU64,
+    /// Entries made durable.
+    pub entries: AtomicU64,
+    /// Time spent committing, in microseconds.
+    pub commit_micros: AtomicU64,
 }
 
 struct Shared {
     db: Database,
+    stats: Arc<LogStats>,
     /// Appended entries not yet known durable, by index.
     pending: Mutex<BTreeMap<u64, Entry>>,
     jobs: mpsc::Sender<Job>,
@@ -77,6 +94,7 @@ impl LogStore {
         let (tx, rx) = mpsc::channel();
         let shared = Arc::new(Shared {
             db,
+            stats: Arc::default(),
             pending: Mutex::new(BTreeMap::new()),
             jobs: tx,
         });
@@ -85,6 +103,11 @@ impl LogStore {
             .name("raft-log-writer".into())
             .spawn(move || writer.run(rx))?;
         Ok(Self { shared })
+    }
+
+    /// The writer thread's counters.
+    pub fn stats(&self) -> Arc<LogStats> {
+        Arc::clone(&self.shared.stats)
     }
 
     fn submit(&self, job: Job) -> Result<(), StorageError> {
@@ -145,7 +168,28 @@ impl Shared {
                     Err(_) => break,
                 }
             }
+            let started = Instant::now();
             let result = self.commit(&jobs).map_err(|e| e.to_string());
+            let durable = !jobs.iter().all(|j| matches!(j, Job::Committed(_)));
+            if result.is_ok() && durable {
+                let entries: usize = jobs
+                    .iter()
+                    .map(|j| {
+                        if let Job::Append(e, _) = j {
+                            e.len()
+                        } else {
+                            0
+                        }
+                    })
+                    .sum();
+                self.stats.commits.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .entries
+                    .fetch_add(entries as u64, Ordering::Relaxed);
+                self.stats
+                    .commit_micros
+                    .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+            }
             if let Err(e) = &result {
                 tracing::error!(error = %e, "raft log commit failed; the node stops");
             }
@@ -155,8 +199,13 @@ impl Shared {
 
     fn commit(&self, jobs: &[Job]) -> anyhow::Result<()> {
         let mut tx = self.db.begin_write()?;
-        tx.set_durability(Durability::Immediate)?;
-        tx.set_two_phase_commit(true);
+        if jobs.iter().all(|j| matches!(j, Job::Committed(_))) {
+            // Only hints: no fsync; the next durable commit carries them to disk.
+            tx.set_durability(Durability::None)?;
+        } else {
+            tx.set_durability(Durability::Immediate)?;
+            tx.set_two_phase_commit(true);
+        }
         {
             let mut log = tx.open_table(LOG)?;
             let mut state = tx.open_table(STATE)?;
@@ -177,7 +226,7 @@ impl Shared {
                     Job::Vote(vote, _) => {
                         state.insert(KEY_VOTE, codec::encode(vote).as_slice())?;
                     }
-                    Job::Committed(c, _) => {
+                    Job::Committed(c) => {
                         state.insert(KEY_COMMITTED, codec::encode(c).as_slice())?;
                     }
                 }
@@ -204,12 +253,10 @@ impl Shared {
                     }
                     cb.log_io_completed(result.clone().map_err(std::io::Error::other));
                 }
-                Job::Truncate(_, tx)
-                | Job::Purge(_, tx)
-                | Job::Vote(_, tx)
-                | Job::Committed(_, tx) => {
+                Job::Truncate(_, tx) | Job::Purge(_, tx) | Job::Vote(_, tx) => {
                     let _ = tx.send(result.clone());
                 }
+                Job::Committed(_) => {}
             }
         }
     }
@@ -289,8 +336,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        self.submit_wait(|tx| Job::Committed(committed, tx), ErrorSubject::Store)
-            .await
+        self.submit(Job::Committed(committed))
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {

@@ -7,14 +7,77 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mvcc::{Command, CommandResponse, Store};
+use mvcc::{Command, Store};
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::{Config, ServerState, SnapshotPolicy};
 
 use crate::log_store::LogStore;
 use crate::network::{Network, PeerService};
 use crate::state_machine::{ApplyListener, StateMachine};
-use crate::types::{MemberNode, NodeId, Raft};
+use crate::types::{Batch, CommandResult, MemberNode, NodeId, Raft};
+
+/// Proposals waiting for the proposer; beyond this, proposing waits (back-pressure).
+const PROPOSAL_QUEUE_MAX: usize = 16_384;
+/// The most commands one log entry carries.
+const BATCH_COMMANDS_MAX: usize = 1_024;
+/// The most key and value bytes one log entry carries (a single larger command still goes alone).
+const BATCH_BYTES_MAX: usize = 4 << 20;
+
+/// One command waiting to be proposed, and where its result goes.
+struct Proposal {
+    cmd: Command,
+    reply: tokio::sync::oneshot::Sender<Result<CommandResult, ReplicaError>>,
+}
+
+/// Proposes everything queued while the previous proposal was being replicated as one log entry:
+/// openraft 0.9 makes each entry durable before taking the next, so batching here is what turns
+/// many concurrent writes into one log fsync (group commit).
+async fn proposer(raft: Raft, mut rx: tokio::sync::mpsc::Receiver<Proposal>) {
+    while let Some(first) = rx.recv().await {
+        let mut bytes = first.cmd.approx_bytes();
+        let mut batch = vec![first];
+        while batch.len() < BATCH_COMMANDS_MAX && bytes < BATCH_BYTES_MAX {
+            match rx.try_recv() {
+                Ok(p) => {
+                    bytes += p.cmd.approx_bytes();
+                    batch.push(p);
+                }
+                Err(_) => break,
+            }
+        }
+        let (cmds, replies): (Vec<Command>, Vec<_>) =
+            batch.into_iter().map(|p| (p.cmd, p.reply)).unzip();
+        match raft.client_write(Batch(cmds)).await {
+            Ok(r) => {
+                assert_eq!(
+                    r.data.0.len(),
+                    replies.len(),
+                    "one result per proposed command"
+                );
+                for (reply, result) in replies.into_iter().zip(r.data.0) {
+                    let _ = reply.send(Ok(result));
+                }
+            }
+            Err(e) => {
+                let err = match e {
+                    RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+                        match f.leader_id {
+                            Some(l) => ReplicaError::NotLeader(Some(l)),
+                            None => ReplicaError::NoLeader,
+                        }
+                    }
+                    RaftError::APIError(ClientWriteError::ChangeMembershipError(_)) => {
+                        ReplicaError::LeaderChanged
+                    }
+                    RaftError::Fatal(_) => ReplicaError::Stopped,
+                };
+                for reply in replies {
+                    let _ = reply.send(Err(err.clone()));
+                }
+            }
+        }
+    }
+}
 
 /// How a member is set up; the server fills it from etcd's flags.
 #[derive(Debug, Clone)]
@@ -62,6 +125,8 @@ pub struct ReplicaStatus {
 /// A running member.
 pub struct Replica {
     raft: Raft,
+    proposals: tokio::sync::mpsc::Sender<Proposal>,
+    log_stats: Arc<crate::log_store::LogStats>,
     store: Arc<Store>,
     config: ReplicaConfig,
 }
@@ -82,6 +147,7 @@ impl Replica {
     ) -> anyhow::Result<Self> {
         let dir = config.data_dir.join("member");
         let log = LogStore::open(&dir.join("raft.db"))?;
+        let log_stats = log.stats();
         let sm = StateMachine::new(Arc::clone(&store), listener)?;
         let raft_config = Config {
             cluster_name: format!("{:x}", config.cluster_id),
@@ -104,11 +170,20 @@ impl Replica {
             );
             raft.initialize(config.initial_members.clone()).await?;
         }
+        let (proposals, rx) = tokio::sync::mpsc::channel(PROPOSAL_QUEUE_MAX);
+        tokio::spawn(proposer(raft.clone(), rx));
         Ok(Self {
             raft,
+            proposals,
+            log_stats,
             store,
             config,
         })
+    }
+
+    /// How much the raft log's durable commits have covered so far (group commit).
+    pub fn log_stats(&self) -> &crate::log_store::LogStats {
+        &self.log_stats
     }
 
     pub fn store(&self) -> &Arc<Store> {
@@ -131,22 +206,15 @@ impl Replica {
         }
     }
 
-    /// Replicates `cmd`, waits until it is applied here, and returns what applying it returned.
-    pub async fn propose(
-        &self,
-        cmd: Command,
-    ) -> Result<Result<CommandResponse, mvcc::Error>, ReplicaError> {
-        match self.raft.client_write(cmd).await {
-            Ok(r) => Ok(r.data.0),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => match f.leader_id {
-                Some(l) => Err(ReplicaError::NotLeader(Some(l))),
-                None => Err(ReplicaError::NoLeader),
-            },
-            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(_))) => {
-                Err(ReplicaError::LeaderChanged)
-            }
-            Err(RaftError::Fatal(_)) => Err(ReplicaError::Stopped),
-        }
+    /// Replicates `cmd` (batched with whatever else is being proposed), waits until it is applied
+    /// here, and returns what applying it returned.
+    pub async fn propose(&self, cmd: Command) -> Result<CommandResult, ReplicaError> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.proposals
+            .send(Proposal { cmd, reply })
+            .await
+            .map_err(|_| ReplicaError::Stopped)?;
+        rx.await.map_err(|_| ReplicaError::Stopped)?
     }
 
     /// Waits until this member has applied everything committed before the call (ReadIndex).

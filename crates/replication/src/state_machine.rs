@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec;
 use crate::types::{
-    Applied, Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
+    Applied, Batch, Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
 
 /// The keyspace meta key of the applied state.
@@ -153,19 +153,24 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
+        // Every command of every entry in one keyspace commit; `sizes` splits the results back.
         let mut cmds = Vec::new();
+        let mut sizes = Vec::new();
         for e in entries {
             self.state.last_applied = Some(e.log_id);
-            cmds.push(match e.payload {
-                EntryPayload::Normal(cmd) => cmd,
-                EntryPayload::Blank => Command::Noop,
+            match e.payload {
+                EntryPayload::Normal(Batch(batch)) => {
+                    sizes.push(batch.len());
+                    cmds.extend(batch);
+                }
+                EntryPayload::Blank => sizes.push(0),
                 EntryPayload::Membership(m) => {
                     self.state.membership = StoredMembership::new(Some(e.log_id), m);
-                    Command::Noop
+                    sizes.push(0);
                 }
-            });
+            }
         }
-        if cmds.is_empty() {
+        if sizes.is_empty() {
             return Ok(Vec::new());
         }
         self.since_durable += cmds.len();
@@ -181,11 +186,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .store
             .apply(&cmds, &meta, durable)
             .map_err(|e| sm_err(ErrorVerb::Write, e))?;
-        let mut responses = Vec::with_capacity(batch.outcomes.len());
-        let mut events = Vec::with_capacity(batch.outcomes.len());
-        for o in batch.outcomes {
-            responses.push(Applied(o.response));
-            events.push(o.events);
+        let mut outcomes = batch.outcomes.into_iter();
+        let mut events = Vec::with_capacity(cmds.len());
+        let mut responses = Vec::with_capacity(sizes.len());
+        for n in sizes {
+            let mut results = Vec::with_capacity(n);
+            for o in outcomes.by_ref().take(n) {
+                results.push(o.response);
+                events.push(o.events);
+            }
+            responses.push(Applied(results));
         }
         self.listener.applied(events, self.store.current_revision());
         Ok(responses)

@@ -23,14 +23,29 @@ impl fmt::Display for MemberNode {
     }
 }
 
-/// The result of applying one entry, returned to its proposer.
+/// The payload of a normal log entry: the commands proposed together (group commit: one entry,
+/// one log fsync and one replication message for all of them). Each command still gets its own
+/// revision when applied.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Applied(pub Result<mvcc::CommandResponse, mvcc::Error>);
+pub struct Batch(pub Vec<mvcc::Command>);
+
+impl std::fmt::Display for Batch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "batch of {} commands", self.0.len())
+    }
+}
+
+/// What applying one command returned.
+pub type CommandResult = Result<mvcc::CommandResponse, mvcc::Error>;
+
+/// The results of applying one entry's batch, in command order, returned to its proposer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Applied(pub Vec<CommandResult>);
 
 openraft::declare_raft_types!(
     /// tandem's raft types.
     pub TypeConfig:
-        D = mvcc::Command,
+        D = Batch,
         R = Applied,
         NodeId = NodeId,
         Node = MemberNode,

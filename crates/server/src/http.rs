@@ -271,6 +271,27 @@ async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
             s.index_entries as i64,
         );
     }
+    let log = node.replica.log_stats();
+    let load =
+        |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed) as i64;
+    gauge(
+        &mut registry,
+        "tandem_raft_log_commits_total",
+        "Durable commits of the raft log (one fsync each).",
+        load(&log.commits),
+    );
+    gauge(
+        &mut registry,
+        "tandem_raft_log_entries_total",
+        "Raft log entries made durable.",
+        load(&log.entries),
+    );
+    gauge(
+        &mut registry,
+        "tandem_raft_log_commit_microseconds_total",
+        "Time spent in durable commits of the raft log.",
+        load(&log.commit_micros),
+    );
     labelled(
         &mut registry,
         "etcd_server_version",
