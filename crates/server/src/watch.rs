@@ -34,8 +34,6 @@ const RING_BYTES_MAX: usize = 64 << 20;
 /// Revisions one watcher is sent per step when catching up, so one slow watcher cannot starve
 /// the stream's other work.
 const CATCH_UP_REVISIONS_MAX: usize = 1_000;
-/// Event bytes one response aims to stay under (a revision is never split, except by fragment).
-const RESPONSE_BYTES_TARGET: usize = 1 << 20;
 /// Responses buffered towards one client before the stream waits for it.
 const STREAM_BUFFER_RESPONSES: usize = 128;
 /// etcd's watch id for responses that belong to the whole stream.
@@ -159,6 +157,10 @@ struct Watcher {
     fragment: bool,
     /// Whether anything was sent since the last progress tick.
     sent_since_tick: bool,
+    /// Caught up with the store: sent one response per revision from now on. A watcher that
+    /// starts in the past catches up first, in responses of up to 1,000 revisions (as etcd's
+    /// unsynced watchers do).
+    synced: bool,
 }
 
 impl Watcher {
@@ -268,6 +270,7 @@ impl StreamState {
                 no_delete: filters.contains(&(FilterType::Nodelete as i32)),
                 fragment: c.fragment,
                 sent_since_tick: false,
+                synced: c.start_revision == 0 || c.start_revision > current,
             },
         );
         Ok(())
@@ -311,55 +314,36 @@ impl StreamState {
                     return Err(Closed);
                 }
             };
-            let (prev_kv, fragment) = (w.prev_kv, w.fragment);
+            let (prev_kv, fragment, synced) = (w.prev_kv, w.fragment, w.synced);
             let wanted: Vec<&Event> = events.iter().filter(|e| w.wants(e)).collect();
             // `to - from + 1` revisions fit the read limit, so everything up to `to` was read.
             let next = to + 1;
-            if !wanted.is_empty() {
-                self.send_events(id, &wanted, prev_kv, fragment, current)
+            if synced {
+                for group in wanted.chunk_by(|a, b| a.kv.mod_revision == b.kv.mod_revision) {
+                    self.send_batch(
+                        id,
+                        group.iter().map(|e| event_to_pb(e, prev_kv)).collect(),
+                        fragment,
+                        current,
+                    )
                     .await?;
+                }
+            } else if !wanted.is_empty() {
+                self.send_batch(
+                    id,
+                    wanted.iter().map(|e| event_to_pb(e, prev_kv)).collect(),
+                    fragment,
+                    current,
+                )
+                .await?;
             }
             if let Some(w) = self.watchers.get_mut(&id) {
                 w.next_rev = next;
+                w.synced |= next > current;
                 if !wanted.is_empty() {
                     w.sent_since_tick = true;
                 }
             }
-        }
-        Ok(())
-    }
-
-    /// Sends events in responses of bounded size; revisions are never split across responses,
-    /// except into fragments for a watcher that asked for them.
-    async fn send_events(
-        &self,
-        id: i64,
-        events: &[&Event],
-        prev_kv: bool,
-        fragment: bool,
-        current: i64,
-    ) -> Result<(), Closed> {
-        let mut batch: Vec<etcd_api::mvccpb::Event> = Vec::new();
-        let mut bytes = 0usize;
-        let mut i = 0;
-        while i < events.len() {
-            let rev = events[i].kv.mod_revision;
-            let mut group = Vec::new();
-            while i < events.len() && events[i].kv.mod_revision == rev {
-                group.push(event_to_pb(events[i], prev_kv));
-                i += 1;
-            }
-            let group_bytes: usize = group.iter().map(|e| e.encoded_len()).sum();
-            if !batch.is_empty() && bytes + group_bytes > RESPONSE_BYTES_TARGET {
-                self.send_batch(id, std::mem::take(&mut batch), fragment, current)
-                    .await?;
-                bytes = 0;
-            }
-            bytes += group_bytes;
-            batch.extend(group);
-        }
-        if !batch.is_empty() {
-            self.send_batch(id, batch, fragment, current).await?;
         }
         Ok(())
     }
@@ -374,28 +358,26 @@ impl StreamState {
         let limit = self.node.config.max_request_bytes as usize;
         let mut r = self.response(id, current);
         r.events = events;
-        if !fragment || r.encoded_len() <= limit {
+        // etcd's rule: fragment only a response of two or more events that reaches the limit;
+        // each piece takes events until adding one more would reach it.
+        if !fragment || r.encoded_len() < limit || r.events.len() < 2 {
             return self.send(r).await;
         }
-        // Fragmented: pieces under the request size limit, all but the last marked `fragment`.
         let events = std::mem::take(&mut r.events);
-        let mut piece = Vec::new();
-        let mut piece_bytes = 0;
+        let mut piece = self.response(id, current);
+        piece.fragment = true;
         for e in events {
-            let n = e.encoded_len();
-            if !piece.is_empty() && piece_bytes + n > limit {
-                let mut f = self.response(id, current);
-                f.fragment = true;
-                f.events = std::mem::take(&mut piece);
-                self.send(f).await?;
-                piece_bytes = 0;
+            piece.events.push(e);
+            if piece.events.len() > 1 && piece.encoded_len() >= limit {
+                let last = piece.events.pop();
+                let next = self.response(id, current);
+                self.send(std::mem::replace(&mut piece, next)).await?;
+                piece.fragment = true;
+                piece.events.extend(last);
             }
-            piece_bytes += n;
-            piece.push(e);
         }
-        let mut last = self.response(id, current);
-        last.events = piece;
-        self.send(last).await
+        piece.fragment = false;
+        self.send(piece).await
     }
 
     /// Periodic progress: an empty response to each synced watcher that asked for progress
