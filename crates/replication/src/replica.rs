@@ -23,6 +23,37 @@ const BATCH_COMMANDS_MAX: usize = 1_024;
 /// The most key and value bytes one log entry carries (a single larger command still goes alone).
 const BATCH_BYTES_MAX: usize = 4 << 20;
 
+/// Read barriers waiting for the next round; beyond this, asking waits.
+const READ_QUEUE_MAX: usize = 16_384;
+
+type ReadWaiter = tokio::sync::oneshot::Sender<Result<(), ReplicaError>>;
+
+/// Batched ReadIndex: every read waiting when a round starts is served by that round's single
+/// `ensure_linearizable`. A read joins only a round that starts after it was asked, so the round's
+/// read index covers every write that completed before the read began.
+async fn read_barriers(raft: Raft, mut rx: tokio::sync::mpsc::Receiver<ReadWaiter>) {
+    while let Some(first) = rx.recv().await {
+        let mut waiters = vec![first];
+        while let Ok(w) = rx.try_recv() {
+            waiters.push(w);
+        }
+        let result = match raft.ensure_linearizable().await {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => match f.leader_id {
+                Some(l) => Err(ReplicaError::NotLeader(Some(l))),
+                None => Err(ReplicaError::NoLeader),
+            },
+            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) => {
+                Err(ReplicaError::Timeout)
+            }
+            Err(RaftError::Fatal(_)) => Err(ReplicaError::Stopped),
+        };
+        for w in waiters {
+            let _ = w.send(result.clone());
+        }
+    }
+}
+
 /// One command waiting to be proposed, and where its result goes.
 struct Proposal {
     cmd: Command,
@@ -126,6 +157,7 @@ pub struct ReplicaStatus {
 pub struct Replica {
     raft: Raft,
     proposals: tokio::sync::mpsc::Sender<Proposal>,
+    reads: tokio::sync::mpsc::Sender<ReadWaiter>,
     log_stats: Arc<crate::log_store::LogStats>,
     store: Arc<Store>,
     config: ReplicaConfig,
@@ -172,9 +204,12 @@ impl Replica {
         }
         let (proposals, rx) = tokio::sync::mpsc::channel(PROPOSAL_QUEUE_MAX);
         tokio::spawn(proposer(raft.clone(), rx));
+        let (reads, rx) = tokio::sync::mpsc::channel(READ_QUEUE_MAX);
+        tokio::spawn(read_barriers(raft.clone(), rx));
         Ok(Self {
             raft,
             proposals,
+            reads,
             log_stats,
             store,
             config,
@@ -217,19 +252,15 @@ impl Replica {
         rx.await.map_err(|_| ReplicaError::Stopped)?
     }
 
-    /// Waits until this member has applied everything committed before the call (ReadIndex).
+    /// Waits until this member has applied everything committed before the call (ReadIndex,
+    /// shared with the other reads waiting for the same round).
     pub async fn read_barrier(&self) -> Result<(), ReplicaError> {
-        match self.raft.ensure_linearizable().await {
-            Ok(_) => Ok(()),
-            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => match f.leader_id {
-                Some(l) => Err(ReplicaError::NotLeader(Some(l))),
-                None => Err(ReplicaError::NoLeader),
-            },
-            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) => {
-                Err(ReplicaError::Timeout)
-            }
-            Err(RaftError::Fatal(_)) => Err(ReplicaError::Stopped),
-        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.reads
+            .send(tx)
+            .await
+            .map_err(|_| ReplicaError::Stopped)?;
+        rx.await.map_err(|_| ReplicaError::Stopped)?
     }
 
     pub fn status(&self) -> ReplicaStatus {
