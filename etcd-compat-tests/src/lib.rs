@@ -150,17 +150,28 @@ impl Server {
 
     /// Starts a single-member server with etcd's flags plus `extra`, and waits until healthy.
     pub fn start_with(kind: Kind, extra: &[&str]) -> Result<Self> {
+        Self::launch(kind, extra, &[])
+    }
+
+    /// Starts a server under `wrapper` (a command and its arguments, run with the server's
+    /// command line appended), e.g. strace injecting slow fsyncs.
+    pub fn start_wrapped(kind: Kind, wrapper: &[&str]) -> Result<Self> {
+        Self::launch(kind, &[], wrapper)
+    }
+
+    fn launch(kind: Kind, extra: &[&str], wrapper: &[&str]) -> Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix(&format!("{}-", kind.name()))
             .tempdir()?;
+        let owned = |v: &[&str]| v.iter().map(|s| s.to_string()).collect();
         let mut s = Server {
             kind,
             child: None,
             client_port: free_port(),
             peer_port: free_port(),
             dir,
-            extra: extra.iter().map(|s| s.to_string()).collect(),
-            wrapper: Vec::new(),
+            extra: owned(extra),
+            wrapper: owned(wrapper),
         };
         s.spawn()?;
         Ok(s)
@@ -168,25 +179,6 @@ impl Server {
 
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
-    }
-
-    /// Starts a server under `wrapper` (a command and its arguments, run with the server's
-    /// command line appended), e.g. strace injecting slow fsyncs.
-    pub fn start_wrapped(kind: Kind, wrapper: &[&str]) -> Result<Self> {
-        let dir = tempfile::Builder::new()
-            .prefix(&format!("{}-", kind.name()))
-            .tempdir()?;
-        let mut s = Server {
-            kind,
-            child: None,
-            client_port: free_port(),
-            peer_port: free_port(),
-            dir,
-            extra: Vec::new(),
-            wrapper: wrapper.iter().map(|s| s.to_string()).collect(),
-        };
-        s.spawn()?;
-        Ok(s)
     }
 
     /// Starts a single-member server configured only through `ETCD_*` environment variables.

@@ -282,6 +282,32 @@ pub enum CommandResponse {
     Noop { revision: i64 },
 }
 
+impl CommandResponse {
+    /// The response with its header revision set to `rev` (the store's revision after the
+    /// command).
+    pub fn with_revision(self, rev: i64) -> Self {
+        match self {
+            CommandResponse::Put(p) => CommandResponse::Put(PutResponse { revision: rev, ..p }),
+            CommandResponse::DeleteRange(d) => {
+                CommandResponse::DeleteRange(DeleteRangeResponse { revision: rev, ..d })
+            }
+            CommandResponse::Txn(t) => CommandResponse::Txn(TxnResponse { revision: rev, ..t }),
+            CommandResponse::Compact { .. } => CommandResponse::Compact { revision: rev },
+            CommandResponse::LeaseGrant { id, ttl, .. } => CommandResponse::LeaseGrant {
+                id,
+                ttl,
+                revision: rev,
+            },
+            CommandResponse::LeaseRevoke { .. } => CommandResponse::LeaseRevoke { revision: rev },
+            CommandResponse::Alarm { alarms, .. } => CommandResponse::Alarm {
+                alarms,
+                revision: rev,
+            },
+            CommandResponse::Noop { .. } => CommandResponse::Noop { revision: rev },
+        }
+    }
+}
+
 /// A lease as the store knows it: its granted TTL and the keys attached to it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LeaseInfo {

@@ -185,7 +185,7 @@ impl Store {
                     inner.current += 1;
                 }
                 batch.outcomes.push(Outcome {
-                    response: response.map(|r| with_revision(r, inner.current)),
+                    response: response.map(|r| r.with_revision(inner.current)),
                     events,
                 });
             }
@@ -517,36 +517,6 @@ impl Inner {
             }
         }
         Ok(())
-    }
-}
-
-/// Sets the header revision of a response to the store's revision after its command.
-fn with_revision(r: CommandResponse, rev: i64) -> CommandResponse {
-    match r {
-        CommandResponse::Put(mut p) => {
-            p.revision = rev;
-            CommandResponse::Put(p)
-        }
-        CommandResponse::DeleteRange(mut d) => {
-            d.revision = rev;
-            CommandResponse::DeleteRange(d)
-        }
-        CommandResponse::Txn(mut t) => {
-            t.revision = rev;
-            CommandResponse::Txn(t)
-        }
-        CommandResponse::Compact { .. } => CommandResponse::Compact { revision: rev },
-        CommandResponse::LeaseGrant { id, ttl, .. } => CommandResponse::LeaseGrant {
-            id,
-            ttl,
-            revision: rev,
-        },
-        CommandResponse::LeaseRevoke { .. } => CommandResponse::LeaseRevoke { revision: rev },
-        CommandResponse::Alarm { alarms, .. } => CommandResponse::Alarm {
-            alarms,
-            revision: rev,
-        },
-        CommandResponse::Noop { .. } => CommandResponse::Noop { revision: rev },
     }
 }
 

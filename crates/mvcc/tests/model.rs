@@ -247,32 +247,6 @@ impl Model {
     }
 }
 
-/// Sets every top-level header revision of a response to the store's revision, as the store does.
-fn with_rev(r: CommandResponse, rev: i64) -> CommandResponse {
-    match r {
-        CommandResponse::Put(mut p) => {
-            p.revision = rev;
-            CommandResponse::Put(p)
-        }
-        CommandResponse::DeleteRange(mut d) => {
-            d.revision = rev;
-            CommandResponse::DeleteRange(d)
-        }
-        CommandResponse::Txn(mut t) => {
-            t.revision = rev;
-            CommandResponse::Txn(t)
-        }
-        CommandResponse::Compact { .. } => CommandResponse::Compact { revision: rev },
-        CommandResponse::LeaseGrant { id, ttl, .. } => CommandResponse::LeaseGrant {
-            id,
-            ttl,
-            revision: rev,
-        },
-        CommandResponse::LeaseRevoke { .. } => CommandResponse::LeaseRevoke { revision: rev },
-        other => other,
-    }
-}
-
 #[derive(Debug, Clone)]
 enum Step {
     Apply(Command),
@@ -420,7 +394,7 @@ proptest! {
             match s {
                 Step::Apply(cmd) => {
                     let got = store.apply(std::slice::from_ref(cmd), &[], false).unwrap().outcomes.remove(0).response;
-                    let want = model.apply(cmd).map(|r| with_rev(r, model.current));
+                    let want = model.apply(cmd).map(|r| r.with_revision(model.current));
                     prop_assert_eq!(got, want, "step {} {:?}", i, cmd);
                     prop_assert_eq!(store.current_revision(), model.current);
                 }

@@ -216,27 +216,27 @@ fn split_urls(s: &str) -> Vec<String> {
         .collect()
 }
 
+/// The first 8 bytes of the SHA-256 of `parts`, as a big-endian id.
+fn hash_id<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> u64 {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update(p);
+    }
+    u64::from_be_bytes(h.finalize()[..8].try_into().expect("8 bytes"))
+}
+
 /// A member id derived from its peer URLs and the cluster token (stable across restarts).
 pub fn member_id(peer_urls: &[String], token: &str) -> u64 {
     let mut urls = peer_urls.to_vec();
     urls.sort();
-    let mut h = Sha256::new();
-    h.update(urls.join("").as_bytes());
-    h.update(token.as_bytes());
-    let d = h.finalize();
-    u64::from_be_bytes(d[..8].try_into().expect("8 bytes")) | 1
+    hash_id([urls.join("").as_bytes(), token.as_bytes()]) | 1
 }
 
 /// A cluster id derived from its members' ids.
 pub fn cluster_id(member_ids: impl Iterator<Item = u64>) -> u64 {
-    let mut ids: Vec<u64> = member_ids.collect();
+    let mut ids: Vec<[u8; 8]> = member_ids.map(u64::to_be_bytes).collect();
     ids.sort_unstable();
-    let mut h = Sha256::new();
-    for id in ids {
-        h.update(id.to_be_bytes());
-    }
-    let d = h.finalize();
-    u64::from_be_bytes(d[..8].try_into().expect("8 bytes"))
+    hash_id(ids.iter().map(|b| b.as_slice()))
 }
 
 /// Parses a Go-style duration ("10m", "5s", "1h30m", "500ms") or a bare number of `unit`s.

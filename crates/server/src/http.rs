@@ -121,15 +121,17 @@ fn render_checks(
     }
 }
 
+/// A local read of the health key: fails only if the keyspace cannot be read.
+fn serializable_read(node: &Node) -> Option<String> {
+    let probe = mvcc::RangeRequest {
+        key: b"health".to_vec(),
+        ..Default::default()
+    };
+    node.store.range(&probe).err().map(|e| e.to_string())
+}
+
 async fn livez(State(node): State<Arc<Node>>, Query(q): Params) -> impl IntoResponse {
-    let serializable = node
-        .store
-        .range(&mvcc::RangeRequest {
-            key: b"health".to_vec(),
-            ..Default::default()
-        })
-        .err()
-        .map(|e| e.to_string());
+    let serializable = serializable_read(&node);
     render_checks(vec![("serializable_read", serializable)], &q, "livez")
 }
 
@@ -140,14 +142,7 @@ async fn readyz(State(node): State<Arc<Node>>, Query(q): Params) -> impl IntoRes
         .iter()
         .any(|a| a.alarm == mvcc::AlarmType::Corrupt)
         .then(|| "data corruption alarm".to_string());
-    let serializable = node
-        .store
-        .range(&mvcc::RangeRequest {
-            key: b"health".to_vec(),
-            ..Default::default()
-        })
-        .err()
-        .map(|e| e.to_string());
+    let serializable = serializable_read(&node);
     let excluded = q
         .get("exclude")
         .is_some_and(|e| e.split(',').any(|c| c == "linearizable_read"));
