@@ -14,13 +14,17 @@ fn verdicts(out: &str) -> Vec<String> {
         .collect()
 }
 
-#[test]
-fn check_perf_small_load_passes_like_etcd() {
-    let etcd = Server::start(Kind::Etcd35).expect("etcd");
+fn check_perf(version: CtlVersion) {
+    let etcd = Server::start(version.reference()).expect("etcd");
     let tandem = Server::start(Kind::Tandem).expect("tandem");
-    let reference = Ctl::new(CtlVersion::V35, &etcd).run(&["check", "perf", "--load=s"], None);
-    let ours = Ctl::new(CtlVersion::V35, &tandem).run(&["check", "perf", "--load=s"], None);
-    println!("etcd:\n{}\ntandem:\n{}", reference.stdout, ours.stdout);
+    let reference = Ctl::new(version, &etcd).run(&["check", "perf", "--load=s"], None);
+    let ours = Ctl::new(version, &tandem).run(&["check", "perf", "--load=s"], None);
+    println!(
+        "{}:\n{}\ntandem:\n{}",
+        etcd.kind.name(),
+        reference.stdout,
+        ours.stdout
+    );
     assert_eq!(
         ours.code, 0,
         "check perf failed on tandem:\n{}\n{}",
@@ -32,4 +36,14 @@ fn check_perf_small_load_passes_like_etcd() {
         "{}",
         ours.stdout
     );
+}
+
+#[test]
+fn check_perf_small_load_passes_like_etcd_35() {
+    check_perf(CtlVersion::V35);
+}
+
+#[test]
+fn check_perf_small_load_passes_like_etcd_34() {
+    check_perf(CtlVersion::V34);
 }

@@ -5,7 +5,6 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use mvcc::{Command, Store};
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
@@ -276,21 +275,6 @@ impl Replica {
             .nodes()
             .map(|(id, n)| (*id, n.clone(), !voters.contains(id)))
             .collect()
-    }
-
-    /// Waits until some member leads (or `timeout` passes); returns the leader.
-    pub async fn wait_for_leader(&self, timeout: Duration) -> Option<NodeId> {
-        let mut rx = self.raft.metrics();
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            if let Some(l) = rx.borrow().current_leader {
-                return Some(l);
-            }
-            match tokio::time::timeout_at(deadline, rx.changed()).await {
-                Ok(Ok(())) => continue,
-                _ => return None,
-            }
-        }
     }
 
     /// A receiver of this member's raft status, updated whenever it changes.

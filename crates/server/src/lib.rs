@@ -36,8 +36,6 @@ use crate::node::Node;
 /// gRPC allows this much beyond `--max-request-bytes` before refusing a message outright; the
 /// rest is refused with etcd's `request is too large` (etcd does the same).
 const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
-/// How long a fresh member waits for its first leader before serving anyway.
-const FIRST_LEADER_WAIT: Duration = Duration::from_secs(30);
 
 /// Binds every listen URL of `config`.
 pub async fn bind(urls: &[String]) -> anyhow::Result<Vec<TcpListener>> {
@@ -73,12 +71,9 @@ pub async fn run(
         election_timeout_ms: config.election_timeout_ms,
         snapshot_count: config.snapshot_count,
     };
+    // Serve at once, as etcd does: until a leader is known, requests that need one fail with
+    // `etcdserver: no leader` (Unavailable, which clients retry).
     let replica = Replica::open(replica_config, store, hub.clone()).await?;
-    if replica.wait_for_leader(FIRST_LEADER_WAIT).await.is_none() {
-        tracing::warn!(
-            "no leader yet; serving anyway (requests that need one fail with 'no leader')"
-        );
-    }
     let node = Node::new(config, replica, hub);
     let background = [
         tokio::spawn(lease::expiry_loop(Arc::clone(&node))),
