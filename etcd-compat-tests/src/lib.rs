@@ -159,6 +159,14 @@ impl Server {
         Self::launch(kind, &[], wrapper)
     }
 
+    /// Starts a server that is not expected to become healthy (e.g. a member with no leader) and
+    /// waits only until it accepts connections.
+    pub fn start_listening(kind: Kind, extra: &[&str]) -> Result<Self> {
+        let mut extra: Vec<&str> = extra.to_vec();
+        extra.push("--expect-unhealthy");
+        Self::launch(kind, &extra, &[])
+    }
+
     fn launch(kind: Kind, extra: &[&str], wrapper: &[&str]) -> Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix(&format!("{}-", kind.name()))
@@ -228,7 +236,7 @@ impl Server {
             for (flag, value) in settings {
                 cmd.arg(format!("--{flag}={value}"));
             }
-            cmd.args(&self.extra);
+            cmd.args(self.extra.iter().filter(|e| *e != "--expect-unhealthy"));
         }
         cmd.stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -237,6 +245,12 @@ impl Server {
             cmd.spawn()
                 .with_context(|| format!("starting {}", bin.display()))?,
         );
+        if self.extra.iter().any(|e| e == "--expect-unhealthy") {
+            let addr = format!("127.0.0.1:{}", self.client_port);
+            return wait_until("the server to listen", START_DEADLINE, || {
+                std::net::TcpStream::connect(&addr).is_ok()
+            });
+        }
         let url = format!("{client}/health");
         let started = wait_until(
             &format!("{} to become healthy", self.kind.name()),
