@@ -731,3 +731,29 @@ pub fn current_revision(ctl: &Ctl) -> i64 {
     let v: serde_json::Value = serde_json::from_str(out.stdout.trim()).expect("get -w json output");
     v["header"]["revision"].as_i64().expect("header.revision")
 }
+
+/// Puts items `0..count` from `writers` concurrent clients (writer `w` takes items `w`,
+/// `w + writers`, …); `item(i)` gives the key and value of item `i`. Panics if a put fails.
+pub async fn put_concurrently<F>(url: &str, writers: usize, count: usize, item: F)
+where
+    F: Fn(usize) -> (String, Vec<u8>) + Send + Sync + 'static,
+{
+    let item = std::sync::Arc::new(item);
+    let tasks: Vec<_> = (0..writers)
+        .map(|w| {
+            let (url, item) = (url.to_string(), item.clone());
+            tokio::spawn(async move {
+                let mut c = etcd_client::Client::connect([url], None)
+                    .await
+                    .expect("connect");
+                for i in (w..count).step_by(writers) {
+                    let (k, v) = item(i);
+                    c.put(k, v, None).await.expect("put");
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("writer task");
+    }
+}

@@ -187,20 +187,10 @@ async fn concurrent_writes_share_log_fsyncs() {
         metric(&server, "tandem_raft_log_commits_total"),
         metric(&server, "tandem_raft_log_entries_total"),
     );
-    let tasks: Vec<_> = (0..64)
-        .map(|w| {
-            let url = server.url();
-            tokio::spawn(async move {
-                let mut c = Client::connect([url], None).await.expect("connect");
-                for i in 0..20 {
-                    c.put(format!("gc/{w}/{i}"), "v", None).await.expect("put");
-                }
-            })
-        })
-        .collect();
-    for t in tasks {
-        t.await.expect("writer");
-    }
+    put_concurrently(&server.url(), 64, 64 * 20, |i| {
+        (format!("gc/{i}"), b"v".to_vec())
+    })
+    .await;
     let commits = metric(&server, "tandem_raft_log_commits_total") - commits0;
     let entries = metric(&server, "tandem_raft_log_entries_total") - entries0;
     let puts = 64 * 20;

@@ -273,26 +273,13 @@ async fn range_shapes_match_etcd() {
 async fn paged_list(url: String) -> Vec<String> {
     const OBJECTS: usize = 10_000;
     const PAGE: i64 = 500;
-    let writers: Vec<_> = (0..16)
-        .map(|w| {
-            let url = url.clone();
-            tokio::spawn(async move {
-                let mut c = client(&url).await;
-                for i in (w..OBJECTS).step_by(16) {
-                    c.put(
-                        format!("/registry/pods/ns/pod-{i:05}"),
-                        format!("{i}"),
-                        None,
-                    )
-                    .await
-                    .expect("put");
-                }
-            })
-        })
-        .collect();
-    for w in writers {
-        w.await.expect("writer");
-    }
+    put_concurrently(&url, 16, OBJECTS, |i| {
+        (
+            format!("/registry/pods/ns/pod-{i:05}"),
+            i.to_string().into_bytes(),
+        )
+    })
+    .await;
     // Writes continue while the list runs: creates and deletes under the same prefix.
     let churn_url = url.clone();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -567,27 +554,10 @@ async fn watch_shapes_match_etcd() {
 async fn progress_request_waits_for_a_watcher_catching_up() {
     let tandem = Server::start(Kind::Tandem).expect("tandem");
     let url = tandem.url();
-    let value = "v".repeat(4096);
-    let writers: Vec<_> = (0..8)
-        .map(|w| {
-            let (url, value) = (url.clone(), value.clone());
-            tokio::spawn(async move {
-                let mut c = client(&url).await;
-                for i in 0..1_000 {
-                    c.put(
-                        format!("/registry/events/ns/e-{w}-{i}"),
-                        value.clone(),
-                        None,
-                    )
-                    .await
-                    .expect("put");
-                }
-            })
-        })
-        .collect();
-    for w in writers {
-        w.await.expect("writer");
-    }
+    put_concurrently(&url, 8, 8_000, |i| {
+        (format!("/registry/events/ns/e-{i}"), vec![b'v'; 4096])
+    })
+    .await;
     let mut s = Stream::open(
         &url,
         true,

@@ -56,22 +56,7 @@ async fn eleven_hundred_watchers_on_one_stream_under_steady_writes() {
     let url = server.url();
 
     // 10,000 objects of 1–10 KiB over 100 resources.
-    let preload: Vec<_> = (0..WRITERS)
-        .map(|w| {
-            let url = url.clone();
-            tokio::spawn(async move {
-                let mut c = Client::connect([url], None).await.expect("connect");
-                for i in (w..OBJECTS).step_by(WRITERS) {
-                    c.put(key(i), vec![b'o'; size(i)], None)
-                        .await
-                        .expect("preload");
-                }
-            })
-        })
-        .collect();
-    for p in preload {
-        p.await.expect("preload");
-    }
+    put_concurrently(&url, WRITERS, OBJECTS, |i| (key(i), vec![b'o'; size(i)])).await;
     let mut c = Client::connect([url.clone()], None).await.expect("connect");
     let start = c
         .get(

@@ -114,24 +114,10 @@ async fn a_watcher_far_behind_catches_up_from_the_store() {
     // More revisions than the watch hub keeps in memory (16,384), so the watcher starts from disk.
     const WRITES: i64 = 20_000;
     let server = Server::start(Kind::Tandem).expect("tandem");
-    let tasks: Vec<_> = (0..16)
-        .map(|w| {
-            let url = server.url();
-            tokio::spawn(async move {
-                let mut c = etcd_client::Client::connect([url], None)
-                    .await
-                    .expect("connect");
-                for i in (w..WRITES).step_by(16) {
-                    c.put(format!("far/{}", i % 500), i.to_string(), None)
-                        .await
-                        .expect("put");
-                }
-            })
-        })
-        .collect();
-    for t in tasks {
-        t.await.expect("writer");
-    }
+    put_concurrently(&server.url(), 16, WRITES as usize, |i| {
+        (format!("far/{}", i % 500), i.to_string().into_bytes())
+    })
+    .await;
     let mut c = server.client().await.expect("connect");
     let (_w, mut stream) = c
         .watch(
