@@ -63,6 +63,13 @@ fn dependency_directions() {
         !replication.iter().any(|d| d == "server"),
         "replication must not depend on server"
     );
+    let ctl = dependencies("ctl");
+    for banned in ["mvcc", "replication", "server", "openraft"] {
+        assert!(
+            !ctl.iter().any(|d| d == banned),
+            "ctl talks to members over the API only, not {banned}"
+        );
+    }
     let api = dependencies("etcd-api");
     for banned in ["mvcc", "replication", "server", "openraft"] {
         assert!(
