@@ -28,7 +28,6 @@ use etcd_api::etcdserverpb::{
 use etcd_api::tandempb::raft_peer_server::RaftPeerServer;
 use replication::{Replica, ReplicaConfig};
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::config::Config;
 use crate::node::Node;
@@ -36,6 +35,13 @@ use crate::node::Node;
 /// gRPC allows this much beyond `--max-request-bytes` before refusing a message outright; the
 /// rest is refused with etcd's `request is too large` (etcd does the same).
 const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
+
+/// Accepted connections with Nagle's algorithm off: gRPC writes a response's headers and data
+/// separately, and with Nagle on the second write waits for the client's delayed ACK (~40 ms).
+/// (tonic's own `tcp_nodelay` applies only to listeners it binds itself.)
+fn incoming(listener: TcpListener) -> tonic::transport::server::TcpIncoming {
+    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
+}
 
 /// Binds every listen URL of `config`.
 pub async fn bind(urls: &[String]) -> anyhow::Result<Vec<TcpListener>> {
@@ -102,7 +108,7 @@ pub async fn run(
             .tcp_nodelay(true)
             .http2_keepalive_interval(Some(Duration::from_secs(2 * 60 * 60)))
             .add_routes(routes)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopped());
+            .serve_with_incoming_shutdown(incoming(listener), stopped());
         servers.push(tokio::spawn(server));
     }
     for listener in peer_listeners {
@@ -114,7 +120,7 @@ pub async fn run(
                 RaftPeerServer::new(node.replica.peer_service())
                     .max_decoding_message_size(64 << 20),
             )
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopped());
+            .serve_with_incoming_shutdown(incoming(listener), stopped());
         servers.push(tokio::spawn(server));
     }
     tracing::info!(
@@ -175,4 +181,30 @@ fn client_routes(node: &Arc<Node>) -> tonic::service::Routes {
             .max_decoding_message_size(max),
         )
         .add_service(AuthServer::new(auth::AuthService { node }).max_decoding_message_size(max))
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::StreamExt;
+
+    /// Regression: with Nagle on, a response's second write waited for the client's delayed ACK
+    /// and single-key reads took ~44 ms (366 reads/s at 16 clients instead of ~25,000).
+    #[tokio::test]
+    async fn accepted_connections_have_nagle_off() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let mut accepted = super::incoming(listener);
+        let _client = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let stream = accepted
+            .next()
+            .await
+            .expect("a connection")
+            .expect("accepted");
+        assert!(
+            stream.nodelay().expect("nodelay"),
+            "TCP_NODELAY must be set on client and peer connections"
+        );
+    }
 }
