@@ -725,6 +725,16 @@ impl Drop for Background {
     }
 }
 
+/// The store's current revision, read with the Rust client (the header of a count-only read).
+pub async fn store_revision(c: &mut etcd_client::Client) -> i64 {
+    let probe = etcd_client::GetOptions::new().with_count_only();
+    let r = c
+        .get("revision-probe", Some(probe))
+        .await
+        .expect("revision probe");
+    r.header().expect("header").revision()
+}
+
 /// The store's current revision, read with etcdctl.
 pub fn current_revision(ctl: &Ctl) -> i64 {
     let out = ctl.run(&["get", "revision-probe", "-w", "json"], None);

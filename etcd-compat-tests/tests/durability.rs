@@ -123,16 +123,7 @@ async fn hashkv_is_unchanged_by_restarts() {
                 .expect("delete");
         }
     }
-    let mid = c
-        .get(
-            "h/",
-            Some(GetOptions::new().with_prefix().with_count_only()),
-        )
-        .await
-        .expect("get")
-        .header()
-        .expect("h")
-        .revision();
+    let mid = store_revision(&mut c).await;
     c.compact(mid / 2, None).await.expect("compact");
     for i in 0..50 {
         c.put(format!("h/{}", i % 7), "after", None)

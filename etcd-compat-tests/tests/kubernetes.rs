@@ -713,13 +713,7 @@ async fn compaction_cycle(url: String) -> Vec<String> {
                 .await
                 .expect("put");
         }
-        let current = c
-            .get("compact_rev_key", None)
-            .await
-            .expect("get")
-            .header()
-            .expect("h")
-            .revision();
+        let current = store_revision(&mut c).await;
         let cas = Txn::new()
             .when([Compare::version("compact_rev_key", CompareOp::Equal, round)])
             .and_then([TxnOp::put("compact_rev_key", current.to_string(), None)])
@@ -763,16 +757,7 @@ async fn lease_reuse(url: String) -> Vec<String> {
         .await
         .expect("put");
     }
-    let rev = c
-        .get(
-            "/registry/events/",
-            Some(GetOptions::new().with_prefix().with_count_only()),
-        )
-        .await
-        .expect("get")
-        .header()
-        .expect("h")
-        .revision();
+    let rev = store_revision(&mut c).await;
     let (_w, mut stream) = c
         .watch(
             "/registry/events/",

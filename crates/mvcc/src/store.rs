@@ -334,7 +334,7 @@ impl Store {
         })
     }
 
-    /// Every lease as `(id, granted TTL)`.
+    /// Every lease as `(id, granted TTL)`, in id order.
     pub fn leases(&self) -> Vec<(i64, i64)> {
         self.read()
             .leases

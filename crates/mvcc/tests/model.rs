@@ -248,17 +248,20 @@ impl Model {
 }
 
 #[derive(Debug, Clone)]
+struct Read {
+    back: i64,
+    from: usize,
+    to: usize,
+    limit: i64,
+    keys_only: bool,
+    count_only: bool,
+}
+
+#[derive(Debug, Clone)]
 enum Step {
     Apply(Command),
     /// A read at `current - back` (clamped at 1) over keys [from, to).
-    Read {
-        back: i64,
-        from: usize,
-        to: usize,
-        limit: i64,
-        keys_only: bool,
-        count_only: bool,
-    },
+    Read(Read),
     Reopen,
 }
 
@@ -352,20 +355,20 @@ fn step() -> impl Strategy<Value = Step> {
         1 => (1i64..4, 1i64..100).prop_map(|(id, ttl)| Step::Apply(Command::LeaseGrant { id, ttl })),
         1 => (1i64..4).prop_map(|id| Step::Apply(Command::LeaseRevoke { id })),
         4 => (0i64..12, 0..KEYS.len(), 0..=KEYS.len(), 0i64..3, any::<bool>(), any::<bool>())
-            .prop_map(|(back, from, to, limit, keys_only, count_only)| Step::Read { back, from, to, limit, keys_only, count_only }),
+            .prop_map(|(back, from, to, limit, keys_only, count_only)| Step::Read(Read { back, from, to, limit, keys_only, count_only })),
         1 => Just(Step::Reopen),
     ]
 }
 
-fn read_request(
-    model: &Model,
-    back: i64,
-    from: usize,
-    to: usize,
-    limit: i64,
-    keys_only: bool,
-    count_only: bool,
-) -> RangeRequest {
+fn read_request(model: &Model, r: &Read) -> RangeRequest {
+    let Read {
+        back,
+        from,
+        to,
+        limit,
+        keys_only,
+        count_only,
+    } = *r;
     RangeRequest {
         key: KEYS[from].as_bytes().to_vec(),
         range_end: if to == KEYS.len() {
@@ -398,8 +401,8 @@ proptest! {
                     prop_assert_eq!(got, want, "step {} {:?}", i, cmd);
                     prop_assert_eq!(store.current_revision(), model.current);
                 }
-                Step::Read { back, from, to, limit, keys_only, count_only } => {
-                    let req = read_request(&model, *back, *from, *to, *limit, *keys_only, *count_only);
+                Step::Read(r) => {
+                    let req = read_request(&model, r);
                     prop_assert_eq!(store.range(&req), model.range(&req), "step {} {:?}", i, req);
                 }
                 Step::Reopen => {

@@ -41,6 +41,12 @@ pub fn from_replica(e: ReplicaError) -> Status {
     replica_error(&e).status()
 }
 
+/// A command answered with a response of another kind: a bug, reported as Internal.
+pub fn unexpected(r: mvcc::CommandResponse) -> Status {
+    tracing::error!(response = ?r, "a command returned a response of another kind");
+    Status::internal("tandem: unexpected response kind")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

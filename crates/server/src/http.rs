@@ -50,10 +50,7 @@ fn alarm_failure(node: &Node, excluded: &[&str]) -> Option<String> {
         .store
         .alarms()
         .iter()
-        .map(|a| match a.alarm {
-            mvcc::AlarmType::NoSpace => "NOSPACE",
-            mvcc::AlarmType::Corrupt => "CORRUPT",
-        })
+        .map(|a| crate::maintenance::alarm_name(a.alarm))
         .filter(|a| !excluded.contains(a))
         .collect();
     (!alarms.is_empty()).then(|| format!("ALARM {}", alarms.join(",")))

@@ -12,7 +12,7 @@ use prost::Message;
 use tonic::{Request, Response, Status};
 
 use crate::convert;
-use crate::lease::unexpected;
+use crate::errors::unexpected;
 use crate::node::Node;
 
 pub struct KvService {

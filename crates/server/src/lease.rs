@@ -18,6 +18,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::config::Config;
+use crate::errors::unexpected;
 use crate::node::Node;
 
 /// How often the leader looks for expired leases (etcd: 500 ms).
@@ -77,11 +78,16 @@ impl Lessor {
         at.saturating_duration_since(now).as_secs() as i64
     }
 
-    /// Leases whose TTL has run out, given every lease the keyspace holds.
+    /// Leases whose TTL has run out, given every lease the keyspace holds in id order (as
+    /// `Store::leases` returns them).
     fn expired(&self, leases: &[(i64, i64)]) -> Vec<i64> {
+        debug_assert!(
+            leases.windows(2).all(|w| w[0].0 < w[1].0),
+            "leases in id order"
+        );
         let now = Instant::now();
         let mut exp = self.expiry();
-        exp.retain(|id, _| leases.iter().any(|(l, _)| l == id));
+        exp.retain(|id, _| leases.binary_search_by_key(id, |(l, _)| *l).is_ok());
         let mut out = Vec::new();
         for (id, ttl) in leases {
             let at = *exp
@@ -261,9 +267,4 @@ async fn keep_alive(node: &Node, id: i64) -> Result<pb::LeaseKeepAliveResponse, 
         }
         None => Ok(pb::LeaseKeepAliveResponse { header, id, ttl: 0 }),
     }
-}
-
-pub fn unexpected(r: CommandResponse) -> Status {
-    tracing::error!(response = ?r, "a command returned a response of another kind");
-    Status::internal("tandem: unexpected response kind")
 }

@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::lease::unexpected;
+use crate::errors::unexpected;
 use crate::node::Node;
 
 /// Bytes per snapshot message (etcd sends 32 KiB pieces).
@@ -41,11 +41,15 @@ fn alarm_to_pb(a: &Alarm) -> pb::AlarmMember {
 
 /// etcd's text form of an alarm, as `Status.errors` lists it.
 fn alarm_string(a: &Alarm) -> String {
-    let name = match a.alarm {
+    format!("memberID:{} alarm:{} ", a.member_id, alarm_name(a.alarm))
+}
+
+/// etcd's name of an alarm type.
+pub fn alarm_name(t: AlarmType) -> &'static str {
+    match t {
         AlarmType::NoSpace => "NOSPACE",
         AlarmType::Corrupt => "CORRUPT",
-    };
-    format!("memberID:{} alarm:{} ", a.member_id, name)
+    }
 }
 
 type SnapshotStream = Pin<Box<dyn Stream<Item = Result<pb::SnapshotResponse, Status>> + Send>>;
