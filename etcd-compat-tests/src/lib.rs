@@ -123,12 +123,27 @@ impl CtlVersion {
     }
 }
 
-/// A free loopback port (bound and released; the server binds it right after).
+/// Ports handed to servers come from below the kernel's ephemeral range (32768–60999 by
+/// default), so that no outgoing client connection can take a server's port between the
+/// moment it is chosen and the moment the server binds it (that race once failed CI).
+const SERVER_PORTS: std::ops::Range<u16> = 20_000..32_000;
+
+/// A free loopback port for a server: unique within this process (a counter) and checked free
+/// by binding it (another test binary or a lingering process may hold it).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let span = u32::from(SERVER_PORTS.end - SERVER_PORTS.start);
+    // Start each process somewhere else so that concurrent harness processes rarely meet.
+    let offset = std::process::id().wrapping_mul(7_919) % span;
+    for _ in 0..span {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = SERVER_PORTS.start + ((offset + n) % span) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {SERVER_PORTS:?}");
 }
 
 /// A running server process with its own data directory.
@@ -263,7 +278,7 @@ impl Server {
             bail!(
                 "{} did not become healthy; log:\n{}",
                 self.kind.name(),
-                tail(&log, 40)
+                tail(&without_backtraces(&log), 40)
             );
         }
         Ok(())
@@ -321,6 +336,20 @@ impl Drop for Server {
             let _ = c.wait();
         }
     }
+}
+
+/// The log without backtrace frames, so that the error message above them stays in view.
+fn without_backtraces(log: &str) -> String {
+    log.lines()
+        .filter(|l| {
+            let t = l.trim_start();
+            let frame = t
+                .split_once(": ")
+                .is_some_and(|(n, _)| n.parse::<u32>().is_ok());
+            !(frame || t.starts_with("at ") || t == "Stack backtrace:" || t == "stack backtrace:")
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 fn tail(s: &str, lines: usize) -> String {
