@@ -14,7 +14,18 @@ fn bench_runs_every_workload() {
         "{} is missing: cargo build -p ctl",
         bin.display()
     );
-    for workload in ["put", "range", "range-serializable", "txn-put"] {
+    for workload in [
+        "put",
+        "range",
+        "range-serializable",
+        "txn-put",
+        "txn-mixed",
+        "delete",
+        "watch",
+        "watch-latency",
+        "lease-keepalive",
+        "k8s",
+    ] {
         let out = Command::new(&bin)
             .args([
                 "bench",
@@ -27,6 +38,7 @@ fn bench_runs_every_workload() {
                 "2",
             ])
             .args(["--total", "200", "--key-space-size", "50", "--json"])
+            .args(["--watchers", "6", "--streams", "2", "--rate", "2000"])
             .output()
             .expect("tandem-ctl");
         assert!(
@@ -42,6 +54,17 @@ fn bench_runs_every_workload() {
             serde_json::json!({}),
             "{workload}: {report}"
         );
+        // Watchers see every write that took effect (k8s: lease expiry may add deletes).
+        if let Some(expected) = report.get("events_expected") {
+            assert!(
+                expected.as_u64().is_some_and(|e| e > 0),
+                "{workload}: {report}"
+            );
+            assert!(
+                report["events"].as_u64() >= expected.as_u64(),
+                "{workload}: {report}"
+            );
+        }
         assert!(
             report["latency_ms"]["p99"]
                 .as_f64()
