@@ -139,6 +139,11 @@ impl TreeIndex {
     pub fn entries(&self) -> usize {
         self.entries
     }
+
+    /// How many keys the index holds (deleted ones too, until compaction drops them).
+    pub fn keys(&self) -> usize {
+        self.keys.len()
+    }
 }
 
 #[cfg(test)]

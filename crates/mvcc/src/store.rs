@@ -45,6 +45,8 @@ pub struct StoreStatus {
     /// Bytes of the database file holding live data.
     pub db_size_in_use: i64,
     pub index_entries: usize,
+    /// Keys in the index, deleted ones included until compaction (etcd's keys_total).
+    pub index_keys: usize,
 }
 
 struct LeaseState {
@@ -92,11 +94,18 @@ fn read_kv(
     decode_kv(v.value())
 }
 
+/// redb's page cache (its default is 1 GiB, which kept most of the database resident: RSS
+/// 186 MiB after 200k puts against etcd's 156 MiB). Pages beyond it are read back through the
+/// OS page cache.
+const CACHE_BYTES: usize = 32 * 1024 * 1024;
+
 impl Store {
     /// Opens (or creates) the keyspace at `path` and rebuilds the key index from it.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
-        let db = Database::builder().create(&path)?;
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(&path)?;
         let w = db.begin_write()?;
         w.open_table(KV)?;
         w.open_table(LEASE)?;
@@ -362,6 +371,7 @@ impl Store {
             db_size,
             db_size_in_use: (in_use as i64).min(db_size),
             index_entries: inner.index.entries(),
+            index_keys: inner.index.keys(),
         })
     }
 

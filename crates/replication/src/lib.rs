@@ -2,7 +2,8 @@
 //! durable, and applies them to the keyspace in the same order on every member.
 //!
 //! - `types`: the raft type configuration and the member description.
-//! - `log_store`: the raft log and vote, in their own redb file, fsynced before acknowledging.
+//! - `log_store`: the raft log and vote (openraft's log storage), fdatasynced before
+//!   acknowledging, with group commit; `wal`: its segment files and their recovery.
 //! - `state_machine`: applies committed entries to `mvcc::Store`, builds and installs snapshots.
 //! - `network`: the peer transport (gRPC, `tandempb.RaftPeer`), client and service sides.
 //! - `replica`: one member: opening, bootstrapping, proposing, linearizable read barriers.
@@ -16,6 +17,7 @@ pub mod network;
 pub mod replica;
 pub mod state_machine;
 pub mod types;
+pub mod wal;
 
 pub use replica::{Replica, ReplicaConfig, ReplicaError, ReplicaStatus};
 pub use state_machine::ApplyListener;

@@ -1,71 +1,113 @@
-//! The raft log and vote, kept in their own redb file (`member/raft.db`).
+//! The raft log store: openraft's `RaftLogStorage` over the segment files of `wal` (directory
+//! `member/wal/`), with group commit on a writer thread.
 //!
 //! Group commit: every append, truncate, purge and vote goes to one writer thread, which takes
-//! everything queued, writes it in a single engine transaction and makes it durable with a single
-//! commit before completing any of it. Many concurrent client writes therefore cost one commit.
-//! Entries wait in an in-memory cache between `append` and their commit so readers always find
-//! them.
+//! everything queued, writes it, and makes it durable with one fdatasync before completing any
+//! of it. Many concurrent client writes therefore cost one flush. Entries stay in an in-memory
+//! cache from `append` until they are durable (so readers always find them), and the most recent
+//! durable ones stay too, within `CACHE_ENTRIES_MAX` and `CACHE_BYTES_MAX`; older entries are
+//! read back from the files.
 //!
 //! # Correctness
-//! - An append's callback fires only after its entries are durable (two-phase commit, fsynced).
-//! - A vote is durable before `save_vote` returns. The committed log id is written lazily (it is
-//!   a restart hint; openraft does not require it to be durable).
+//! - An append's callback fires only after its entries are durable (written and fdatasynced).
+//! - A vote is durable before `save_vote` returns. The committed log id is a restart hint
+//!   (openraft does not require it durable): it reaches the disk with the next state write.
 //! - Jobs take effect in submission order; a truncate or purge is durable before it returns.
 //! - The log has no holes: entries are contiguous from `last_purged + 1` to `last_log_id`.
-//! - A failed commit is reported to openraft, which stops the node; nothing is retried.
+//! - A failed write or flush is reported to openraft, which stops the node; nothing is retried.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
-use std::ops::{Bound, RangeBounds};
+use std::ops::RangeBounds;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{ErrorSubject, ErrorVerb, RaftLogReader, StorageIOError};
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::oneshot;
 
-use crate::codec;
 use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
+use crate::wal::{RecordLoc, Wal};
 
-/// Log index → encoded entry.
-const LOG: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("log");
-/// The vote, the committed log id and the last purged log id.
-const STATE: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("state");
-const KEY_VOTE: &str = "vote";
-const KEY_COMMITTED: &str = "committed";
-const KEY_PURGED: &str = "last_purged";
-/// The most jobs one commit takes, so one commit's size stays bounded.
+/// The most jobs one flush takes, so one group's size stays bounded.
 const GROUP_JOBS_MAX: usize = 4096;
+/// Durable entries kept in memory for readers (openraft applies and replicates recent ones).
+const CACHE_ENTRIES_MAX: usize = 1024;
+/// The most bytes (encoded size) of durable entries kept in memory.
+const CACHE_BYTES_MAX: usize = 16 * 1024 * 1024;
 
 enum Job {
     Append(Vec<Entry>, LogFlushed<TypeConfig>),
     Truncate(u64, oneshot::Sender<Result<(), String>>),
     Purge(LogId, oneshot::Sender<Result<(), String>>),
     Vote(Vote, oneshot::Sender<Result<(), String>>),
-    /// The committed log id is a hint for restart, not a durability promise: it is written with
-    /// the next commit and never forces an fsync of its own.
-    Committed(Option<LogId>),
 }
 
-/// Counters of the writer thread: how much work each durable commit covered.
+/// Counters of the writer thread: how much work each durable flush covered.
 #[derive(Debug, Default)]
 pub struct LogStats {
-    /// Durable commits (each one fsync of the log).
+    /// Durable flushes (each one fdatasync of the log).
     pub commits: AtomicU64,
     /// Entries made durable.
     pub entries: AtomicU64,
-    /// Time spent committing, in microseconds.
+    /// Time spent writing and flushing, in microseconds.
     pub commit_micros: AtomicU64,
 }
 
+/// Entries in memory: every one not yet durable, and recent durable ones.
+#[derive(Default)]
+struct Cache {
+    entries: BTreeMap<u64, Entry>,
+    /// Encoded size of the cached entries that are durable, by index.
+    durable_bytes: BTreeMap<u64, usize>,
+    durable_total: usize,
+}
+
+impl Cache {
+    fn mark_durable(&mut self, entries: &[Entry], locs: &[RecordLoc]) {
+        for (e, loc) in entries.iter().zip(locs) {
+            if self
+                .entries
+                .get(&e.log_id.index)
+                .is_some_and(|c| c.log_id == e.log_id)
+            {
+                self.durable_bytes.insert(e.log_id.index, loc.len as usize);
+                self.durable_total += loc.len as usize;
+            }
+        }
+        while self.durable_bytes.len() > CACHE_ENTRIES_MAX || self.durable_total > CACHE_BYTES_MAX {
+            let Some((index, bytes)) = self.durable_bytes.pop_first() else {
+                break;
+            };
+            self.durable_total -= bytes;
+            self.entries.remove(&index);
+        }
+    }
+
+    /// Forgets entries at and after `index` (`after == true`) or at and before it.
+    fn remove(&mut self, index: u64, after: bool) {
+        let (kept, dropped_bytes): (BTreeMap<u64, usize>, BTreeMap<u64, usize>) = if after {
+            let mut keep = std::mem::take(&mut self.durable_bytes);
+            let drop = keep.split_off(&index);
+            self.entries.split_off(&index);
+            (keep, drop)
+        } else {
+            let mut drop = std::mem::take(&mut self.durable_bytes);
+            let keep = drop.split_off(&(index + 1));
+            self.entries = self.entries.split_off(&(index + 1));
+            (keep, drop)
+        };
+        self.durable_total -= dropped_bytes.values().sum::<usize>();
+        self.durable_bytes = kept;
+    }
+}
+
 struct Shared {
-    db: Database,
+    wal: Mutex<Wal>,
+    cache: Mutex<Cache>,
     stats: Arc<LogStats>,
-    /// Appended entries not yet known durable, by index.
-    pending: Mutex<BTreeMap<u64, Entry>>,
     jobs: mpsc::Sender<Job>,
 }
 
@@ -83,19 +125,20 @@ fn read_err(e: impl ToString) -> StorageError {
     io_err(ErrorSubject::Logs, ErrorVerb::Read, e)
 }
 
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 impl LogStore {
-    /// Opens (or creates) the log at `path` and starts its writer thread.
-    pub fn open(path: &Path) -> anyhow::Result<Self> {
-        let db = Database::builder().create(path)?;
-        let w = db.begin_write()?;
-        w.open_table(LOG)?;
-        w.open_table(STATE)?;
-        w.commit()?;
+    /// Opens (or creates) the log in the directory `dir`, recovers it, and starts its writer
+    /// thread.
+    pub fn open(dir: &Path) -> anyhow::Result<Self> {
+        let wal = Wal::open(dir)?;
         let (tx, rx) = mpsc::channel();
         let shared = Arc::new(Shared {
-            db,
+            wal: Mutex::new(wal),
+            cache: Mutex::default(),
             stats: Arc::default(),
-            pending: Mutex::new(BTreeMap::new()),
             jobs: tx,
         });
         let writer = Arc::clone(&shared);
@@ -130,35 +173,10 @@ impl LogStore {
             Err(_) => Err(io_err(subject, ErrorVerb::Write, "log writer stopped")),
         }
     }
-
-    fn state_value<T: serde::de::DeserializeOwned>(
-        &self,
-        key: &str,
-    ) -> Result<Option<T>, StorageError> {
-        let tx = self.shared.db.begin_read().map_err(read_err)?;
-        let t = tx.open_table(STATE).map_err(read_err)?;
-        match t.get(key).map_err(read_err)? {
-            Some(v) => Ok(Some(codec::decode(v.value()).map_err(read_err)?)),
-            None => Ok(None),
-        }
-    }
-
-    fn last_stored(&self) -> Result<Option<LogId>, StorageError> {
-        let tx = self.shared.db.begin_read().map_err(read_err)?;
-        let t = tx.open_table(LOG).map_err(read_err)?;
-        let last = match t.last().map_err(read_err)? {
-            Some((_, v)) => {
-                let e: Entry = codec::decode(v.value()).map_err(read_err)?;
-                Some(e.log_id)
-            }
-            None => None,
-        };
-        Ok(last)
-    }
 }
 
 impl Shared {
-    /// The writer thread: one engine commit per group of queued jobs.
+    /// The writer thread: one flush per group of queued jobs.
     fn run(self: Arc<Self>, rx: mpsc::Receiver<Job>) {
         while let Ok(first) = rx.recv() {
             let mut jobs = vec![first];
@@ -169,94 +187,65 @@ impl Shared {
                 }
             }
             let started = Instant::now();
-            let result = self.commit(&jobs).map_err(|e| e.to_string());
-            let durable = !jobs.iter().all(|j| matches!(j, Job::Committed(_)));
-            if result.is_ok() && durable {
-                let entries: usize = jobs
-                    .iter()
-                    .map(|j| {
-                        if let Job::Append(e, _) = j {
-                            e.len()
-                        } else {
-                            0
-                        }
-                    })
-                    .sum();
-                self.stats.commits.fetch_add(1, Ordering::Relaxed);
-                self.stats
-                    .entries
-                    .fetch_add(entries as u64, Ordering::Relaxed);
-                self.stats
-                    .commit_micros
-                    .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
-            }
-            if let Err(e) = &result {
-                tracing::error!(error = %e, "raft log commit failed; the node stops");
+            let result = self.write(&jobs).map_err(|e| format!("{e:#}"));
+            match &result {
+                Ok(locs) => {
+                    let entries = locs.len() as u64;
+                    self.stats.commits.fetch_add(1, Ordering::Relaxed);
+                    self.stats.entries.fetch_add(entries, Ordering::Relaxed);
+                    self.stats
+                        .commit_micros
+                        .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+                }
+                Err(e) => tracing::error!(error = %e, "raft log write failed; the node stops"),
             }
             self.complete(jobs, result);
         }
     }
 
-    fn commit(&self, jobs: &[Job]) -> anyhow::Result<()> {
-        let mut tx = self.db.begin_write()?;
-        if jobs.iter().all(|j| matches!(j, Job::Committed(_))) {
-            // Only hints: no fsync; the next durable commit carries them to disk.
-            tx.set_durability(Durability::None)?;
-        } else {
-            tx.set_durability(Durability::Immediate)?;
-            tx.set_two_phase_commit(true);
-        }
-        {
-            let mut log = tx.open_table(LOG)?;
-            let mut state = tx.open_table(STATE)?;
+    /// Carries out the jobs in order and flushes once; the locations of the appended entries.
+    fn write(&self, jobs: &[Job]) -> anyhow::Result<Vec<RecordLoc>> {
+        let mut locs = Vec::new();
+        let pending = {
+            let mut wal = lock(&self.wal);
             for job in jobs {
                 match job {
                     Job::Append(entries, _) => {
                         for e in entries {
-                            log.insert(e.log_id.index, codec::encode(e).as_slice())?;
+                            locs.push(wal.append(e)?);
                         }
                     }
-                    Job::Truncate(index, _) => {
-                        log.retain_in(*index.., |_, _| false)?;
-                    }
-                    Job::Purge(log_id, _) => {
-                        log.retain_in(..=log_id.index, |_, _| false)?;
-                        state.insert(KEY_PURGED, codec::encode(log_id).as_slice())?;
-                    }
-                    Job::Vote(vote, _) => {
-                        state.insert(KEY_VOTE, codec::encode(vote).as_slice())?;
-                    }
-                    Job::Committed(c) => {
-                        state.insert(KEY_COMMITTED, codec::encode(c).as_slice())?;
-                    }
+                    Job::Truncate(index, _) => wal.truncate(*index)?,
+                    Job::Purge(log_id, _) => wal.purge(*log_id)?,
+                    Job::Vote(vote, _) => wal.save_vote(*vote)?,
                 }
             }
-        }
-        tx.commit()?;
-        Ok(())
+            wal.begin_sync()
+        };
+        // The flush runs without the lock, so readers are not held up by it.
+        pending.finish()?;
+        Ok(locs)
     }
 
-    fn complete(&self, jobs: Vec<Job>, result: Result<(), String>) {
+    fn complete(&self, jobs: Vec<Job>, result: Result<Vec<RecordLoc>, String>) {
+        let mut locs = result.as_deref().unwrap_or_default();
         for job in jobs {
             match job {
                 Job::Append(entries, cb) => {
                     if result.is_ok() {
-                        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-                        for e in &entries {
-                            if pending
-                                .get(&e.log_id.index)
-                                .is_some_and(|p| p.log_id == e.log_id)
-                            {
-                                pending.remove(&e.log_id.index);
-                            }
-                        }
+                        let (mine, rest) = locs.split_at(entries.len());
+                        lock(&self.cache).mark_durable(&entries, mine);
+                        locs = rest;
                     }
-                    cb.log_io_completed(result.clone().map_err(std::io::Error::other));
+                    let r = result
+                        .as_ref()
+                        .map(|_| ())
+                        .map_err(|e| std::io::Error::other(e.clone()));
+                    cb.log_io_completed(r);
                 }
                 Job::Truncate(_, tx) | Job::Purge(_, tx) | Job::Vote(_, tx) => {
-                    let _ = tx.send(result.clone());
+                    let _ = tx.send(result.as_ref().map(|_| ()).map_err(Clone::clone));
                 }
-                Job::Committed(_) => {}
             }
         }
     }
@@ -267,35 +256,19 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, StorageError> {
-        let mut out: BTreeMap<u64, Entry> = BTreeMap::new();
-        {
-            let tx = self.shared.db.begin_read().map_err(read_err)?;
-            let t = tx.open_table(LOG).map_err(read_err)?;
-            let lo = match range.start_bound() {
-                Bound::Included(i) => *i,
-                Bound::Excluded(i) => i + 1,
-                Bound::Unbounded => 0,
-            };
-            let hi = match range.end_bound() {
-                Bound::Included(i) => Bound::Included(*i),
-                Bound::Excluded(i) => Bound::Excluded(*i),
-                Bound::Unbounded => Bound::Unbounded,
-            };
-            for item in t
-                .range::<u64>((Bound::Included(lo), hi))
-                .map_err(read_err)?
-            {
-                let (k, v) = item.map_err(read_err)?;
-                out.insert(k.value(), codec::decode(v.value()).map_err(read_err)?);
-            }
-        }
-        let pending = self
-            .shared
-            .pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        for (i, e) in pending.range(range) {
-            out.insert(*i, e.clone());
+        let mut out: BTreeMap<u64, Entry> = lock(&self.shared.cache)
+            .entries
+            .range(range.clone())
+            .map(|(i, e)| (*i, e.clone()))
+            .collect();
+        // What the cache lacks is read from the files, outside the locks.
+        let missing: Vec<RecordLoc> = lock(&self.shared.wal)
+            .locs_in(range)
+            .filter(|l| !out.contains_key(&l.log_id.index))
+            .cloned()
+            .collect();
+        for loc in missing {
+            out.insert(loc.log_id.index, loc.read().map_err(read_err)?);
         }
         Ok(out.into_values().collect())
     }
@@ -305,16 +278,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
-        let last_purged: Option<LogId> = self.state_value::<LogId>(KEY_PURGED)?;
-        let pending_last = {
-            let pending = self
-                .shared
-                .pending
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            pending.values().next_back().map(|e| e.log_id)
+        let cached_last = lock(&self.shared.cache)
+            .entries
+            .values()
+            .next_back()
+            .map(|e| e.log_id);
+        let wal = lock(&self.shared.wal);
+        let last_purged = wal.state().purged;
+        let last = match (cached_last, wal.last_log_id()) {
+            (Some(c), Some(w)) => Some(c.max(w)),
+            (c, w) => c.or(w),
         };
-        let last = pending_last.or(self.last_stored()?).or(last_purged);
         Ok(LogState {
             last_purged_log_id: last_purged,
             last_log_id: last,
@@ -332,15 +306,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
-        self.state_value(KEY_VOTE)
+        Ok(lock(&self.shared.wal).state().vote)
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        self.submit(Job::Committed(committed))
+        lock(&self.shared.wal).note_committed(committed);
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
-        Ok(self.state_value::<Option<LogId>>(KEY_COMMITTED)?.flatten())
+        Ok(lock(&self.shared.wal).state().committed)
     }
 
     async fn append<I>(
@@ -354,42 +329,23 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let entries: Vec<Entry> = entries.into_iter().collect();
         {
-            let mut pending = self
-                .shared
-                .pending
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
+            let mut cache = lock(&self.shared.cache);
             for e in &entries {
-                pending.insert(e.log_id.index, e.clone());
+                cache.entries.insert(e.log_id.index, e.clone());
             }
         }
         self.submit(Job::Append(entries, callback))
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        {
-            let mut pending = self
-                .shared
-                .pending
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            pending.split_off(&log_id.index);
-        }
+        lock(&self.shared.cache).remove(log_id.index, true);
         let index = log_id.index;
         self.submit_wait(|tx| Job::Truncate(index, tx), ErrorSubject::Logs)
             .await
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        {
-            let mut pending = self
-                .shared
-                .pending
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            let keep = pending.split_off(&(log_id.index + 1));
-            *pending = keep;
-        }
+        lock(&self.shared.cache).remove(log_id.index, false);
         self.submit_wait(|tx| Job::Purge(log_id, tx), ErrorSubject::Logs)
             .await
     }

@@ -177,7 +177,13 @@ impl Replica {
         listener: Arc<dyn ApplyListener>,
     ) -> anyhow::Result<Self> {
         let dir = config.data_dir.join("member");
-        let log = LogStore::open(&dir.join("raft.db"))?;
+        anyhow::ensure!(
+            !dir.join("raft.db").exists(),
+            "{} holds a raft log in the pre-release redb format (member/raft.db), which this \
+             version no longer reads; move the data away and start from an empty data dir",
+            config.data_dir.display()
+        );
+        let log = LogStore::open(&dir.join("wal"))?;
         let log_stats = log.stats();
         let sm = StateMachine::new(Arc::clone(&store), listener)?;
         let raft_config = Config {

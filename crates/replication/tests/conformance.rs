@@ -29,7 +29,7 @@ struct Builder;
 impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Builder {
     async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError> {
         let dir = tempfile::tempdir().expect("tempdir");
-        let log = LogStore::open(&dir.path().join("raft.db")).expect("log store");
+        let log = LogStore::open(&dir.path().join("wal")).expect("log store");
         let sm = state_machine(dir.path());
         Ok((dir, log, sm))
     }

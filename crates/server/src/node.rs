@@ -37,35 +37,53 @@ pub struct Node {
     quota: QuotaMeter,
 }
 
-/// How many bytes may be written before the in-use size is measured again near the quota.
+/// How many bytes may be written before the file or in-use size is measured again.
 const QUOTA_REMEASURE_BYTES: i64 = 1 << 20;
 
 /// Decides whether a write would pass the backend quota. The quota applies to the bytes the
 /// database uses, not to its file: redb grows its file by doubling, so the file can be twice
-/// the data. Measuring use walks the tree, so it happens only once the file itself passes the
-/// quota, and then once per MiB written.
+/// the data. Far from the quota, the file's size read earlier plus the bytes written since (an
+/// upper bound of the use) decides, and the size is read again once per MiB written; near the
+/// quota the size is read on every write, and once the file passes it the use itself is
+/// measured (it walks the tree), again once per MiB written.
 #[derive(Default)]
 struct QuotaMeter {
-    /// The last measured use and the bytes written since.
-    measured: std::sync::Mutex<Option<(i64, i64)>>,
+    inner: std::sync::Mutex<Meter>,
+}
+
+#[derive(Default)]
+struct Meter {
+    /// The file size last read and the bytes written since (None: never read).
+    file: Option<(i64, i64)>,
+    /// The use last measured and the bytes written since.
+    in_use: Option<(i64, i64)>,
 }
 
 impl QuotaMeter {
     /// The size in use if writing `cost` more bytes would pass `quota`.
     fn over(&self, store: &Store, cost: i64, quota: i64) -> Option<i64> {
-        let file = std::fs::metadata(store.path())
-            .map(|m| m.len() as i64)
-            .unwrap_or(0);
-        let mut m = self.measured.lock().unwrap_or_else(|e| e.into_inner());
-        if file + cost <= quota {
-            *m = None;
+        let mut m = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let file_now = || std::fs::metadata(store.path()).map_or(0, |m| m.len() as i64);
+        let (file, since) = match m.file {
+            // Far from the quota: the size read earlier plus what was written since will do.
+            Some((file, since))
+                if since < QUOTA_REMEASURE_BYTES && file + since + cost <= quota =>
+            {
+                (file, since)
+            }
+            // Near it (or the file shrank by defragmentation): read the size again.
+            _ => (file_now(), 0),
+        };
+        m.file = Some((file, since + cost));
+        if file + since + cost <= quota {
+            m.in_use = None;
             return None;
         }
-        let (in_use, since) = match *m {
+        let (in_use, since) = match m.in_use {
             Some((in_use, since)) if since < QUOTA_REMEASURE_BYTES => (in_use, since),
             _ => (store.status().map(|s| s.db_size_in_use).unwrap_or(file), 0),
         };
-        *m = Some((in_use, since + cost));
+        m.in_use = Some((in_use, since + cost));
         (in_use + since + cost > quota).then_some(in_use + since)
     }
 }

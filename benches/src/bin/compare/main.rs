@@ -554,6 +554,8 @@ impl Results {
 }
 
 const RANGE_1000: usize = 3;
+/// The key space of the put and range workloads.
+const KEY_SPACE: u64 = 100_000;
 
 fn footprint(bins: &Bins, cluster: &Cluster, args: &Args) -> Result<Footprint> {
     let secs = args.seconds.to_string();
@@ -562,9 +564,13 @@ fn footprint(bins: &Bins, cluster: &Cluster, args: &Args) -> Result<Footprint> {
         let extra = ["--duration".to_string(), secs.clone()];
         Ok(bench(bins, cluster, WORKLOADS[RANGE_1000].args, &extra)?.qps)
     };
-    let load = |total: u64| -> Result<f64> {
+    let load = |total: u64, sequential: bool| -> Result<f64> {
         eprintln!("  {}: {total} puts", cluster.system.label());
-        let extra = ["--total".to_string(), total.to_string()];
+        let mut extra = vec!["--total".to_string(), total.to_string()];
+        if sequential {
+            extra.push("--sequential-keys".to_string());
+        }
+        let space = KEY_SPACE.to_string();
         let put = [
             "put",
             "--clients",
@@ -572,15 +578,18 @@ fn footprint(bins: &Bins, cluster: &Cluster, args: &Args) -> Result<Footprint> {
             "--conns",
             "20",
             "--key-space-size",
-            "100000",
+            &space,
         ];
         Ok(bench(bins, cluster, &put, &extra)?.qps)
     };
+    // "Fresh": every key of the read workload's key space written once.
+    let first = KEY_SPACE.min(args.puts_before_rss);
+    load(first, true)?;
     let mut fp = Footprint {
         reads_fresh: reads("fresh")?,
         ..Default::default()
     };
-    fp.put_qps_during_load = load(args.puts_before_rss)?;
+    fp.put_qps_during_load = load(args.puts_before_rss - first, false)?;
     fp.rss_mib = cluster.rss_mib();
     fp.data_mib = cluster.data_dir_mib();
     compact_and_defrag(bins, cluster)?;
@@ -589,6 +598,7 @@ fn footprint(bins: &Bins, cluster: &Cluster, args: &Args) -> Result<Footprint> {
     load(
         args.writes_before_reads
             .saturating_sub(args.puts_before_rss),
+        false,
     )?;
     fp.reads_after_writes = reads("after writes")?;
     if !args.skip_check_perf {

@@ -310,8 +310,9 @@ pub fn markdown(r: &Results, minutes: f64) -> String {
     }
     let _ = writeln!(
         out,
-        "\n## Memory and disk (single members)\n\nAfter {} puts (200 clients, 100,000 keys), then compaction at the current revision and\n\
-         defrag; then writes up to {} in all, and the 1000-client range workload again.\n\n\
+        "\n## Memory and disk (single members)\n\nEach of 100,000 keys put once, then the 1000-client range workload (\"fresh\"); puts up to\n\
+         {} in all (200 clients, random keys), readings; compaction at the current revision and\n\
+         defrag, readings; puts up to {} in all, and the range workload again.\n\n\
          | | RSS after puts | data dir after puts | RSS after compact + defrag | data dir after compact + defrag | put QPS while loading | range QPS fresh | range QPS after the writes | check perf --load=l |\n|---|---:|---:|---:|---:|---:|---:|---:|---|",
         r.puts_before_rss, r.writes_before_reads
     );
