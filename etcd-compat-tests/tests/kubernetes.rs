@@ -876,6 +876,20 @@ async fn version_and_http_endpoints_serve_the_apiserver_and_kubeadm() {
     ] {
         assert!(body.contains(name), "{name} missing from /metrics");
     }
+    // Every etcd metric tandem exports is described exactly as etcd describes it.
+    let etcd = Server::start(Kind::Etcd35).expect("etcd");
+    let (_, etcd_body) = http_get(&format!("{}/metrics", etcd.url())).expect("etcd metrics");
+    let helps: Vec<&str> = body
+        .lines()
+        .filter(|l| l.starts_with("# HELP etcd_"))
+        .collect();
+    assert!(helps.len() >= 10, "{body}");
+    for help in helps {
+        assert!(
+            etcd_body.lines().any(|l| l == help),
+            "etcd 3.5 does not describe this metric so: {help}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -170,6 +170,21 @@ async fn version(State(node): State<Arc<Node>>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "application/json")], body)
 }
 
+/// prometheus-client appends a period to every help text; etcd's texts are given verbatim
+/// (some end with one, some do not), so the added period is taken off again.
+fn verbatim_help(encoded: &str) -> String {
+    let mut out = String::with_capacity(encoded.len());
+    for line in encoded.lines() {
+        let line = match line.starts_with("# HELP ") {
+            true => line.strip_suffix('.').unwrap_or(line),
+            false => line,
+        };
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
 fn gauge(registry: &mut Registry, name: &str, help: &str, value: i64) {
     let g: Gauge = Gauge::default();
     g.set(value);
@@ -219,9 +234,10 @@ async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
         "The total number of consensus proposals applied.",
         raft.applied_index as i64,
     );
+    // etcd 3.5 exports no term gauge; this one is tandem's own.
     gauge(
         &mut registry,
-        "etcd_server_term",
+        "tandem_raft_term",
         "The current raft term.",
         raft.term as i64,
     );
@@ -259,7 +275,13 @@ async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
         gauge(
             &mut registry,
             "etcd_debugging_mvcc_keys_total",
-            "Total number of key changes kept in the index.",
+            "Total number of keys.",
+            s.index_keys as i64,
+        );
+        gauge(
+            &mut registry,
+            "tandem_mvcc_index_entries",
+            "Key changes (revisions) kept in the in-memory index.",
             s.index_entries as i64,
         );
     }
@@ -298,8 +320,8 @@ async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
         "cluster_version",
         crate::config::DEFAULT_CLUSTER_VERSION,
     );
-    let mut body = String::new();
-    if encode(&mut body, &registry).is_err() {
+    let mut encoded = String::new();
+    if encode(&mut encoded, &registry).is_err() {
         return (
             StatusCode::INTERNAL_SERVER_ERROR,
             [(header::CONTENT_TYPE, "text/plain")],
@@ -312,6 +334,6 @@ async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        body,
+        verbatim_help(&encoded),
     )
 }
