@@ -257,6 +257,11 @@ pub fn markdown(r: &Results, minutes: f64) -> String {
     );
     let _ = writeln!(
         out,
+        "Micro-benchmarks of the hot paths (criterion, not part of this comparison): \
+         `cargo bench -p tandem-benches --bench mvcc --bench raft_log`.\n"
+    );
+    let _ = writeln!(
+        out,
         "## Single-node targets\n\n| target | measured | met |\n|---|---|---|"
     );
     for t in targets(r) {
