@@ -260,6 +260,9 @@ impl Replica {
     /// Waits until this member has applied everything committed before the call (ReadIndex,
     /// shared with the other reads waiting for the same round).
     pub async fn read_barrier(&self) -> Result<(), ReplicaError> {
+        if self.sole_voter_caught_up() {
+            return Ok(());
+        }
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.reads
             .send(tx)
@@ -270,6 +273,25 @@ impl Replica {
 
     pub fn status(&self) -> ReplicaStatus {
         status_of(&self.raft.metrics().borrow())
+    }
+
+    /// Whether every write that completed before now is already applied here, so that a read
+    /// needs no ReadIndex round. True when this member leads and is the only voter, with no
+    /// membership change in flight (no other member can lead or commit), and has applied an
+    /// entry of its own term (so everything committed before it took office is applied too);
+    /// a write completes only once it is applied on the leader. etcd's raft answers ReadIndex
+    /// at once in the same case (a single-voter configuration).
+    fn sole_voter_caught_up(&self) -> bool {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        let membership = m.membership_config.membership();
+        let me = self.config.member_id;
+        m.state == ServerState::Leader
+            && m.current_leader == Some(me)
+            && membership.get_joint_config().len() == 1
+            && membership.voter_ids().eq([me])
+            && m.last_applied
+                .is_some_and(|a| a.leader_id.term == m.current_term)
     }
 
     /// The current members, voters and learners, with whether each is a learner.
