@@ -58,156 +58,57 @@ const QUOTA_BYTES: &str = "8589934592";
 /// One workload: a name for the table and the `tandem-ctl bench` arguments.
 pub struct Workload {
     pub name: &'static str,
-    pub args: &'static [&'static str],
+    pub args: &'static str,
 }
 
 pub const WORKLOADS: &[Workload] = &[
     Workload {
         name: "put, 1 client",
-        args: &[
-            "put",
-            "--clients",
-            "1",
-            "--conns",
-            "1",
-            "--key-space-size",
-            "100000",
-        ],
+        args: "put --clients 1 --conns 1 --key-space-size 100000",
     },
     Workload {
         name: "put, 1000 clients",
-        args: &[
-            "put",
-            "--clients",
-            "1000",
-            "--conns",
-            "100",
-            "--key-space-size",
-            "100000",
-        ],
+        args: "put --clients 1000 --conns 100 --key-space-size 100000",
     },
     Workload {
         name: "range, 1 client",
-        args: &[
-            "range",
-            "--clients",
-            "1",
-            "--conns",
-            "1",
-            "--key-space-size",
-            "100000",
-        ],
+        args: "range --clients 1 --conns 1 --key-space-size 100000",
     },
     Workload {
         name: "range, 1000 clients",
-        args: &[
-            "range",
-            "--clients",
-            "1000",
-            "--conns",
-            "100",
-            "--key-space-size",
-            "100000",
-        ],
+        args: "range --clients 1000 --conns 100 --key-space-size 100000",
     },
     Workload {
         name: "range serializable, 1000 clients",
-        args: &[
-            "range-serializable",
-            "--clients",
-            "1000",
-            "--conns",
-            "100",
-            "--key-space-size",
-            "100000",
-        ],
+        args: "range-serializable --clients 1000 --conns 100 --key-space-size 100000",
     },
     Workload {
         name: "txn-put, 100 clients",
-        args: &[
-            "txn-put",
-            "--clients",
-            "100",
-            "--conns",
-            "10",
-            "--key-space-size",
-            "100000",
-        ],
+        args: "txn-put --clients 100 --conns 10 --key-space-size 100000",
     },
     Workload {
         name: "txn-mixed, 100 clients",
-        args: &[
-            "txn-mixed",
-            "--clients",
-            "100",
-            "--conns",
-            "10",
-            "--key-space-size",
-            "100000",
-        ],
+        args: "txn-mixed --clients 100 --conns 10 --key-space-size 100000",
     },
     Workload {
         name: "delete, 100 clients",
-        args: &[
-            "delete",
-            "--clients",
-            "100",
-            "--conns",
-            "10",
-            "--key-space-size",
-            "100000",
-            "--sequential-keys",
-        ],
+        args: "delete --clients 100 --conns 10 --key-space-size 100000 --sequential-keys",
     },
     Workload {
         name: "watch, 10 writers, 100 watchers",
-        args: &[
-            "watch",
-            "--clients",
-            "10",
-            "--conns",
-            "10",
-            "--watchers",
-            "100",
-            "--streams",
-            "10",
-            "--key-space-size",
-            "1000",
-        ],
+        args: "watch --clients 10 --conns 10 --watchers 100 --streams 10 --key-space-size 1000",
     },
     Workload {
         name: "watch-latency, 100 puts/s, 100 watchers",
-        args: &[
-            "watch-latency",
-            "--conns",
-            "10",
-            "--watchers",
-            "100",
-            "--streams",
-            "10",
-            "--key-space-size",
-            "1000",
-        ],
+        args: "watch-latency --conns 10 --watchers 100 --streams 10 --key-space-size 1000",
     },
     Workload {
         name: "lease-keepalive, 100 clients",
-        args: &["lease-keepalive", "--clients", "100", "--conns", "10"],
+        args: "lease-keepalive --clients 100 --conns 10",
     },
     Workload {
         name: "k8s mix, 100 clients, 100 watchers",
-        args: &[
-            "k8s",
-            "--clients",
-            "100",
-            "--conns",
-            "10",
-            "--watchers",
-            "100",
-            "--streams",
-            "10",
-            "--compact-interval",
-            "2",
-        ],
+        args: "k8s --clients 100 --conns 10 --watchers 100 --streams 10 --compact-interval 2",
     },
 ];
 
@@ -449,10 +350,11 @@ pub struct Figures {
     pub events_per_sec: Option<f64>,
 }
 
-fn bench(bins: &Bins, cluster: &Cluster, args: &[&str], extra: &[String]) -> Result<Figures> {
+/// Runs `tandem-ctl bench <args> <extra>` against the cluster (`args` split at spaces).
+fn bench(bins: &Bins, cluster: &Cluster, args: &str, extra: &[String]) -> Result<Figures> {
     let out = Command::new(&bins.ctl)
         .arg("bench")
-        .args(args)
+        .args(args.split_whitespace())
         .args(extra)
         .args(["--endpoints", &cluster.endpoints(), "--json"])
         .output()
@@ -570,16 +472,7 @@ fn footprint(bins: &Bins, cluster: &Cluster, args: &Args) -> Result<Footprint> {
         if sequential {
             extra.push("--sequential-keys".to_string());
         }
-        let space = KEY_SPACE.to_string();
-        let put = [
-            "put",
-            "--clients",
-            "200",
-            "--conns",
-            "20",
-            "--key-space-size",
-            &space,
-        ];
+        let put = format!("put --clients 200 --conns 20 --key-space-size {KEY_SPACE}");
         Ok(bench(bins, cluster, &put, &extra)?.qps)
     };
     // "Fresh": every key of the read workload's key space written once.
