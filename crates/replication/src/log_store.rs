@@ -86,21 +86,19 @@ impl Cache {
         }
     }
 
-    /// Forgets entries at and after `index` (`after == true`) or at and before it.
-    fn remove(&mut self, index: u64, after: bool) {
-        let (kept, dropped_bytes): (BTreeMap<u64, usize>, BTreeMap<u64, usize>) = if after {
-            let mut keep = std::mem::take(&mut self.durable_bytes);
-            let drop = keep.split_off(&index);
-            self.entries.split_off(&index);
-            (keep, drop)
-        } else {
-            let mut drop = std::mem::take(&mut self.durable_bytes);
-            let keep = drop.split_off(&(index + 1));
-            self.entries = self.entries.split_off(&(index + 1));
-            (keep, drop)
-        };
-        self.durable_total -= dropped_bytes.values().sum::<usize>();
-        self.durable_bytes = kept;
+    /// Forgets the entries at and after `index` (a truncation).
+    fn forget_from(&mut self, index: u64) {
+        self.entries.split_off(&index);
+        let dropped = self.durable_bytes.split_off(&index);
+        self.durable_total -= dropped.values().sum::<usize>();
+    }
+
+    /// Forgets the entries at and before `index` (a purge).
+    fn forget_through(&mut self, index: u64) {
+        self.entries = self.entries.split_off(&(index + 1));
+        let kept = self.durable_bytes.split_off(&(index + 1));
+        let dropped = std::mem::replace(&mut self.durable_bytes, kept);
+        self.durable_total -= dropped.values().sum::<usize>();
     }
 }
 
@@ -338,14 +336,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        lock(&self.shared.cache).remove(log_id.index, true);
+        lock(&self.shared.cache).forget_from(log_id.index);
         let index = log_id.index;
         self.submit_wait(|tx| Job::Truncate(index, tx), ErrorSubject::Logs)
             .await
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        lock(&self.shared.cache).remove(log_id.index, false);
+        lock(&self.shared.cache).forget_through(log_id.index);
         self.submit_wait(|tx| Job::Purge(log_id, tx), ErrorSubject::Logs)
             .await
     }

@@ -413,9 +413,12 @@ impl Wal {
 
     /// Removes the entries at and after `index`, durably.
     pub fn truncate(&mut self, index: u64) -> Result<()> {
-        let Some(pos) = self.locs.iter().position(|l| l.log_id.index >= index) else {
+        // Live entries are consecutive: the first to go is at a known position.
+        let first = self.locs.front().map_or(index, |l| l.log_id.index);
+        let pos = index.saturating_sub(first) as usize;
+        if pos >= self.locs.len() {
             return Ok(());
-        };
+        }
         self.sync()?;
         // Later segments go first, so that a crash leaves a contiguous log.
         while self.segments.len() > 1

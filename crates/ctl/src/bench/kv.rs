@@ -43,6 +43,8 @@ pub(crate) struct Worker {
     pub(crate) writes: u64,
     keepalive: Option<KeepAlive>,
     pub(crate) k8s: k8s::State,
+    /// The value every plain put writes (`--val-size` bytes), made once.
+    value: Vec<u8>,
 }
 
 impl Worker {
@@ -61,17 +63,22 @@ impl Worker {
             writes: 0,
             keepalive: None,
             k8s: k8s::State::default(),
+            value: vec![b'v'; args.val_size],
         }
     }
 
     /// Issues request number `n` of the run.
     pub(crate) async fn step(&mut self, n: u64) {
         let rec = self.rec.clone();
+        match self.args.workload {
+            Workload::LeaseKeepalive => return self.keep_alive().await,
+            Workload::K8s => return k8s::step(self).await,
+            _ => {}
+        }
         let k = key(&self.args, n);
-        let value = vec![b'v'; self.args.val_size];
         match self.args.workload {
             Workload::Put => {
-                let put = self.kv.put(put_request(k, value));
+                let put = self.kv.put(put_request(k, self.value.clone()));
                 rec.timed(REQUEST_OP, put).await;
             }
             Workload::Range | Workload::RangeSerializable => {
@@ -85,7 +92,7 @@ impl Worker {
             Workload::TxnPut => {
                 let txn = self.kv.txn(TxnRequest {
                     compare: vec![mod_greater_than_minus_one(&k)],
-                    success: vec![op_put(put_request(k, value))],
+                    success: vec![op_put(put_request(k, self.value.clone()))],
                     failure: vec![],
                 });
                 rec.timed(REQUEST_OP, txn).await;
@@ -100,7 +107,7 @@ impl Worker {
                         })),
                     }
                 } else {
-                    op_put(put_request(k, value))
+                    op_put(put_request(k, self.value.clone()))
                 };
                 let txn = self.kv.txn(TxnRequest {
                     success: vec![op],
@@ -122,8 +129,7 @@ impl Worker {
                     self.writes += 1;
                 }
             }
-            Workload::LeaseKeepalive => self.keep_alive().await,
-            Workload::K8s => k8s::step(self).await,
+            Workload::LeaseKeepalive | Workload::K8s => unreachable!("handled above"),
         }
     }
 

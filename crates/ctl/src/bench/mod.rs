@@ -313,7 +313,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(w) = watchers {
         let expected = writes * w.count() as u64;
         let delivered = w.drain(expected, DRAIN_DEADLINE).await;
-        let secs = start_to_now(plan.start);
+        let secs = plan.start.elapsed().as_secs_f64();
         extra.insert("events_expected".into(), expected.into());
         extra.insert("events".into(), delivered.into());
         extra.insert("events_per_sec".into(), (delivered as f64 / secs).into());
@@ -334,10 +334,6 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     // A closed pipe (`| head`) is not an error worth a panic.
     let _ = std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes());
     Ok(())
-}
-
-fn start_to_now(start: Instant) -> f64 {
-    start.elapsed().as_secs_f64()
 }
 
 /// The operations whose latency is the workload's headline figure.
