@@ -156,6 +156,9 @@ pub struct Server {
     extra: Vec<String>,
     /// A command the server runs under (e.g. strace for fault injection).
     wrapper: Vec<String>,
+    /// The member's name and `--initial-cluster` (for a member of a cluster).
+    name: String,
+    initial_cluster: Option<String>,
 }
 
 impl Server {
@@ -195,9 +198,19 @@ impl Server {
             dir,
             extra: owned(extra),
             wrapper: owned(wrapper),
+            name: "s1".into(),
+            initial_cluster: None,
         };
         s.spawn()?;
         Ok(s)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn peer_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.peer_port)
     }
 
     pub fn data_dir(&self) -> PathBuf {
@@ -231,14 +244,18 @@ impl Server {
         };
         // Its own process group, so that signals reach a wrapped server too.
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        let initial_cluster = self
+            .initial_cluster
+            .clone()
+            .unwrap_or_else(|| format!("{}={peer}", self.name));
         let settings = [
-            ("name", "s1".to_string()),
+            ("name", self.name.clone()),
             ("data-dir", self.data_dir().display().to_string()),
             ("listen-client-urls", client.clone()),
             ("advertise-client-urls", client.clone()),
             ("listen-peer-urls", peer.clone()),
             ("initial-advertise-peer-urls", peer.clone()),
-            ("initial-cluster", format!("s1={peer}")),
+            ("initial-cluster", initial_cluster),
         ];
         if self.extra.iter().any(|e| e == "--env-only") {
             for (flag, value) in settings {
@@ -260,7 +277,7 @@ impl Server {
             cmd.spawn()
                 .with_context(|| format!("starting {}", bin.display()))?,
         );
-        if self.extra.iter().any(|e| e == "--expect-unhealthy") {
+        if self.initial_cluster.is_some() || self.extra.iter().any(|e| e == "--expect-unhealthy") {
             let addr = format!("127.0.0.1:{}", self.client_port);
             return wait_until("the server to listen", START_DEADLINE, || {
                 std::net::TcpStream::connect(&addr).is_ok()
@@ -334,6 +351,111 @@ impl Drop for Server {
                 .status();
             let _ = c.kill();
             let _ = c.wait();
+        }
+    }
+}
+
+/// Members of one cluster on loopback (tandem or etcd), named m1, m2, …, each with its own data
+/// directory. Started together; `start` returns once every member is healthy (has a leader).
+pub struct Cluster {
+    pub members: Vec<Server>,
+}
+
+impl Cluster {
+    pub fn start(kind: Kind, size: usize, extra: &[&str]) -> Result<Self> {
+        let mut members = Vec::new();
+        for i in 1..=size {
+            let dir = tempfile::Builder::new()
+                .prefix(&format!("{}-m{i}-", kind.name()))
+                .tempdir()?;
+            members.push(Server {
+                kind,
+                child: None,
+                client_port: free_port(),
+                peer_port: free_port(),
+                dir,
+                extra: extra.iter().map(|s| s.to_string()).collect(),
+                wrapper: Vec::new(),
+                name: format!("m{i}"),
+                initial_cluster: None,
+            });
+        }
+        let initial: Vec<String> = members
+            .iter()
+            .map(|m| format!("{}={}", m.name, m.peer_url()))
+            .collect();
+        for m in &mut members {
+            m.initial_cluster = Some(initial.join(","));
+            m.spawn()?;
+        }
+        let cluster = Cluster { members };
+        for i in 0..size {
+            cluster.wait_healthy(i)?;
+        }
+        Ok(cluster)
+    }
+
+    /// Waits until member `i` reports healthy (it knows a leader and can serve a quorum read).
+    pub fn wait_healthy(&self, i: usize) -> Result<()> {
+        let m = &self.members[i];
+        let url = format!("{}/health", m.url());
+        let healthy = wait_until(
+            &format!("{} {} to become healthy", m.kind.name(), m.name),
+            START_DEADLINE,
+            || http_get(&url).is_ok_and(|(code, body)| code == 200 && body.contains("true")),
+        );
+        if healthy.is_err() {
+            bail!(
+                "{} {} did not become healthy; log:\n{}",
+                m.kind.name(),
+                m.name,
+                tail(&without_backtraces(&m.log()), 40)
+            );
+        }
+        Ok(())
+    }
+
+    /// Every member's client URL, comma-separated (for `--endpoints`).
+    pub fn endpoints(&self) -> String {
+        let urls: Vec<String> = self.members.iter().map(Server::url).collect();
+        urls.join(",")
+    }
+
+    /// The index of the member that leads, as the running members report it (all must agree).
+    pub async fn leader(&self) -> Result<usize> {
+        let mut leader_id = None;
+        for m in self.members.iter().filter(|m| m.child.is_some()) {
+            let mut c = m.client().await?;
+            let st = c.status().await?;
+            if st.leader() == 0 || leader_id.is_some_and(|l| l != st.leader()) {
+                bail!("members disagree on the leader, or know none");
+            }
+            leader_id = Some(st.leader());
+        }
+        let leader_id = leader_id.context("no running member")?;
+        for (i, m) in self.members.iter().enumerate() {
+            if m.child.is_some() {
+                let mut c = m.client().await?;
+                let st = c.status().await?;
+                if st.header().map(|h| h.member_id()) == Some(leader_id) {
+                    return Ok(i);
+                }
+            }
+        }
+        bail!("the leader {leader_id:x} is not a running member")
+    }
+
+    /// Waits until the running members agree on a leader; returns its index.
+    pub async fn wait_leader(&self, deadline: Duration) -> Result<usize> {
+        let end = Instant::now() + deadline;
+        loop {
+            match self.leader().await {
+                Ok(i) => return Ok(i),
+                Err(e) if Instant::now() > end => {
+                    return Err(e.context(format!("no agreed leader within {deadline:?}")))
+                }
+                Err(_) => tokio::time::sleep(POLL).await,
+            }
         }
     }
 }

@@ -1,7 +1,12 @@
 //! The peer transport: openraft's three RPCs over gRPC (`tandempb.RaftPeer`), each message an
 //! encoded openraft value (see `codec`) tagged with the cluster id. A member refuses messages of
 //! another cluster, so two clusters sharing a network cannot merge by accident.
+//!
+//! The same service carries what a member that does not lead hands to the leader (`Forward`):
+//! a batch of proposals, a read-index question, or the member's own attributes.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use etcd_api::tandempb::raft_peer_client::RaftPeerClient;
@@ -20,32 +25,137 @@ use serde::Serialize;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::codec;
-use crate::types::{MemberNode, NodeId, Raft, TypeConfig};
+use crate::types::{Applied, Batch, MemberNode, NodeId, Raft, TypeConfig};
+use crate::ReplicaError;
 
 /// How long to wait for a peer's TCP connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// A lazily connected channel per peer URL, shared by raft's own messages and forwarded
+/// requests (one HTTP/2 connection per peer).
+#[derive(Default)]
+pub struct Channels {
+    by_url: Mutex<HashMap<String, Channel>>,
+}
+
+impl Channels {
+    /// The channel to `node` (its first peer URL), or None if it has no usable URL.
+    pub fn to(&self, node: &MemberNode) -> Option<Channel> {
+        let url = node.peer_urls.first()?;
+        let mut map = self.by_url.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = map.get(url) {
+            return Some(c.clone());
+        }
+        let channel = Endpoint::from_shared(url.clone())
+            .ok()?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .connect_lazy();
+        map.insert(url.clone(), channel.clone());
+        Some(channel)
+    }
+}
 
 /// Creates a client per peer.
 #[derive(Clone)]
 pub struct Network {
     pub cluster_id: u64,
+    pub channels: std::sync::Arc<Channels>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: NodeId, node: &MemberNode) -> PeerClient {
-        let channel = node
-            .peer_urls
-            .first()
-            .and_then(|u| Endpoint::from_shared(u.clone()).ok())
-            .map(|e| e.connect_timeout(CONNECT_TIMEOUT).connect_lazy());
         PeerClient {
             target,
             cluster_id: self.cluster_id,
-            channel,
+            channel: self.channels.to(node),
         }
     }
+}
+
+/// What a member that does not lead asks of the leader.
+#[derive(Debug, Serialize, serde::Deserialize)]
+pub enum ForwardRequest {
+    /// Replicate these commands as one entry.
+    Propose(Batch),
+    /// The index a linearizable read must wait for (ReadIndex).
+    ReadIndex,
+    /// Record this member's attributes (name and URLs) in the membership.
+    SetNode(NodeId, MemberNode),
+}
+
+/// The leader's answer to a [`ForwardRequest`].
+#[derive(Debug, Serialize, serde::Deserialize)]
+pub enum ForwardResponse {
+    /// The entry's log index and what applying it returned.
+    Proposed {
+        index: u64,
+        applied: Applied,
+    },
+    ReadIndex {
+        index: u64,
+    },
+    NodeSet,
+}
+
+/// Why a forwarded request failed.
+#[derive(Debug)]
+pub enum ForwardFailure {
+    /// No connection to the leader could be made: the request was certainly not delivered, so
+    /// it may be sent again (to the next leader).
+    NotSent,
+    Failed(ReplicaError),
+}
+
+/// Whether `s` reports a connection that could not be made (so nothing was sent).
+fn never_connected(s: &tonic::Status) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(s);
+    while let Some(e) = cause {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionRefused
+                    | std::io::ErrorKind::HostUnreachable
+                    | std::io::ErrorKind::NetworkUnreachable
+            );
+        }
+        cause = e.source();
+    }
+    false
+}
+
+/// Sends `req` to the leader over `channel` and waits at most `timeout` for the answer. A
+/// failure after connecting is a timeout to the client: whether the leader received the request
+/// is unknown, as in etcd when a forwarded proposal is lost.
+pub async fn forward(
+    channel: Channel,
+    cluster_id: u64,
+    req: &ForwardRequest,
+    timeout: Duration,
+) -> Result<ForwardResponse, ForwardFailure> {
+    let mut request = tonic::Request::new(RaftMessage {
+        cluster_id,
+        payload: codec::encode(req).into(),
+    });
+    request.set_timeout(timeout);
+    let reply = RaftPeerClient::new(channel)
+        .forward(request)
+        .await
+        .map_err(|s| {
+            if never_connected(&s) {
+                return ForwardFailure::NotSent;
+            }
+            tracing::debug!(status = %s, "forwarding to the leader failed");
+            ForwardFailure::Failed(ReplicaError::Timeout)
+        })?;
+    let answer: Result<ForwardResponse, ReplicaError> = codec::decode(&reply.into_inner().payload)
+        .map_err(|e| {
+            tracing::warn!(error = %e, "undecodable answer from the leader");
+            ForwardFailure::Failed(ReplicaError::Timeout)
+        })?;
+    answer.map_err(ForwardFailure::Failed)
 }
 
 /// The connection to one peer.
@@ -135,6 +245,48 @@ pub struct PeerService {
     pub cluster_id: u64,
 }
 
+/// Carries out a forwarded request on this member, which should be the leader.
+pub(crate) async fn serve_forward(
+    raft: &Raft,
+    req: ForwardRequest,
+) -> Result<ForwardResponse, ReplicaError> {
+    use openraft::error::ClientWriteError;
+    let write_error = |e: RaftError<NodeId, ClientWriteError<NodeId, MemberNode>>| match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+            crate::replica::not_leader(f.leader_id)
+        }
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(_)) => {
+            ReplicaError::LeaderChanged
+        }
+        RaftError::Fatal(_) => ReplicaError::Stopped,
+    };
+    match req {
+        ForwardRequest::Propose(batch) => {
+            let r = raft.client_write(batch).await.map_err(write_error)?;
+            Ok(ForwardResponse::Proposed {
+                index: r.log_id.index,
+                applied: r.data,
+            })
+        }
+        ForwardRequest::ReadIndex => {
+            let (read, _applied) = raft
+                .get_read_log_id()
+                .await
+                .map_err(crate::replica::read_error)?;
+            Ok(ForwardResponse::ReadIndex {
+                index: read.map_or(0, |l| l.index),
+            })
+        }
+        ForwardRequest::SetNode(id, node) => {
+            let nodes = std::collections::BTreeMap::from([(id, node)]);
+            raft.change_membership(openraft::ChangeMembers::SetNodes(nodes), true)
+                .await
+                .map_err(write_error)?;
+            Ok(ForwardResponse::NodeSet)
+        }
+    }
+}
+
 impl PeerService {
     fn open<T: DeserializeOwned>(&self, m: &RaftMessage) -> Result<T, tonic::Status> {
         if m.cluster_id != self.cluster_id {
@@ -178,5 +330,13 @@ impl RaftPeer for PeerService {
     ) -> Result<tonic::Response<RaftMessage>, tonic::Status> {
         let req: InstallSnapshotRequest<TypeConfig> = self.open(request.get_ref())?;
         Ok(self.reply(&self.raft.install_snapshot(req).await))
+    }
+
+    async fn forward(
+        &self,
+        request: tonic::Request<RaftMessage>,
+    ) -> Result<tonic::Response<RaftMessage>, tonic::Status> {
+        let req: ForwardRequest = self.open(request.get_ref())?;
+        Ok(self.reply(&serve_forward(&self.raft, req).await))
     }
 }

@@ -5,15 +5,20 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use mvcc::{Command, Store};
-use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::error::{CheckIsLeaderError, RaftError};
 use openraft::{Config, ServerState, SnapshotPolicy};
+use serde::{Deserialize, Serialize};
 
 use crate::log_store::LogStore;
-use crate::network::{Network, PeerService};
+use crate::network::{
+    self, serve_forward, Channels, ForwardFailure, ForwardRequest, ForwardResponse, Network,
+    PeerService,
+};
 use crate::state_machine::{ApplyListener, StateMachine};
-use crate::types::{Batch, CommandResult, MemberNode, NodeId, Raft};
+use crate::types::{Applied, Batch, CommandResult, MemberNode, NodeId, Raft};
 
 /// Proposals waiting for the proposer; beyond this, proposing waits (back-pressure).
 const PROPOSAL_QUEUE_MAX: usize = 16_384;
@@ -24,45 +29,187 @@ const BATCH_BYTES_MAX: usize = 4 << 20;
 
 /// Read barriers waiting for the next round; beyond this, asking waits.
 const READ_QUEUE_MAX: usize = 16_384;
+/// How often a member retries publishing its attributes while that fails.
+const PUBLISH_RETRY: Duration = Duration::from_millis(500);
 
 type ReadWaiter = tokio::sync::oneshot::Sender<Result<(), ReplicaError>>;
 
+/// What every task of a member shares: raft, and the way to the leader.
+struct Shared {
+    raft: Raft,
+    member_id: NodeId,
+    cluster_id: u64,
+    channels: Arc<Channels>,
+    /// How long a forwarded request may take.
+    forward_timeout: Duration,
+    election_timeout_ms: u64,
+}
+
+impl Shared {
+    /// Where a request that needs the leader goes: `None` when this member leads, else the
+    /// leader and the channel to it. While no leader is known (an election), or the leader is
+    /// `unreachable` (a connection to it just failed), waits for another, until `deadline`. A
+    /// leader that has lost its quorum refuses (see [`lost_quorum`]).
+    async fn route(
+        &self,
+        unreachable: Option<NodeId>,
+        deadline: tokio::time::Instant,
+    ) -> Result<Option<(NodeId, tonic::transport::Channel)>, ReplicaError> {
+        let mut metrics = self.raft.metrics();
+        loop {
+            {
+                let m = metrics.borrow_and_update();
+                if m.state == ServerState::Leader {
+                    if lost_quorum(&m, self.election_timeout_ms) {
+                        return Err(ReplicaError::NoLeader);
+                    }
+                    return Ok(None);
+                }
+                let leader = m
+                    .current_leader
+                    .filter(|l| *l != self.member_id && Some(*l) != unreachable);
+                if let Some(l) = leader {
+                    let node = m.membership_config.membership().get_node(&l).cloned();
+                    let channel = node.and_then(|n| self.channels.to(&n));
+                    return channel.map(|c| Some((l, c))).ok_or(ReplicaError::NoLeader);
+                }
+            }
+            match tokio::time::timeout_at(deadline, metrics.changed()).await {
+                Err(_) => return Err(ReplicaError::NoLeader),
+                Ok(Err(_)) => return Err(ReplicaError::Stopped),
+                Ok(Ok(())) => {}
+            }
+        }
+    }
+
+    /// Sends `req` to the leader, or gives it back (`Err(req)`) when this member leads. Waits
+    /// for an election to end (at most two election timeouts), and when the leader cannot be
+    /// connected to (it died; nothing was sent), for the next one (within the forward timeout).
+    async fn forward_or_here(
+        &self,
+        req: ForwardRequest,
+    ) -> Result<Result<ForwardResponse, ForwardRequest>, ReplicaError> {
+        let start = tokio::time::Instant::now();
+        let mut deadline = start + Duration::from_millis(2 * self.election_timeout_ms);
+        let mut unreachable = None;
+        loop {
+            let Some((leader, channel)) = self.route(unreachable, deadline).await? else {
+                return Ok(Err(req));
+            };
+            let timeout = (start + self.forward_timeout)
+                .saturating_duration_since(tokio::time::Instant::now());
+            match network::forward(channel, self.cluster_id, &req, timeout).await {
+                Ok(r) => return Ok(Ok(r)),
+                Err(ForwardFailure::Failed(e)) => return Err(e),
+                Err(ForwardFailure::NotSent) => {
+                    tracing::debug!(leader = %format!("{leader:x}"), "leader unreachable; waiting for the next");
+                    unreachable = Some(leader);
+                    deadline = start + self.forward_timeout;
+                }
+            }
+        }
+    }
+
+    /// Waits until this member has applied the entry at `index`.
+    async fn applied(&self, index: u64) -> Result<(), ReplicaError> {
+        let mut data = self.raft.data_metrics();
+        data.wait_for(|m| m.last_applied.is_some_and(|l| l.index >= index))
+            .await
+            .map(|_| ())
+            .map_err(|_| ReplicaError::Stopped)
+    }
+
+    /// Replicates `batch` as one entry: through raft here when this member leads, otherwise
+    /// through the leader. Returns the entry's index when it was forwarded (this member has
+    /// not necessarily applied it yet) and what applying it returned.
+    async fn replicate(&self, batch: Batch) -> Result<(Option<u64>, Applied), ReplicaError> {
+        match self.forward_or_here(ForwardRequest::Propose(batch)).await? {
+            Ok(ForwardResponse::Proposed { index, applied }) => Ok((Some(index), applied)),
+            Ok(other) => Err(unexpected_answer(other)),
+            Err(ForwardRequest::Propose(batch)) => {
+                let r = self.raft.client_write(batch).await.map_err(|e| match e {
+                    // Deposed between the check and the write, or a membership change in the
+                    // way: the client may retry.
+                    RaftError::APIError(_) => ReplicaError::LeaderChanged,
+                    RaftError::Fatal(_) => ReplicaError::Stopped,
+                })?;
+                Ok((None, r.data))
+            }
+            Err(_) => unreachable!("forward_or_here gives back the request it was given"),
+        }
+    }
+
+    /// One ReadIndex round: returns once this member has applied everything committed before
+    /// the round began.
+    async fn read_index(&self) -> Result<(), ReplicaError> {
+        match self.forward_or_here(ForwardRequest::ReadIndex).await? {
+            Ok(ForwardResponse::ReadIndex { index }) => self.applied(index).await,
+            Ok(other) => Err(unexpected_answer(other)),
+            Err(_) => self
+                .raft
+                .ensure_linearizable()
+                .await
+                .map(|_| ())
+                .map_err(read_error),
+        }
+    }
+}
+
+fn unexpected_answer(r: ForwardResponse) -> ReplicaError {
+    tracing::error!(answer = ?r, "the leader answered a forwarded request with another kind");
+    ReplicaError::Timeout
+}
+
+/// The error for "another member leads (or none does)".
+pub(crate) fn not_leader(leader: Option<NodeId>) -> ReplicaError {
+    match leader {
+        Some(l) => ReplicaError::NotLeader(Some(l)),
+        None => ReplicaError::NoLeader,
+    }
+}
+
+/// The error for a failed ReadIndex round.
+pub(crate) fn read_error(
+    e: RaftError<NodeId, CheckIsLeaderError<NodeId, MemberNode>>,
+) -> ReplicaError {
+    match e {
+        RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)) => not_leader(f.leader_id),
+        RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_)) => ReplicaError::Timeout,
+        RaftError::Fatal(_) => ReplicaError::Stopped,
+    }
+}
+
 /// Batched ReadIndex: every read waiting when a round starts is served by that round's single
-/// `ensure_linearizable`. A read joins only a round that starts after it was asked, so the round's
-/// read index covers every write that completed before the read began.
-async fn read_barriers(raft: Raft, mut rx: tokio::sync::mpsc::Receiver<ReadWaiter>) {
+/// ReadIndex question (to raft here, or to the leader). A read joins only a round that starts
+/// after it was asked, so the round's read index covers every write that completed before the
+/// read began.
+async fn read_barriers(shared: Arc<Shared>, mut rx: tokio::sync::mpsc::Receiver<ReadWaiter>) {
     while let Some(first) = rx.recv().await {
         let mut waiters = vec![first];
         while let Ok(w) = rx.try_recv() {
             waiters.push(w);
         }
-        let result = match raft.ensure_linearizable().await {
-            Ok(_) => Ok(()),
-            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => match f.leader_id {
-                Some(l) => Err(ReplicaError::NotLeader(Some(l))),
-                None => Err(ReplicaError::NoLeader),
-            },
-            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) => {
-                Err(ReplicaError::Timeout)
-            }
-            Err(RaftError::Fatal(_)) => Err(ReplicaError::Stopped),
-        };
+        let result = shared.read_index().await;
         for w in waiters {
             let _ = w.send(result.clone());
         }
     }
 }
 
+/// What a proposer hands back: the entry's index when it was forwarded, and the command's result.
+type ProposalResult = Result<(Option<u64>, CommandResult), ReplicaError>;
+
 /// One command waiting to be proposed, and where its result goes.
 struct Proposal {
     cmd: Command,
-    reply: tokio::sync::oneshot::Sender<Result<CommandResult, ReplicaError>>,
+    reply: tokio::sync::oneshot::Sender<ProposalResult>,
 }
 
 /// Proposes everything queued while the previous proposal was being replicated as one log entry:
 /// openraft 0.9 makes each entry durable before taking the next, so batching here is what turns
-/// many concurrent writes into one log fsync (group commit).
-async fn proposer(raft: Raft, mut rx: tokio::sync::mpsc::Receiver<Proposal>) {
+/// many concurrent writes into one log fsync (group commit). A member that does not lead sends
+/// the batch to the leader as one request, so batching holds there too.
+async fn proposer(shared: Arc<Shared>, mut rx: tokio::sync::mpsc::Receiver<Proposal>) {
     while let Some(first) = rx.recv().await {
         let mut bytes = first.cmd.approx_bytes();
         let mut batch = vec![first];
@@ -77,32 +224,65 @@ async fn proposer(raft: Raft, mut rx: tokio::sync::mpsc::Receiver<Proposal>) {
         }
         let (cmds, replies): (Vec<Command>, Vec<_>) =
             batch.into_iter().map(|p| (p.cmd, p.reply)).unzip();
-        match raft.client_write(Batch(cmds)).await {
-            Ok(r) => {
+        match shared.replicate(Batch(cmds)).await {
+            Ok((index, applied)) => {
                 assert_eq!(
-                    r.data.0.len(),
+                    applied.0.len(),
                     replies.len(),
                     "one result per proposed command"
                 );
-                for (reply, result) in replies.into_iter().zip(r.data.0) {
-                    let _ = reply.send(Ok(result));
+                for (reply, result) in replies.into_iter().zip(applied.0) {
+                    let _ = reply.send(Ok((index, result)));
                 }
             }
-            Err(e) => {
-                let err = match e {
-                    RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
-                        match f.leader_id {
-                            Some(l) => ReplicaError::NotLeader(Some(l)),
-                            None => ReplicaError::NoLeader,
-                        }
-                    }
-                    RaftError::APIError(ClientWriteError::ChangeMembershipError(_)) => {
-                        ReplicaError::LeaderChanged
-                    }
-                    RaftError::Fatal(_) => ReplicaError::Stopped,
-                };
+            Err(err) => {
                 for reply in replies {
                     let _ = reply.send(Err(err.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// Records this member's attributes (name, peer and client URLs) in the membership once a leader
+/// is known, as etcd's members publish theirs: a new cluster starts knowing only peer URLs, the
+/// same on every member. Retries until it succeeds or the member stops.
+async fn publish(shared: Arc<Shared>, me: MemberNode) {
+    let mut metrics = shared.raft.metrics();
+    let mut retry = tokio::time::interval(PUBLISH_RETRY);
+    loop {
+        let (leader, current) = {
+            let m = metrics.borrow_and_update();
+            let current = m
+                .membership_config
+                .membership()
+                .get_node(&shared.member_id)
+                .cloned();
+            (m.current_leader, current)
+        };
+        match current {
+            // Not (or no longer) a member, or already recorded: nothing to do.
+            None => return,
+            Some(n) if n == me => return,
+            Some(_) if leader.is_some() => {
+                let req = ForwardRequest::SetNode(shared.member_id, me.clone());
+                let result = match shared.forward_or_here(req).await {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err(req)) => serve_forward(&shared.raft, req).await.map(|_| ()),
+                    Err(e) => Err(e),
+                };
+                match result {
+                    Ok(()) => {
+                        tracing::info!(member = %me, "published this member's attributes");
+                        return;
+                    }
+                    Err(e) => tracing::debug!(error = %e, "publishing attributes; will retry"),
+                }
+                retry.tick().await;
+            }
+            Some(_) => {
+                if metrics.changed().await.is_err() {
+                    return;
                 }
             }
         }
@@ -115,18 +295,26 @@ pub struct ReplicaConfig {
     pub data_dir: PathBuf,
     pub member_id: NodeId,
     pub cluster_id: u64,
-    /// The voters of a new cluster (`--initial-cluster`).
+    /// The voters of a new cluster (`--initial-cluster`), as every member of it knows them
+    /// (the same on each: names and peer URLs).
     pub initial_members: BTreeMap<NodeId, MemberNode>,
+    /// This member as it describes itself (adds its client URLs), published once a leader is
+    /// known.
+    pub self_node: MemberNode,
     /// `--initial-cluster-state=new`: bootstrap if this member has no state yet.
     pub bootstrap: bool,
     pub heartbeat_interval_ms: u64,
     pub election_timeout_ms: u64,
     /// Applied entries between two snapshots (`--snapshot-count`).
     pub snapshot_count: u64,
+    /// Entries kept after a snapshot for a slow follower (`--experimental-snapshot-catchup-entries`).
+    pub snapshot_catchup_entries: u64,
+    /// How long a request forwarded to the leader may take.
+    pub forward_timeout: Duration,
 }
 
 /// Why a request could not be replicated. Each maps to one etcd error at the gRPC edge.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 pub enum ReplicaError {
     #[error("no leader")]
     NoLeader,
@@ -155,6 +343,7 @@ pub struct ReplicaStatus {
 /// A running member.
 pub struct Replica {
     raft: Raft,
+    shared: Arc<Shared>,
     proposals: tokio::sync::mpsc::Sender<Proposal>,
     reads: tokio::sync::mpsc::Sender<ReadWaiter>,
     log_stats: Arc<crate::log_store::LogStats>,
@@ -192,12 +381,14 @@ impl Replica {
             election_timeout_min: config.election_timeout_ms,
             election_timeout_max: config.election_timeout_ms * 2,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_count),
-            max_in_snapshot_log_to_keep: 5_000,
+            max_in_snapshot_log_to_keep: config.snapshot_catchup_entries,
             ..Default::default()
         }
         .validate()?;
+        let channels = Arc::new(Channels::default());
         let network = Network {
             cluster_id: config.cluster_id,
+            channels: Arc::clone(&channels),
         };
         let raft = Raft::new(config.member_id, Arc::new(raft_config), network, log, sm).await?;
         if config.bootstrap && !raft.is_initialized().await? {
@@ -207,12 +398,22 @@ impl Replica {
             );
             raft.initialize(config.initial_members.clone()).await?;
         }
+        let shared = Arc::new(Shared {
+            raft: raft.clone(),
+            member_id: config.member_id,
+            cluster_id: config.cluster_id,
+            channels,
+            forward_timeout: config.forward_timeout,
+            election_timeout_ms: config.election_timeout_ms,
+        });
         let (proposals, rx) = tokio::sync::mpsc::channel(PROPOSAL_QUEUE_MAX);
-        tokio::spawn(proposer(raft.clone(), rx));
+        tokio::spawn(proposer(Arc::clone(&shared), rx));
         let (reads, rx) = tokio::sync::mpsc::channel(READ_QUEUE_MAX);
-        tokio::spawn(read_barriers(raft.clone(), rx));
+        tokio::spawn(read_barriers(Arc::clone(&shared), rx));
+        tokio::spawn(publish(Arc::clone(&shared), config.self_node.clone()));
         Ok(Self {
             raft,
+            shared,
             proposals,
             reads,
             log_stats,
@@ -254,7 +455,24 @@ impl Replica {
             .send(Proposal { cmd, reply })
             .await
             .map_err(|_| ReplicaError::Stopped)?;
-        rx.await.map_err(|_| ReplicaError::Stopped)?
+        let (forwarded, result) = rx.await.map_err(|_| ReplicaError::Stopped)??;
+        if let Some(index) = forwarded {
+            // The leader applied it; answer once this member has too, so that a read here
+            // after the write sees it.
+            self.shared.applied(index).await?;
+        }
+        Ok(result)
+    }
+
+    /// Where a request only the leader answers (a lease renewal) goes: `None` when this member
+    /// leads, else the channel to the leader. Waits for an election to end (bounded).
+    pub async fn leader_route(&self) -> Result<Option<tonic::transport::Channel>, ReplicaError> {
+        let wait = Duration::from_millis(2 * self.config.election_timeout_ms);
+        let route = self
+            .shared
+            .route(None, tokio::time::Instant::now() + wait)
+            .await?;
+        Ok(route.map(|(_, channel)| channel))
     }
 
     /// Waits until this member has applied everything committed before the call (ReadIndex,
@@ -272,7 +490,10 @@ impl Replica {
     }
 
     pub fn status(&self) -> ReplicaStatus {
-        status_of(&self.raft.metrics().borrow())
+        status_of(
+            &self.raft.metrics().borrow(),
+            self.config.election_timeout_ms,
+        )
     }
 
     /// Whether every write that completed before now is already applied here, so that a read
@@ -309,9 +530,10 @@ impl Replica {
     pub fn watch_status(&self) -> tokio::sync::watch::Receiver<ReplicaStatus> {
         let (tx, rx) = tokio::sync::watch::channel(self.status());
         let mut metrics = self.raft.metrics();
+        let election_timeout_ms = self.config.election_timeout_ms;
         tokio::spawn(async move {
             while metrics.changed().await.is_ok() {
-                let status = status_of(&metrics.borrow());
+                let status = status_of(&metrics.borrow(), election_timeout_ms);
                 tx.send_if_modified(|cur| {
                     let changed = *cur != status;
                     *cur = status;
@@ -335,9 +557,29 @@ impl Replica {
     }
 }
 
-fn status_of(m: &openraft::RaftMetrics<NodeId, MemberNode>) -> ReplicaStatus {
+/// Whether this member leads but has not heard from a quorum for an election timeout. etcd's raft
+/// (CheckQuorum) steps down then; openraft 0.9 stays leader, so tandem reports no leader (and
+/// refuses proposals) instead, which is what a client of etcd sees.
+fn lost_quorum(m: &openraft::RaftMetrics<NodeId, MemberNode>, election_timeout_ms: u64) -> bool {
+    let membership = m.membership_config.membership();
+    let others = membership.voter_ids().any(|v| v != m.id);
+    m.state == ServerState::Leader
+        && others
+        && m.millis_since_quorum_ack
+            .is_some_and(|ms| ms > election_timeout_ms)
+}
+
+fn status_of(
+    m: &openraft::RaftMetrics<NodeId, MemberNode>,
+    election_timeout_ms: u64,
+) -> ReplicaStatus {
+    let leader = if lost_quorum(m, election_timeout_ms) {
+        None
+    } else {
+        m.current_leader
+    };
     ReplicaStatus {
-        leader: m.current_leader,
+        leader,
         term: m.current_term,
         last_log_index: m.last_log_index.unwrap_or(0),
         applied_index: m.last_applied.map_or(0, |l| l.index),

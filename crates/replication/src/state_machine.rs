@@ -231,6 +231,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.since_durable = 0;
         self.since_durable_bytes = 0;
         self.listener.reset(self.store.current_revision());
+        tracing::info!(
+            last_log_id = %meta.last_log_id.map_or("none".into(), |l| l.to_string()),
+            revision = self.store.current_revision(),
+            "installed a snapshot from the leader"
+        );
         Ok(())
     }
 

@@ -98,6 +98,14 @@ pub struct Flags {
     /// Number of committed entries between two snapshots.
     #[arg(long, env = "ETCD_SNAPSHOT_COUNT", default_value_t = 100_000)]
     pub snapshot_count: u64,
+    /// Number of entries kept after a snapshot for a slow follower to catch up from (beyond
+    /// them, it is sent the snapshot).
+    #[arg(
+        long,
+        env = "ETCD_EXPERIMENTAL_SNAPSHOT_CATCHUP_ENTRIES",
+        default_value_t = 5_000
+    )]
+    pub experimental_snapshot_catchup_entries: u64,
     /// Duration of periodic watch progress notifications.
     #[arg(
         long,
@@ -192,6 +200,8 @@ pub struct Config {
     pub member_id: u64,
     pub cluster_id: u64,
     pub initial_members: BTreeMap<u64, MemberNode>,
+    /// This member as it describes itself to the others (with its client URLs).
+    pub self_node: MemberNode,
     pub bootstrap: bool,
     pub quota_backend_bytes: i64,
     pub max_request_bytes: u32,
@@ -200,6 +210,7 @@ pub struct Config {
     pub heartbeat_interval_ms: u64,
     pub election_timeout_ms: u64,
     pub snapshot_count: u64,
+    pub snapshot_catchup_entries: u64,
     pub progress_notify_interval: Duration,
     pub server_version: String,
     pub metrics_urls: Vec<String>,
@@ -362,10 +373,14 @@ impl Flags {
         }
         let token = &self.initial_cluster_token;
         let advertise_client_urls = split_urls(&self.advertise_client_urls);
+        // Every member of a new cluster must bootstrap with the same membership, so it holds
+        // only what all of them know (names and peer URLs); each member publishes its client
+        // URLs once a leader is known. A single member knows its own from the start.
+        let sole_member = by_name.len() == 1;
         let mut initial_members = BTreeMap::new();
         for (name, urls) in &by_name {
             let id = member_id(urls, token);
-            let client_urls = if *name == self.name {
+            let client_urls = if sole_member {
                 advertise_client_urls.clone()
             } else {
                 Vec::new()
@@ -379,9 +394,11 @@ impl Flags {
                 },
             );
         }
-        if initial_members.len() > 1 {
-            bail!("--initial-cluster names {} members: multi-member clusters are not supported by tandem yet (a single member for now)", initial_members.len());
-        }
+        let self_node = MemberNode {
+            name: self.name.clone(),
+            peer_urls: own_urls.clone(),
+            client_urls: advertise_client_urls.clone(),
+        };
         let bootstrap = match self.initial_cluster_state.as_str() {
             "new" => true,
             "existing" => false,
@@ -423,6 +440,7 @@ impl Flags {
             member_id,
             cluster_id: cluster_id(initial_members.keys().copied()),
             initial_members,
+            self_node,
             bootstrap,
             quota_backend_bytes: if self.quota_backend_bytes <= 0 {
                 DEFAULT_QUOTA_BYTES
@@ -435,6 +453,7 @@ impl Flags {
             heartbeat_interval_ms: self.heartbeat_interval,
             election_timeout_ms: self.election_timeout,
             snapshot_count: self.snapshot_count.max(1),
+            snapshot_catchup_entries: self.experimental_snapshot_catchup_entries,
             progress_notify_interval,
             server_version: self.server_version,
             metrics_urls: self

@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use etcd_api::etcdserverpb as pb;
 use etcd_api::rpctypes;
+use etcd_api::tandempb::leader_lease_client::LeaderLeaseClient;
+use etcd_api::tandempb::leader_lease_server::LeaderLease;
 use futures::Stream;
 use mvcc::{Command, CommandResponse};
 use prost::Message;
@@ -207,27 +209,17 @@ impl pb::lease_server::Lease for LeaseService {
         request: Request<pb::LeaseTimeToLiveRequest>,
     ) -> Result<Response<pb::LeaseTimeToLiveResponse>, Status> {
         let r = request.into_inner();
-        self.node.read_index().await?;
-        let header = self.node.current_header();
-        let Some(l) = self.node.store.lease(r.id) else {
-            return Ok(Response::new(pb::LeaseTimeToLiveResponse {
-                header,
-                id: r.id,
-                ttl: -1,
-                ..Default::default()
-            }));
+        let node = &self.node;
+        let mut resp = match leader_route(node).await? {
+            None => time_to_live_here(node, &r).await?,
+            Some(leader) => LeaderLeaseClient::new(leader)
+                .time_to_live(to_leader(node, r))
+                .await
+                .map_err(from_leader)?
+                .into_inner(),
         };
-        Ok(Response::new(pb::LeaseTimeToLiveResponse {
-            header,
-            id: r.id,
-            ttl: self.node.lessor.remaining(r.id, l.ttl),
-            granted_ttl: l.ttl,
-            keys: if r.keys {
-                l.keys.into_iter().map(Into::into).collect()
-            } else {
-                Vec::new()
-            },
-        }))
+        resp.header = node.current_header();
+        Ok(Response::new(resp))
     }
 
     async fn lease_leases(
@@ -249,22 +241,145 @@ impl pb::lease_server::Lease for LeaseService {
     }
 }
 
-/// Renews a lease on the leader; an unknown lease answers TTL 0, as etcd does.
+/// Renews a lease: on the leader, which alone times leases, or through it. An unknown lease
+/// answers TTL 0, as etcd does. The header is this member's, as etcd fills it.
 async fn keep_alive(node: &Node, id: i64) -> Result<pb::LeaseKeepAliveResponse, Status> {
-    if !node.status().is_leader {
-        return Err(rpctypes::NOT_LEADER.status());
-    }
+    let ttl = match leader_route(node).await? {
+        None => renew_here(node, id).await?,
+        Some(leader) => {
+            let req = pb::LeaseKeepAliveRequest { id };
+            LeaderLeaseClient::new(leader)
+                .keep_alive(to_leader(node, req))
+                .await
+                .map_err(from_leader)?
+                .into_inner()
+                .ttl
+        }
+    };
+    Ok(pb::LeaseKeepAliveResponse {
+        header: node.current_header(),
+        id,
+        ttl,
+    })
+}
+
+/// Renews a lease on the leader: its TTL, or 0 if it does not exist.
+async fn renew_here(node: &Node, id: i64) -> Result<i64, Status> {
     node.read_index().await?;
-    let header = node.current_header();
-    match node.store.lease(id) {
+    Ok(match node.store.lease(id) {
         Some(l) => {
             node.lessor.refresh(id, l.ttl);
-            Ok(pb::LeaseKeepAliveResponse {
-                header,
-                id,
-                ttl: l.ttl,
-            })
+            l.ttl
         }
-        None => Ok(pb::LeaseKeepAliveResponse { header, id, ttl: 0 }),
+        None => 0,
+    })
+}
+
+/// A lease's time to live as the leader times it (without header).
+async fn time_to_live_here(
+    node: &Node,
+    r: &pb::LeaseTimeToLiveRequest,
+) -> Result<pb::LeaseTimeToLiveResponse, Status> {
+    node.read_index().await?;
+    let Some(l) = node.store.lease(r.id) else {
+        return Ok(pb::LeaseTimeToLiveResponse {
+            id: r.id,
+            ttl: -1,
+            ..Default::default()
+        });
+    };
+    Ok(pb::LeaseTimeToLiveResponse {
+        header: None,
+        id: r.id,
+        ttl: node.lessor.remaining(r.id, l.ttl),
+        granted_ttl: l.ttl,
+        keys: if r.keys {
+            l.keys.into_iter().map(Into::into).collect()
+        } else {
+            Vec::new()
+        },
+    })
+}
+
+/// gRPC metadata carrying the cluster id on lease requests between members.
+const CLUSTER_ID_METADATA: &str = "tandem-cluster-id";
+
+/// `None` when this member leads, else the channel to the leader.
+async fn leader_route(node: &Node) -> Result<Option<tonic::transport::Channel>, Status> {
+    node.replica
+        .leader_route()
+        .await
+        .map_err(crate::errors::from_replica)
+}
+
+/// A request to the leader, tagged with this cluster's id and bounded by the request timeout.
+fn to_leader<T>(node: &Node, msg: T) -> Request<T> {
+    let mut req = Request::new(msg);
+    let id = format!("{:x}", node.config.cluster_id);
+    if let Ok(v) = id.parse() {
+        req.metadata_mut().insert(CLUSTER_ID_METADATA, v);
+    }
+    req.set_timeout(crate::node::request_timeout(
+        node.config.election_timeout_ms,
+    ));
+    req
+}
+
+/// The leader's refusals (etcd errors) pass through; a failure to reach it is a timeout, as
+/// etcd reports a renewal it could not forward.
+fn from_leader(s: Status) -> Status {
+    if s.message().starts_with("etcdserver: ") {
+        s
+    } else {
+        tracing::debug!(status = %s, "forwarding a lease request to the leader failed");
+        rpctypes::TIMEOUT.status()
+    }
+}
+
+/// Answers what members that do not lead forward about leases.
+pub struct LeaderLeaseService {
+    pub node: Arc<Node>,
+}
+
+impl LeaderLeaseService {
+    fn check<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        let expected = format!("{:x}", self.node.config.cluster_id);
+        let got = req.metadata().get(CLUSTER_ID_METADATA);
+        if got.is_none_or(|v| v.as_bytes() != expected.as_bytes()) {
+            return Err(Status::failed_precondition(format!(
+                "cluster id mismatch: this member is in {expected}"
+            )));
+        }
+        if !self.node.status().is_leader {
+            return Err(rpctypes::NOT_LEADER.status());
+        }
+        Ok(())
+    }
+}
+
+#[tonic::async_trait]
+impl LeaderLease for LeaderLeaseService {
+    async fn keep_alive(
+        &self,
+        request: Request<pb::LeaseKeepAliveRequest>,
+    ) -> Result<Response<pb::LeaseKeepAliveResponse>, Status> {
+        self.check(&request)?;
+        let id = request.get_ref().id;
+        let ttl = renew_here(&self.node, id).await?;
+        Ok(Response::new(pb::LeaseKeepAliveResponse {
+            header: None,
+            id,
+            ttl,
+        }))
+    }
+
+    async fn time_to_live(
+        &self,
+        request: Request<pb::LeaseTimeToLiveRequest>,
+    ) -> Result<Response<pb::LeaseTimeToLiveResponse>, Status> {
+        self.check(&request)?;
+        Ok(Response::new(
+            time_to_live_here(&self.node, request.get_ref()).await?,
+        ))
     }
 }

@@ -25,6 +25,7 @@ use etcd_api::etcdserverpb::{
     auth_server::AuthServer, cluster_server::ClusterServer, kv_server::KvServer,
     lease_server::LeaseServer, maintenance_server::MaintenanceServer, watch_server::WatchServer,
 };
+use etcd_api::tandempb::leader_lease_server::LeaderLeaseServer;
 use etcd_api::tandempb::raft_peer_server::RaftPeerServer;
 use replication::{Replica, ReplicaConfig};
 use tokio::net::TcpListener;
@@ -72,10 +73,13 @@ pub async fn run(
         member_id: config.member_id,
         cluster_id: config.cluster_id,
         initial_members: config.initial_members.clone(),
+        self_node: config.self_node.clone(),
         bootstrap: config.bootstrap,
         heartbeat_interval_ms: config.heartbeat_interval_ms,
         election_timeout_ms: config.election_timeout_ms,
         snapshot_count: config.snapshot_count,
+        snapshot_catchup_entries: config.snapshot_catchup_entries,
+        forward_timeout: node::request_timeout(config.election_timeout_ms),
     };
     // Serve at once, as etcd does: until a leader is known, requests that need one fail with
     // `etcdserver: no leader` (Unavailable, which clients retry).
@@ -120,6 +124,9 @@ pub async fn run(
                 RaftPeerServer::new(node.replica.peer_service())
                     .max_decoding_message_size(64 << 20),
             )
+            .add_service(LeaderLeaseServer::new(lease::LeaderLeaseService {
+                node: Arc::clone(&node),
+            }))
             .serve_with_incoming_shutdown(incoming(listener), stopped());
         servers.push(tokio::spawn(server));
     }

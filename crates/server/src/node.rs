@@ -19,7 +19,7 @@ use crate::watch::WatchHub;
 
 /// The longest a client request waits for replication before `request timed out` (etcd: 5 s
 /// plus two election timeouts).
-fn request_timeout(election_timeout_ms: u64) -> Duration {
+pub fn request_timeout(election_timeout_ms: u64) -> Duration {
     Duration::from_secs(5) + Duration::from_millis(2 * election_timeout_ms)
 }
 
