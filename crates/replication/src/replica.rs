@@ -378,8 +378,14 @@ impl Replica {
         let raft_config = Config {
             cluster_name: format!("{:x}", config.cluster_id),
             heartbeat_interval: config.heartbeat_interval_ms,
-            election_timeout_min: config.election_timeout_ms,
-            election_timeout_max: config.election_timeout_ms * 2,
+            // openraft waits `election_timeout_max` (its leader lease) plus a random timeout in
+            // [min, max) before electing: with [E/2, E) a follower stands for election 1.5–2
+            // election timeouts after the last heartbeat, as etcd's followers do after 1–2
+            // (plus a pre-vote round). `max` is also how long a follower ignores candidates
+            // while it has a leader (etcd's CheckQuorum lease is one election timeout).
+            election_timeout_min: (config.election_timeout_ms / 2)
+                .max(config.heartbeat_interval_ms + 1),
+            election_timeout_max: config.election_timeout_ms,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_count),
             max_in_snapshot_log_to_keep: config.snapshot_catchup_entries,
             ..Default::default()
