@@ -251,18 +251,17 @@ async fn publish(shared: Arc<Shared>, me: MemberNode) {
     let mut metrics = shared.raft.metrics();
     let mut retry = tokio::time::interval(PUBLISH_RETRY);
     loop {
-        let (leader, current) = {
+        let (leader, current, known) = {
             let m = metrics.borrow_and_update();
-            let current = m
-                .membership_config
-                .membership()
-                .get_node(&shared.member_id)
-                .cloned();
-            (m.current_leader, current)
+            let membership = m.membership_config.membership();
+            let current = membership.get_node(&shared.member_id).cloned();
+            let known = membership.nodes().next().is_some();
+            (m.current_leader, current, known)
         };
         match current {
-            // Not (or no longer) a member, or already recorded: nothing to do.
-            None => return,
+            // Not (or no longer) a member of a known membership: nothing to publish.
+            None if known => return,
+            // Already recorded.
             Some(n) if n == me => return,
             Some(_) if leader.is_some() => {
                 let req = ForwardRequest::SetNode(shared.member_id, me.clone());
@@ -280,7 +279,8 @@ async fn publish(shared: Arc<Shared>, me: MemberNode) {
                 }
                 retry.tick().await;
             }
-            Some(_) => {
+            // No leader yet, or the membership is not loaded yet.
+            _ => {
                 if metrics.changed().await.is_err() {
                     return;
                 }

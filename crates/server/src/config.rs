@@ -501,6 +501,46 @@ mod tests {
     }
 
     #[test]
+    fn members_of_a_new_cluster_bootstrap_the_same_membership() {
+        // Every member must call raft's initialize with the same membership, or their logs
+        // diverge at the very first entry: only what all of them know goes in.
+        let cluster = "a=http://10.0.0.1:2380,b=http://10.0.0.2:2380";
+        let resolve = |name: &str, ip: &str| {
+            Flags::parse_from([
+                "tandem".to_string(),
+                format!("--name={name}"),
+                format!("--initial-cluster={cluster}"),
+                format!("--initial-advertise-peer-urls=http://{ip}:2380"),
+                format!("--advertise-client-urls=http://{ip}:2379"),
+            ])
+            .resolve()
+            .unwrap()
+        };
+        let a = resolve("a", "10.0.0.1");
+        let b = resolve("b", "10.0.0.2");
+        assert_eq!(a.initial_members, b.initial_members);
+        assert_eq!(a.cluster_id, b.cluster_id);
+        assert_ne!(a.member_id, b.member_id);
+        assert!(a.initial_members.values().all(|m| m.client_urls.is_empty()));
+        assert_eq!(a.self_node.client_urls, ["http://10.0.0.1:2379"]);
+        assert_eq!(
+            a.initial_members[&a.member_id].peer_urls,
+            a.self_node.peer_urls
+        );
+        // Another token is another cluster.
+        let other = Flags::parse_from([
+            "tandem",
+            "--name=a",
+            &format!("--initial-cluster={cluster}"),
+            "--initial-advertise-peer-urls=http://10.0.0.1:2380",
+            "--initial-cluster-token=other",
+        ])
+        .resolve()
+        .unwrap();
+        assert_ne!(other.cluster_id, a.cluster_id);
+    }
+
+    #[test]
     fn unsupported_flags_are_refused() {
         let err = Flags::parse_from(["tandem", "--cert-file", "x.pem"])
             .resolve()

@@ -1,0 +1,181 @@
+//! The deploy files work as written: the two machines' environment files of
+//! `deploy/two-nodes/` (what `deploy/tandem.service` reads from `/etc/default/tandem`) start a
+//! two-member cluster when only the addresses are filled in — for tandem and, as their comments
+//! claim, for etcd 3.5.1 — and the endpoints of `deploy/kubeadm-external-etcd.yaml` are those
+//! members' client URLs. Each "machine" is a loopback address of its own (127.42.x.y), with
+//! etcd's default ports, as on two real hosts.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use etcd_compat_tests::{http_get, tandem_bin, wait_until, workspace_path, CtlVersion, Kind};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// `KEY=VALUE` lines of an environment file (comments and blank lines skipped), with the node
+/// addresses filled in.
+fn env_file(path: &str, a_ip: &str, b_ip: &str) -> Vec<(String, String)> {
+    let text = std::fs::read_to_string(workspace_path(path)).expect("env file");
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| {
+            let (k, v) = l.split_once('=').expect("KEY=VALUE");
+            let v = v.replace("NODE_A_IP", a_ip).replace("NODE_B_IP", b_ip);
+            (k.to_string(), v)
+        })
+        .collect()
+}
+
+/// The `Environment=` settings of the systemd unit.
+fn unit_environment() -> Vec<(String, String)> {
+    let text = std::fs::read_to_string(workspace_path("deploy/tandem.service")).expect("unit");
+    text.lines()
+        .filter_map(|l| l.strip_prefix("Environment="))
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').expect("KEY=VALUE");
+            (k.to_string(), v.to_string())
+        })
+        .collect()
+}
+
+/// A member started the way systemd starts the unit: no flags, only the environment.
+struct Machine {
+    child: Child,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Machine {
+    fn start(bin: &PathBuf, env: Vec<(String, String)>) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = dir.path().join("server.log");
+        let out = std::fs::File::create(&log).expect("log");
+        let mut cmd = Command::new(bin);
+        for (k, v) in unit_environment().into_iter().chain(env) {
+            cmd.env(k, v);
+        }
+        // The unit's /var/lib/tandem, moved into this test's directory.
+        cmd.env("ETCD_DATA_DIR", dir.path().join("data"));
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().expect("log"))
+            .stderr(out)
+            .spawn()
+            .expect("start");
+        Machine {
+            child,
+            log,
+            _dir: dir,
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Machine {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn two_machines(kind: Kind, a_ip: &str, b_ip: &str) {
+    let bin = match kind {
+        Kind::Tandem => tandem_bin(),
+        _ => CtlVersion::V35.bin().with_file_name("etcd"),
+    };
+    let a = Machine::start(&bin, env_file("deploy/two-nodes/tandem-a.env", a_ip, b_ip));
+    let b = Machine::start(&bin, env_file("deploy/two-nodes/tandem-b.env", a_ip, b_ip));
+    let endpoints = format!("http://{a_ip}:2379,http://{b_ip}:2379");
+    for (ip, m) in [(a_ip, &a), (b_ip, &b)] {
+        let url = format!("http://{ip}:2379/health");
+        if wait_until(&format!("{} on {ip} healthy", kind.name()), WAIT, || {
+            http_get(&url).is_ok_and(|(code, body)| code == 200 && body.contains("true"))
+        })
+        .is_err()
+        {
+            panic!(
+                "{} on {ip} did not become healthy:\n{}",
+                kind.name(),
+                m.log()
+            );
+        }
+    }
+    let ctl = |args: &[&str]| {
+        let out = Command::new(CtlVersion::V35.bin())
+            .arg(format!("--endpoints={endpoints}"))
+            .args(args)
+            .output()
+            .expect("etcdctl");
+        assert!(
+            out.status.success(),
+            "etcdctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    // What the walkthrough in docs/kubernetes.md checks after starting both machines.
+    let health = ctl(&["endpoint", "health"]);
+    assert_eq!(health.matches("is healthy").count(), 2, "{health}");
+    let mut list = String::new();
+    let published = wait_until("both members published their client URLs", WAIT, || {
+        list = ctl(&["member", "list"]);
+        list.contains(&format!("node-a, http://{a_ip}:2380, http://{a_ip}:2379"))
+            && list.contains(&format!("node-b, http://{b_ip}:2380, http://{b_ip}:2379"))
+    });
+    assert!(published.is_ok(), "{}: member list:\n{list}", kind.name());
+    let (code, version) = http_get(&format!("http://{a_ip}:2379/version")).expect("version");
+    assert_eq!(code, 200);
+    assert!(version.contains("\"etcdserver\"") && version.contains("\"etcdcluster\""));
+    let put = Command::new(CtlVersion::V35.bin())
+        .args([
+            &format!("--endpoints=http://{a_ip}:2379"),
+            "put",
+            "/walkthrough",
+            "a",
+        ])
+        .output()
+        .expect("put");
+    assert!(put.status.success());
+    let got = Command::new(CtlVersion::V35.bin())
+        .args([
+            &format!("--endpoints=http://{b_ip}:2379"),
+            "get",
+            "/walkthrough",
+            "--print-value-only",
+        ])
+        .output()
+        .expect("get");
+    assert_eq!(String::from_utf8_lossy(&got.stdout).trim(), "a");
+}
+
+#[test]
+fn the_two_machine_env_files_start_a_cluster_for_tandem_and_etcd() {
+    two_machines(Kind::Tandem, "127.42.0.1", "127.42.0.2");
+    two_machines(Kind::Etcd35, "127.42.1.1", "127.42.1.2");
+}
+
+#[test]
+fn kubeadm_points_at_both_members() {
+    let yaml =
+        std::fs::read_to_string(workspace_path("deploy/kubeadm-external-etcd.yaml")).expect("yaml");
+    let a = env_file("deploy/two-nodes/tandem-a.env", "NODE_A_IP", "NODE_B_IP");
+    let b = env_file("deploy/two-nodes/tandem-b.env", "NODE_A_IP", "NODE_B_IP");
+    for env in [a, b] {
+        let url = &env
+            .iter()
+            .find(|(k, _)| k == "ETCD_ADVERTISE_CLIENT_URLS")
+            .expect("advertised client URL")
+            .1;
+        assert!(
+            yaml.contains(&format!("- {url}\n")),
+            "kubeadm's endpoints include {url}"
+        );
+    }
+    // kubeadm accepts http:// endpoints only when no certificate files are set.
+    assert!(!yaml.contains("caFile:") && !yaml.contains("certFile:"));
+}
