@@ -67,6 +67,24 @@ async fn every_member_serves(cluster: &Cluster) {
     let mut terms = BTreeSet::new();
     for url in &urls {
         let st = client(url).await.status().await.expect("status");
+        if cluster.members[0].kind == Kind::Tandem {
+            // The apiserver's feature check runs against every endpoint (contract, "Status").
+            let v: Vec<u64> = st
+                .version()
+                .split('.')
+                .map(|p| p.parse().expect("numeric semver"))
+                .collect();
+            assert!(
+                v >= vec![3, 5, 13],
+                "Status.version {} on {url}",
+                st.version()
+            );
+            let (code, body) =
+                etcd_compat_tests::http_get(&format!("{url}/version")).expect("version");
+            assert!(
+                code == 200 && body.contains("\"etcdserver\"") && body.contains("\"etcdcluster\"")
+            );
+        }
         ids.insert(st.header().expect("header").member_id());
         leaders.insert(st.leader());
         terms.insert(st.raft_term());
