@@ -527,7 +527,8 @@ async fn two_members_without_a_witness_refuse_writes_when_one_is_lost() {
         // as etcd's CheckQuorum makes it step down — it refuses writes outright.
         let health = format!("{}/health", urls[survivor]);
         wait_until("the survivor to report no leader", WAIT, || {
-            etcd_compat_tests::http_get(&health).is_ok_and(|(code, _)| code == 503)
+            etcd_compat_tests::http_get(&health)
+                .is_ok_and(|(code, body)| code == 503 && body.contains("RAFT NO LEADER"))
         })
         .expect("no leader");
         let mut c = client(&urls[survivor]).await;
