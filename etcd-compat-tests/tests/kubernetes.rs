@@ -57,12 +57,15 @@ where
     assert_eq!(a.len(), b.len());
 }
 
+// Contract, "How it connects" (every member must serve every RPC) with "Txn: the only four
+// shapes" and "Range: the exact shapes" 1, 3, 4, 5, through a follower.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_follower_serves_the_txn_and_range_shapes_as_etcd_does() {
     on_follower(&[], txn_shapes).await;
     on_follower(&[], range_shapes).await;
 }
 
+// Contract, "How it connects" with "Watch" and "Periodic progress notify", through a follower.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_follower_serves_watches_and_progress_as_etcd_does() {
     on_follower(&[], watch_shapes).await;
@@ -73,12 +76,15 @@ async fn a_follower_serves_watches_and_progress_as_etcd_does() {
     .await;
 }
 
+// Contract, "How it connects" with "Compaction" and "Leases", through a follower (lease expiry
+// is the leader's; its DELETE events reach the follower's watchers).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_follower_runs_compaction_and_leases_as_etcd_does() {
     on_follower(&[], compaction_cycle).await;
     on_follower(&[], lease_reuse).await;
 }
 
+// Contract, "How it connects" with "Range: the exact shapes" 2, through a follower.
 #[tokio::test(flavor = "multi_thread")]
 async fn paged_list_through_a_follower_is_consistent() {
     let tandem = Cluster::start(Kind::Tandem, 3, &[]).expect("tandem cluster");
