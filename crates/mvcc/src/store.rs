@@ -97,7 +97,7 @@ fn read_kv(
 /// redb's page cache (its default is 1 GiB, which kept most of the database resident: RSS
 /// 186 MiB after 200k puts against etcd's 156 MiB). Pages beyond it are read back through the
 /// OS page cache.
-const CACHE_BYTES: usize = 32 * 1024 * 1024;
+const CACHE_BYTES: usize = 8 * 1024 * 1024;
 
 impl Store {
     /// Opens (or creates) the keyspace at `path` and rebuilds the key index from it.

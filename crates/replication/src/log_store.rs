@@ -36,7 +36,7 @@ const GROUP_JOBS_MAX: usize = 4096;
 /// Durable entries kept in memory for readers (openraft applies and replicates recent ones).
 const CACHE_ENTRIES_MAX: usize = 1024;
 /// The most bytes (encoded size) of durable entries kept in memory.
-const CACHE_BYTES_MAX: usize = 16 * 1024 * 1024;
+const CACHE_BYTES_MAX: usize = 4 * 1024 * 1024;
 
 enum Job {
     Append(Vec<Entry>, LogFlushed<TypeConfig>),

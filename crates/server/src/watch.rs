@@ -28,9 +28,9 @@ use crate::convert::event_to_pb;
 use crate::node::{Node, HAS_LEADER_METADATA};
 
 /// Revisions kept in the hub's ring.
-const RING_REVISIONS_MAX: usize = 16_384;
+const RING_REVISIONS_MAX: usize = 8_192;
 /// Bytes of event data kept in the ring (keys and values, roughly).
-const RING_BYTES_MAX: usize = 64 << 20;
+const RING_BYTES_MAX: usize = 16 << 20;
 /// Revisions one watcher is sent per step when catching up, so one slow watcher cannot starve
 /// the stream's other work.
 const CATCH_UP_REVISIONS_MAX: usize = 1_000;

@@ -119,14 +119,16 @@ pub enum System {
     Etcd34,
     Etcd35,
     Etcd35x3,
+    Tandemx3,
 }
 
 impl System {
-    pub const ALL: [System; 4] = [
+    pub const ALL: [System; 5] = [
         System::Tandem,
         System::Etcd34,
         System::Etcd35,
         System::Etcd35x3,
+        System::Tandemx3,
     ];
 
     pub fn label(self) -> &'static str {
@@ -135,14 +137,14 @@ impl System {
             System::Etcd34 => "etcd 3.4.23 (1 member)",
             System::Etcd35 => "etcd 3.5.1 (1 member)",
             System::Etcd35x3 => "etcd 3.5.1 (3 members)",
+            System::Tandemx3 => "tandem (3 members)",
         }
     }
 
     fn members(self) -> usize {
-        if self == System::Etcd35x3 {
-            3
-        } else {
-            1
+        match self {
+            System::Etcd35x3 | System::Tandemx3 => 3,
+            _ => 1,
         }
     }
 }
@@ -217,7 +219,7 @@ impl Cluster {
             .map(|i| format!("m{i}=http://127.0.0.1:{}", port(i, true)))
             .collect();
         let bin = match system {
-            System::Tandem => &bins.tandem,
+            System::Tandem | System::Tandemx3 => &bins.tandem,
             System::Etcd34 => &bins.etcd34,
             System::Etcd35 | System::Etcd35x3 => &bins.etcd35,
         };

@@ -101,6 +101,28 @@ pub fn ratio_table(r: &Results) -> String {
     out
 }
 
+/// Three tandem members against three etcd 3.5.1 members, the load spread over every member.
+pub fn cluster_ratio_table(r: &Results) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "| workload | QPS ×3.5 | p50 ×3.5 | p99 ×3.5 |\n|---|---:|---:|---:|"
+    );
+    for (w, workload) in WORKLOADS.iter().enumerate() {
+        let t = median_figures(r, w, System::Tandemx3);
+        let e = median_figures(r, w, System::Etcd35x3);
+        let _ = writeln!(
+            out,
+            "| {} | {:.2} | {:.2} | {:.2} |",
+            workload.name,
+            ratio(t.qps, e.qps),
+            ratio(t.p50_ms, e.p50_ms),
+            ratio(t.p99_ms, e.p99_ms)
+        );
+    }
+    out
+}
+
 struct Target {
     what: &'static str,
     measured: String,
@@ -280,6 +302,14 @@ pub fn markdown(r: &Results, minutes: f64) -> String {
     );
     out.push_str(&ratio_table(r));
     let _ = writeln!(out, "\n![tandem/etcd throughput ratios](benchmarks.svg)\n");
+    let _ = writeln!(
+        out,
+        "## Three members: tandem / etcd 3.5.1 (the load spread over every member)\n\n\
+         Followers forward writes to the leader and answer linearizable reads after a ReadIndex \
+         round, in both. The two-node topology (2 data nodes + witness) will join this table \
+         once the witness exists.\n"
+    );
+    out.push_str(&cluster_ratio_table(r));
     let _ = writeln!(
         out,
         "## Figures (QPS / p50 ms / p99 ms; watch workloads: event delivery latency)\n"
