@@ -310,6 +310,7 @@ pub fn markdown(r: &Results, minutes: f64) -> String {
          once the witness exists.\n"
     );
     out.push_str(&cluster_ratio_table(r));
+    out.push('\n');
     let _ = writeln!(
         out,
         "## Figures (QPS / p50 ms / p99 ms; watch workloads: event delivery latency)\n"
