@@ -20,6 +20,15 @@ async fn client(url: &str) -> etcd_client::Client {
         .expect("connect")
 }
 
+/// The next response of a watch stream, within the deadline.
+async fn next_response(s: &mut etcd_client::WatchResponseStream) -> etcd_client::WatchResponse {
+    tokio::time::timeout(WAIT, s.message())
+        .await
+        .expect("a watch response in time")
+        .expect("stream")
+        .expect("open")
+}
+
 /// Waits (polling, with a deadline) until `f` returns true.
 async fn eventually<F, Fut>(what: &str, mut f: F)
 where
@@ -100,12 +109,7 @@ async fn every_member_serves(cluster: &Cluster) {
         .await
         .expect("watch")
         .split();
-    let created = tokio::time::timeout(WAIT, events.message())
-        .await
-        .expect("created in time")
-        .expect("stream")
-        .expect("open");
-    assert!(created.created());
+    assert!(next_response(&mut events).await.created());
 
     // Writes through each member are read back (linearizably) from every member at once.
     let mut revisions = Vec::new();
@@ -132,11 +136,7 @@ async fn every_member_serves(cluster: &Cluster) {
     assert!(revisions.windows(2).all(|w| w[0] < w[1]), "{revisions:?}");
     let mut seen = Vec::new();
     while seen.len() < 3 {
-        let r = tokio::time::timeout(WAIT, events.message())
-            .await
-            .expect("events in time")
-            .expect("stream")
-            .expect("open");
+        let r = next_response(&mut events).await;
         for e in r.events() {
             let kv = e.kv().expect("kv");
             seen.push((kv.key_str().expect("utf8").to_string(), kv.mod_revision()));
@@ -407,11 +407,7 @@ async fn a_member_far_behind_catches_up_from_a_snapshot() {
             .split();
         let mut out = Vec::new();
         while out.len() < 21 {
-            let r = tokio::time::timeout(WAIT, s.message())
-                .await
-                .expect("in time")
-                .expect("stream")
-                .expect("open");
+            let r = next_response(&mut s).await;
             for e in r.events() {
                 let kv = e.kv().expect("kv");
                 out.push((kv.key().to_vec(), kv.mod_revision(), kv.value().to_vec()));

@@ -26,10 +26,15 @@ where
     let tandem = Server::start_with(Kind::Tandem, flags).expect("tandem");
     let a = scenario(etcd.url()).await;
     let b = scenario(tandem.url()).await;
-    for (i, (x, y)) in a.iter().zip(&b).enumerate() {
-        assert_eq!(x, y, "step {i}: etcd-3.5.1 (left) vs tandem (right)");
+    assert_same_steps(&a, &b, "tandem");
+}
+
+/// Asserts that two transcripts are equal step by step, etcd's on the left.
+fn assert_same_steps(etcd: &[String], tandem: &[String], tandem_name: &str) {
+    for (i, (x, y)) in etcd.iter().zip(tandem).enumerate() {
+        assert_eq!(x, y, "step {i}: etcd-3.5.1 (left) vs {tandem_name} (right)");
     }
-    assert_eq!(a.len(), b.len());
+    assert_eq!(etcd.len(), tandem.len());
 }
 
 /// Runs `scenario` against a fresh etcd 3.5.1 member and through a follower of a fresh
@@ -48,13 +53,7 @@ where
     let follower = tandem.members[(leader + 1) % 3].url();
     let a = scenario(etcd.url()).await;
     let b = scenario(follower).await;
-    for (i, (x, y)) in a.iter().zip(&b).enumerate() {
-        assert_eq!(
-            x, y,
-            "step {i}: etcd-3.5.1 (left) vs a tandem follower (right)"
-        );
-    }
-    assert_eq!(a.len(), b.len());
+    assert_same_steps(&a, &b, "a tandem follower");
 }
 
 // Contract, "How it connects" (every member must serve every RPC) with "Txn: the only four
