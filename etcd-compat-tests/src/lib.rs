@@ -34,6 +34,26 @@ pub fn wait_until(what: &str, deadline: Duration, mut cond: impl FnMut() -> bool
     }
 }
 
+/// Waits until the async condition `cond` holds or `deadline` passes, checking it every poll
+/// interval (the async form of [`wait_until`]).
+pub async fn wait_until_async<F, Fut>(what: &str, deadline: Duration, mut cond: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let end = tokio::time::Instant::now() + deadline;
+    let mut poll = tokio::time::interval(POLL);
+    loop {
+        poll.tick().await;
+        if cond().await {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > end {
+            bail!("timed out after {deadline:?} waiting for {what}");
+        }
+    }
+}
+
 /// Which server a test talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -447,16 +467,20 @@ impl Cluster {
 
     /// Waits until the running members agree on a leader; returns its index.
     pub async fn wait_leader(&self, deadline: Duration) -> Result<usize> {
-        let end = Instant::now() + deadline;
-        loop {
-            match self.leader().await {
-                Ok(i) => return Ok(i),
-                Err(e) if Instant::now() > end => {
-                    return Err(e.context(format!("no agreed leader within {deadline:?}")))
-                }
-                Err(_) => tokio::time::sleep(POLL).await,
-            }
-        }
+        let leader = std::sync::Mutex::new(None);
+        let leader = &leader;
+        wait_until_async(
+            "the running members to agree on a leader",
+            deadline,
+            || async move {
+                let agreed = self.leader().await.ok();
+                *leader.lock().expect("leader") = agreed;
+                agreed.is_some()
+            },
+        )
+        .await?;
+        let agreed = *leader.lock().expect("leader");
+        agreed.context("a leader")
     }
 }
 

@@ -30,19 +30,14 @@ async fn next_response(s: &mut etcd_client::WatchResponseStream) -> etcd_client:
 }
 
 /// Waits (polling, with a deadline) until `f` returns true.
-async fn eventually<F, Fut>(what: &str, mut f: F)
+async fn eventually<F, Fut>(what: &str, f: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let end = tokio::time::Instant::now() + WAIT;
-    while !f().await {
-        assert!(
-            tokio::time::Instant::now() < end,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    etcd_compat_tests::wait_until_async(what, WAIT, f)
+        .await
+        .expect("condition in time");
 }
 
 /// The scenario both tandem and etcd must pass: each member answers every kind of request,
