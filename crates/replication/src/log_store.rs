@@ -259,15 +259,17 @@ impl RaftLogReader<TypeConfig> for LogStore {
             .range(range.clone())
             .map(|(i, e)| (*i, e.clone()))
             .collect();
-        // What the cache lacks is read from the files, outside the locks.
-        let missing: Vec<RecordLoc> = lock(&self.shared.wal)
-            .locs_in(range)
-            .filter(|l| !out.contains_key(&l.log_id.index))
-            .cloned()
-            .collect();
-        for loc in missing {
-            out.insert(loc.log_id.index, loc.read().map_err(read_err)?);
+        // What the cache lacks is read from the files under the log's lock, so that a
+        // truncation cannot overwrite a record between finding it and reading it (a deposed
+        // leader's replication may still be reading the tail its successor makes it drop).
+        // Disk reads are the rare case: followers far behind, and start-up.
+        let wal = lock(&self.shared.wal);
+        for loc in wal.locs_in(range) {
+            if let std::collections::btree_map::Entry::Vacant(slot) = out.entry(loc.log_id.index) {
+                slot.insert(loc.read().map_err(read_err)?);
+            }
         }
+        drop(wal);
         Ok(out.into_values().collect())
     }
 }

@@ -59,7 +59,15 @@ impl RecordLoc {
     /// Reads and decodes the entry.
     pub fn read(&self) -> Result<Entry> {
         let mut buf = vec![0u8; self.len as usize];
-        self.file.read_exact_at(&mut buf, self.offset)?;
+        self.file
+            .read_exact_at(&mut buf, self.offset)
+            .with_context(|| {
+                let size = self.file.metadata().map_or(0, |m| m.len());
+                format!(
+                    "reading raft log entry {} ({} bytes at offset {}, file size {size})",
+                    self.log_id, self.len, self.offset
+                )
+            })?;
         let entry: Entry = codec::decode(&buf)?;
         ensure!(
             entry.log_id == self.log_id,
@@ -121,6 +129,19 @@ fn zero_and_allocate(file: &File, from: u64, to: u64) -> Result<()> {
     const CHUNK: usize = 1024 * 1024;
     file.set_len(from)?;
     let zeros = vec![0u8; CHUNK];
+    let mut at = from;
+    while at < to {
+        let n = (to - at).min(CHUNK as u64) as usize;
+        file.write_all_at(&zeros[..n], at)?;
+        at += n as u64;
+    }
+    Ok(())
+}
+
+/// Overwrites `[from, to)` of `file` with zeros without changing its size.
+fn zero_in_place(file: &File, from: u64, to: u64) -> Result<()> {
+    const CHUNK: usize = 1024 * 1024;
+    let zeros = vec![0u8; CHUNK.min(to.saturating_sub(from) as usize)];
     let mut at = from;
     while at < to {
         let n = (to - at).min(CHUNK as u64) as usize;
@@ -192,6 +213,13 @@ impl Wal {
             sync_dir(dir)?;
             wal.dir_dirty = false;
         }
+        tracing::info!(
+            segments = wal.segments.len(),
+            first = wal.locs.front().map(|l| l.log_id.index),
+            last = wal.locs.back().map(|l| l.log_id.index),
+            end = wal.segments.last().map(|s| s.end),
+            "raft log recovered"
+        );
         Ok(wal)
     }
 
@@ -419,6 +447,11 @@ impl Wal {
         if pos >= self.locs.len() {
             return Ok(());
         }
+        tracing::info!(
+            from = index,
+            last = self.locs.back().map(|l| l.log_id.index),
+            "raft log: dropping entries from a conflicting index"
+        );
         self.sync()?;
         // Later segments go first, so that a crash leaves a contiguous log.
         while self.segments.len() > 1
@@ -435,9 +468,12 @@ impl Wal {
             .expect("a live entry lives in a segment");
         let cut = &self.locs[pos];
         if Arc::ptr_eq(&seg.file, &cut.file) {
+            // Zero the written records from the cut on, in place: the file keeps its size, so
+            // a reader of an entry before the cut never meets a shortened file, and the space
+            // stays allocated for the records that replace them.
             let offset = cut.offset - RECORD_HEADER_BYTES;
-            zero_and_allocate(&seg.file, offset, seg.capacity)?;
-            seg.file.sync_all()?;
+            zero_in_place(&seg.file, offset, seg.end)?;
+            seg.file.sync_data()?;
             seg.end = offset;
         }
         seg.next_index = index;
