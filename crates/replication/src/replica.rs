@@ -145,12 +145,15 @@ impl Shared {
         match self.forward_or_here(ForwardRequest::ReadIndex).await? {
             Ok(ForwardResponse::ReadIndex { index }) => self.applied(index).await,
             Ok(other) => Err(unexpected_answer(other)),
-            Err(_) => self
-                .raft
-                .ensure_linearizable()
-                .await
-                .map(|_| ())
-                .map_err(read_error),
+            Err(_) => {
+                // openraft's read index is the larger of its commit index and the first entry
+                // of this leadership; a leader restored at start-up (openraft 0.9 restarts a
+                // leader whose vote was committed) knows neither until a new entry commits, so
+                // the read also waits for every entry in its log when the round started.
+                let last = self.raft.metrics().borrow().last_log_index.unwrap_or(0);
+                self.raft.ensure_linearizable().await.map_err(read_error)?;
+                self.applied(last).await
+            }
         }
     }
 }
@@ -240,6 +243,22 @@ async fn proposer(shared: Arc<Shared>, mut rx: tokio::sync::mpsc::Receiver<Propo
                     let _ = reply.send(Err(err.clone()));
                 }
             }
+        }
+    }
+}
+
+/// A leader restored at start-up (openraft 0.9 restarts as leader when its vote was committed)
+/// has forgotten how far its log was committed and applies nothing until a new entry commits:
+/// it proposes an empty batch at once, so that everything acknowledged before the restart is
+/// applied again before reads wait on it for long.
+async fn commit_on_restore(raft: Raft, me: NodeId) {
+    let known = raft
+        .wait(Some(Duration::from_secs(30)))
+        .metrics(|m| m.current_leader.is_some(), "a leader is known")
+        .await;
+    if known.is_ok_and(|m| m.current_leader == Some(me) && m.state == ServerState::Leader) {
+        if let Err(e) = raft.client_write(Batch(Vec::new())).await {
+            tracing::debug!(error = %e, "the start-up entry was not committed");
         }
     }
 }
@@ -417,6 +436,7 @@ impl Replica {
         let (reads, rx) = tokio::sync::mpsc::channel(READ_QUEUE_MAX);
         tokio::spawn(read_barriers(Arc::clone(&shared), rx));
         tokio::spawn(publish(Arc::clone(&shared), config.self_node.clone()));
+        tokio::spawn(commit_on_restore(raft.clone(), config.member_id));
         Ok(Self {
             raft,
             shared,
@@ -517,8 +537,9 @@ impl Replica {
             && m.current_leader == Some(me)
             && membership.get_joint_config().len() == 1
             && membership.voter_ids().eq([me])
-            && m.last_applied
-                .is_some_and(|a| a.leader_id.term == m.current_term)
+            && m.last_applied.is_some_and(|a| {
+                a.leader_id.term == m.current_term && Some(a.index) >= m.last_log_index
+            })
     }
 
     /// The current members, voters and learners, with whether each is a learner.
