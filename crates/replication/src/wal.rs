@@ -126,19 +126,12 @@ fn sync_dir(dir: &Path) -> Result<()> {
 /// write there then flushes only data, never a block allocation or an unwritten-extent
 /// conversion (measured: a preallocated-but-unwritten tail doubled the flush time).
 fn zero_and_allocate(file: &File, from: u64, to: u64) -> Result<()> {
-    const CHUNK: usize = 1024 * 1024;
     file.set_len(from)?;
-    let zeros = vec![0u8; CHUNK];
-    let mut at = from;
-    while at < to {
-        let n = (to - at).min(CHUNK as u64) as usize;
-        file.write_all_at(&zeros[..n], at)?;
-        at += n as u64;
-    }
-    Ok(())
+    zero_in_place(file, from, to)
 }
 
-/// Overwrites `[from, to)` of `file` with zeros without changing its size.
+/// Overwrites `[from, to)` of `file` with zeros (extending it if `to` is past its end, never
+/// shrinking it).
 fn zero_in_place(file: &File, from: u64, to: u64) -> Result<()> {
     const CHUNK: usize = 1024 * 1024;
     let zeros = vec![0u8; CHUNK.min(to.saturating_sub(from) as usize)];
