@@ -61,6 +61,8 @@ fn median_figures(r: &Results, w: usize, s: System) -> Figures {
         qps: r.median(w, s, |f| f.qps),
         p50_ms: r.median(w, s, |f| f.p50_ms),
         p99_ms: r.median(w, s, |f| f.p99_ms),
+        max_ms: r.median(w, s, |f| f.max_ms),
+        stddev_ms: r.median(w, s, |f| f.stddev_ms),
         errors: r
             .figures
             .get(&(w, s))
@@ -143,7 +145,7 @@ fn targets(r: &Results) -> Vec<Target> {
     };
     // (target, workload, figure, bound, whether tandem/etcd must be at least the bound)
     type Figure = fn(&Figures) -> f64;
-    let ratio_targets: [(&'static str, usize, Figure, f64, bool); 4] = [
+    let ratio_targets: [(&'static str, usize, Figure, f64, bool); 3] = [
         (
             "put, 1000 clients: throughput ≥ 1.5× etcd",
             PUT_1000,
@@ -158,7 +160,6 @@ fn targets(r: &Results) -> Vec<Target> {
             0.7,
             false,
         ),
-        ("put, 1 client: p50 ≤ etcd", PUT_1, |f| f.p50_ms, 1.0, false),
         (
             "range (linearizable), 1000 clients: throughput ≥ 1.5× etcd",
             RANGE_1000,
@@ -168,6 +169,19 @@ fn targets(r: &Results) -> Vec<Target> {
         ),
     ];
     let mut out = Vec::new();
+    // etcd 3.5.1 as a single member answers a put before its WAL fdatasync has returned
+    // (etcd-io/etcd#14370, fixed in 3.5.5 and 3.4.21): its latency is not that of a durable
+    // write, so the target is judged against etcd 3.4.23, which waits for the fdatasync.
+    let p50 = |s| ratio(t(PUT_1).p50_ms, e(PUT_1, s).p50_ms);
+    out.push(Target {
+        what: "put, 1 client: p50 ≤ etcd (judged against 3.4.23: 3.5.1 acknowledges before its fsync)",
+        measured: format!(
+            "{:.2}× vs 3.4, {:.2}× vs 3.5.1 (not durable when it answers)",
+            p50(System::Etcd34),
+            p50(System::Etcd35)
+        ),
+        met: p50(System::Etcd34) <= 1.0,
+    });
     for (what, w, figure, bound, at_least) in ratio_targets {
         let (measured, met) = per_etcd(&|s| {
             let v = ratio(figure(&t(w)), figure(&e(w, s)));
@@ -234,6 +248,14 @@ fn targets(r: &Results) -> Vec<Target> {
                 what: "`etcdctl check perf --load=l` passes",
                 measured: v.clone(),
                 met: !v.is_empty() && !v.contains("FAIL"),
+            });
+        }
+        if let Some(f) = &fp.check_perf_load {
+            let (met, measured) = super::check_perf_verdict(f);
+            out.push(Target {
+                what: "check perf --load=l's load from `tandem-ctl bench`, etcdctl's pass criteria",
+                measured,
+                met,
             });
         }
     }
@@ -349,14 +371,18 @@ pub fn markdown(r: &Results, minutes: f64) -> String {
         out,
         "\n## Memory and disk (single members)\n\nEach of 100,000 keys put once, then the 1000-client range workload (\"fresh\"); puts up to\n\
          {} in all (200 clients, random keys), readings; compaction at the current revision and\n\
-         defrag, readings; puts up to {} in all, and the range workload again.\n\n\
-         | | RSS after puts | data dir after puts | RSS after compact + defrag | data dir after compact + defrag | put QPS while loading | range QPS fresh | range QPS after the writes | check perf --load=l |\n|---|---:|---:|---:|---:|---:|---:|---:|---|",
-        r.puts_before_rss, r.writes_before_reads
+         defrag, readings; puts up to {} in all, and the range workload again (each range figure the\n\
+         median of as many runs as there are rounds). Then `etcdctl check perf --load=l`, and the same\n\
+         load from `tandem-ctl bench` (`{}`, as long as the run), judged by etcdctl's criteria.\n\n\
+         | | RSS after puts | data dir after puts | RSS after compact + defrag | data dir after compact + defrag | put QPS while loading | range QPS fresh | range QPS after the writes | check perf --load=l | its load from tandem-ctl bench |\n|---|---:|---:|---:|---:|---:|---:|---:|---|---|",
+        r.puts_before_rss,
+        r.writes_before_reads,
+        super::CHECK_PERF_L.split_whitespace().collect::<Vec<_>>().join(" ")
     );
     for (s, fp) in &r.footprints {
         let _ = writeln!(
             out,
-            "| {} | {:.0} MiB | {:.0} MiB | {:.0} MiB | {:.0} MiB | {:.0} | {:.0} | {:.0} | {} |",
+            "| {} | {:.0} MiB | {:.0} MiB | {:.0} MiB | {:.0} MiB | {:.0} | {:.0} | {:.0} | {} | {} |",
             s.label(),
             fp.rss_mib,
             fp.data_mib,
@@ -365,7 +391,10 @@ pub fn markdown(r: &Results, minutes: f64) -> String {
             fp.put_qps_during_load,
             fp.reads_fresh,
             fp.reads_after_writes,
-            fp.check_perf.as_deref().unwrap_or("not run")
+            fp.check_perf.as_deref().unwrap_or("not run"),
+            fp.check_perf_load
+                .as_ref()
+                .map_or("not run".to_string(), |f| super::check_perf_verdict(f).1)
         );
     }
     out

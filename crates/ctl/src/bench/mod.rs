@@ -426,8 +426,9 @@ impl Report {
         );
         let _ = writeln!(
             out,
-            "  Average:\t{:.4} secs.\n  Requests/sec:\t{:.4}",
+            "  Average:\t{:.4} secs.\n  Stddev:\t{:.4} secs.\n  Requests/sec:\t{:.4}",
             h.mean() / 1e6,
+            h.stdev() / 1e6,
             self.json["qps"].as_f64().unwrap_or_default()
         );
         if let Some(e) = self.json.get("events_per_sec") {
@@ -479,5 +480,6 @@ fn latency_json(h: &Histogram<u64>) -> serde_json::Value {
         "count": h.len(),
         "min": ms(h.min()), "p50": ms(h.value_at_quantile(0.5)), "p90": ms(h.value_at_quantile(0.9)),
         "p99": ms(h.value_at_quantile(0.99)), "p999": ms(h.value_at_quantile(0.999)), "max": ms(h.max()),
+        "mean": h.mean() / 1000.0, "stddev": h.stdev() / 1000.0,
     })
 }
