@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod cluster;
+pub mod coalesce;
 pub mod compaction;
 pub mod config;
 pub mod convert;
@@ -42,6 +43,15 @@ const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 /// (tonic's own `tcp_nodelay` applies only to listeners it binds itself.)
 fn incoming(listener: TcpListener) -> tonic::transport::server::TcpIncoming {
     tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
+}
+
+/// Client connections: as [`incoming`], with responses coalesced into fewer writes
+/// ([`coalesce`]).
+fn client_incoming(
+    listener: TcpListener,
+) -> impl futures::Stream<Item = std::io::Result<coalesce::Coalesced>> {
+    use futures::StreamExt;
+    incoming(listener).map(|conn| conn.map(coalesce::Coalesced::new))
 }
 
 /// Binds every listen URL of `config`.
@@ -112,7 +122,7 @@ pub async fn run(
             .tcp_nodelay(true)
             .http2_keepalive_interval(Some(Duration::from_secs(2 * 60 * 60)))
             .add_routes(routes)
-            .serve_with_incoming_shutdown(incoming(listener), stopped());
+            .serve_with_incoming_shutdown(client_incoming(listener), stopped());
         servers.push(tokio::spawn(server));
     }
     for listener in peer_listeners {
