@@ -29,7 +29,8 @@ const BUFFER_MAX: usize = 64 * 1024;
 /// 35.4k and 26 µs with two; put 22.5k / 24.9k / 23.5k writes/s.
 const MAX_YIELDS: u32 = 2;
 
-/// A TCP connection whose writes are buffered until a flush, and whose flushes yield once.
+/// A TCP connection whose writes are buffered until a flush, and whose flushes yield to the
+/// runtime before writing (at most `MAX_YIELDS` times).
 pub struct Coalesced {
     inner: TcpStream,
     buf: Vec<u8>,
