@@ -243,11 +243,13 @@ impl RaftNetwork<TypeConfig> for PeerClient {
 pub struct PeerService {
     pub raft: Raft,
     pub cluster_id: u64,
+    pub read_policy: crate::replica::ReadPolicy,
 }
 
 /// Carries out a forwarded request on this member, which should be the leader.
 pub(crate) async fn serve_forward(
     raft: &Raft,
+    read_policy: crate::replica::ReadPolicy,
     req: ForwardRequest,
 ) -> Result<ForwardResponse, ReplicaError> {
     use openraft::error::ClientWriteError;
@@ -268,15 +270,9 @@ pub(crate) async fn serve_forward(
                 applied: r.data,
             })
         }
-        ForwardRequest::ReadIndex => {
-            let (read, _applied) = raft
-                .get_read_log_id()
-                .await
-                .map_err(crate::replica::read_error)?;
-            Ok(ForwardResponse::ReadIndex {
-                index: read.map_or(0, |l| l.index),
-            })
-        }
+        ForwardRequest::ReadIndex => Ok(ForwardResponse::ReadIndex {
+            index: read_policy.leader_read_index(raft).await?,
+        }),
         ForwardRequest::SetNode(id, node) => {
             let nodes = std::collections::BTreeMap::from([(id, node)]);
             raft.change_membership(openraft::ChangeMembers::SetNodes(nodes), true)
@@ -337,6 +333,6 @@ impl RaftPeer for PeerService {
         request: tonic::Request<RaftMessage>,
     ) -> Result<tonic::Response<RaftMessage>, tonic::Status> {
         let req: ForwardRequest = self.open(request.get_ref())?;
-        Ok(self.reply(&serve_forward(&self.raft, req).await))
+        Ok(self.reply(&serve_forward(&self.raft, self.read_policy, req).await))
     }
 }

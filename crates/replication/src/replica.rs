@@ -31,6 +31,8 @@ const BATCH_BYTES_MAX: usize = 4 << 20;
 const READ_QUEUE_MAX: usize = 16_384;
 /// How often a member retries publishing its attributes while that fails.
 const PUBLISH_RETRY: Duration = Duration::from_millis(500);
+/// The pause before a ReadIndex round that missed its quorum is tried again.
+const READ_INDEX_RETRY: Duration = Duration::from_millis(50);
 
 type ReadWaiter = tokio::sync::oneshot::Sender<Result<(), ReplicaError>>;
 
@@ -110,6 +112,13 @@ impl Shared {
         }
     }
 
+    fn read_policy(&self) -> ReadPolicy {
+        ReadPolicy {
+            timeout: self.forward_timeout,
+            election_timeout_ms: self.election_timeout_ms,
+        }
+    }
+
     /// Waits until this member has applied the entry at `index`.
     async fn applied(&self, index: u64) -> Result<(), ReplicaError> {
         let mut data = self.raft.data_metrics();
@@ -151,8 +160,43 @@ impl Shared {
                 // leader whose vote was committed) knows neither until a new entry commits, so
                 // the read also waits for every entry in its log when the round started.
                 let last = self.raft.metrics().borrow().last_log_index.unwrap_or(0);
-                self.raft.ensure_linearizable().await.map_err(read_error)?;
-                self.applied(last).await
+                let read = self.read_policy().leader_read_index(&self.raft).await?;
+                self.applied(read.max(last)).await
+            }
+        }
+    }
+}
+
+/// How a leader confirms a read index: see [`ReadPolicy::leader_read_index`].
+#[derive(Clone, Copy, Debug)]
+pub struct ReadPolicy {
+    /// How long a read may wait for a confirmed round (the request timeout).
+    pub timeout: Duration,
+    pub election_timeout_ms: u64,
+}
+
+impl ReadPolicy {
+    /// The leader's read index, confirmed by a quorum. openraft confirms with one heartbeat
+    /// round whose every AppendEntries is bounded by one heartbeat interval, which a loaded
+    /// follower misses now and then; a round that missed its quorum is tried again until
+    /// `timeout`, as etcd retries a ReadIndex round until its request times out. A leader that
+    /// has heard from no quorum for an election timeout answers "no leader" at once (see
+    /// [`lost_quorum`]).
+    pub(crate) async fn leader_read_index(&self, raft: &Raft) -> Result<u64, ReplicaError> {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        loop {
+            match raft.get_read_log_id().await {
+                Ok((read, _)) => return Ok(read.map_or(0, |l| l.index)),
+                Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_)))
+                    if tokio::time::Instant::now() + READ_INDEX_RETRY < deadline =>
+                {
+                    if lost_quorum(&raft.metrics().borrow(), self.election_timeout_ms) {
+                        return Err(ReplicaError::NoLeader);
+                    }
+                    tracing::debug!("a ReadIndex round missed its quorum; trying again");
+                    tokio::time::sleep(READ_INDEX_RETRY).await;
+                }
+                Err(e) => return Err(read_error(e)),
             }
         }
     }
@@ -286,7 +330,9 @@ async fn publish(shared: Arc<Shared>, me: MemberNode) {
                 let req = ForwardRequest::SetNode(shared.member_id, me.clone());
                 let result = match shared.forward_or_here(req).await {
                     Ok(Ok(_)) => Ok(()),
-                    Ok(Err(req)) => serve_forward(&shared.raft, req).await.map(|_| ()),
+                    Ok(Err(req)) => serve_forward(&shared.raft, shared.read_policy(), req)
+                        .await
+                        .map(|_| ()),
                     Err(e) => Err(e),
                 };
                 match result {
@@ -470,6 +516,7 @@ impl Replica {
         PeerService {
             raft: self.raft.clone(),
             cluster_id: self.config.cluster_id,
+            read_policy: self.shared.read_policy(),
         }
     }
 
