@@ -1,9 +1,10 @@
 //! Multi-member clusters on loopback: every member serves the whole API (writes and lease
 //! renewals forwarded to the leader, linearizable reads through a ReadIndex round, watches from
 //! its own applied state), a leader failure loses no acknowledged write, a member far behind
-//! catches up from a snapshot, and a member that loses its leader refuses `hasleader` requests
-//! and ends `hasleader` watch streams as etcd does. Where behaviour is etcd's, the same scenario
-//! runs against a real etcd 3.5.1 cluster.
+//! catches up from a snapshot, a member that loses its leader refuses `hasleader` requests
+//! and ends `hasleader` watch streams as etcd does, and a linearizable read waits out a brief
+//! pause of both followers as etcd's does. Where behaviour is etcd's, the same scenario runs
+//! against a real etcd 3.5.1 cluster.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
