@@ -356,6 +356,8 @@ pub struct Figures {
     pub max_ms: f64,
     pub stddev_ms: f64,
     pub errors: u64,
+    /// The errors by gRPC code (as `tandem-ctl bench` reports them).
+    pub errors_by_code: BTreeMap<String, u64>,
     pub events_per_sec: Option<f64>,
 }
 
@@ -376,10 +378,15 @@ fn bench(bins: &Bins, cluster: &Cluster, args: &str, extra: &[String]) -> Result
     );
     let r: serde_json::Value = serde_json::from_slice(&out.stdout)?;
     let f = |v: &serde_json::Value| v.as_f64().unwrap_or_default();
-    let errors = r["errors"]
+    let errors_by_code: BTreeMap<String, u64> = r["errors"]
         .as_object()
-        .map(|e| e.values().filter_map(|n| n.as_u64()).sum())
+        .map(|e| {
+            e.iter()
+                .filter_map(|(code, n)| Some((code.clone(), n.as_u64()?)))
+                .collect()
+        })
         .unwrap_or_default();
+    let errors = errors_by_code.values().sum();
     Ok(Figures {
         qps: f(&r["qps"]),
         p50_ms: f(&r["latency_ms"]["p50"]),
@@ -387,6 +394,7 @@ fn bench(bins: &Bins, cluster: &Cluster, args: &str, extra: &[String]) -> Result
         max_ms: f(&r["latency_ms"]["max"]),
         stddev_ms: f(&r["latency_ms"]["stddev"]),
         errors,
+        errors_by_code,
         events_per_sec: r.get("events_per_sec").map(f),
     })
 }

@@ -1,6 +1,7 @@
 //! The comparison's outputs: `docs/benchmarks.md` (machine, command, figures, ratios, the
 //! single-node targets met or missed) and a chart of tandem/etcd throughput ratios.
 
+use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::path::Path;
 
@@ -67,6 +68,17 @@ fn median_figures(r: &Results, w: usize, s: System) -> Figures {
             .figures
             .get(&(w, s))
             .map_or(0, |v| v.iter().map(|f| f.errors).sum()),
+        // Summed over the rounds, as `errors`.
+        errors_by_code: r
+            .figures
+            .get(&(w, s))
+            .into_iter()
+            .flatten()
+            .flat_map(|f| f.errors_by_code.iter())
+            .fold(BTreeMap::new(), |mut acc, (code, n)| {
+                *acc.entry(code.clone()).or_insert(0) += n;
+                acc
+            }),
         events_per_sec: r
             .figures
             .get(&(w, s))
@@ -351,7 +363,12 @@ pub fn markdown(r: &Results, minutes: f64) -> String {
                 .map(|e| format!(", {e:.0} events/s"))
                 .unwrap_or_default();
             let errors = if f.errors > 0 {
-                format!(", {} errors", f.errors)
+                let codes: Vec<String> = f
+                    .errors_by_code
+                    .iter()
+                    .map(|(code, n)| format!("{code}: {n}"))
+                    .collect();
+                format!(", {} errors ({})", f.errors, codes.join(", "))
             } else {
                 String::new()
             };
