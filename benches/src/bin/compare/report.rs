@@ -64,10 +64,6 @@ fn median_figures(r: &Results, w: usize, s: System) -> Figures {
         p99_ms: r.median(w, s, |f| f.p99_ms),
         max_ms: r.median(w, s, |f| f.max_ms),
         stddev_ms: r.median(w, s, |f| f.stddev_ms),
-        errors: r
-            .figures
-            .get(&(w, s))
-            .map_or(0, |v| v.iter().map(|f| f.errors).sum()),
         // Summed over the rounds, as `errors`.
         errors_by_code: r
             .figures
@@ -362,13 +358,13 @@ pub fn markdown(r: &Results, minutes: f64) -> String {
                 .events_per_sec
                 .map(|e| format!(", {e:.0} events/s"))
                 .unwrap_or_default();
-            let errors = if f.errors > 0 {
+            let errors = if f.errors() > 0 {
                 let codes: Vec<String> = f
                     .errors_by_code
                     .iter()
                     .map(|(code, n)| format!("{code}: {n}"))
                     .collect();
-                format!(", {} errors ({})", f.errors, codes.join(", "))
+                format!(", {} errors ({})", f.errors(), codes.join(", "))
             } else {
                 String::new()
             };
