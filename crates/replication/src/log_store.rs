@@ -221,7 +221,9 @@ impl Shared {
             wal.begin_sync()
         };
         // The flush runs without the lock, so readers are not held up by it.
+        let through = pending.through;
         pending.finish()?;
+        lock(&self.wal).note_durable(through);
         Ok(locs)
     }
 
