@@ -99,13 +99,39 @@ fn read_kv(
 /// OS page cache.
 const CACHE_BYTES: usize = 8 * 1024 * 1024;
 
+/// Verifies every page of the keyspace file against redb's checksums before anything is read
+/// from it, so that a damaged file refuses to start instead of serving wrong data (a flipped
+/// byte was served silently, as etcd serves one). It reads the file once, as loading the key
+/// index does anyway.
+fn check_integrity(db: &mut Database, path: &Path) -> Result<()> {
+    match db.check_integrity() {
+        Ok(true) => Ok(()),
+        Ok(false) => {
+            // redb went back to its last intact commit; the raft log replays what follows it.
+            tracing::warn!(path = %path.display(), "keyspace file repaired by redb's integrity check");
+            Ok(())
+        }
+        Err(redb::DatabaseError::Storage(redb::StorageError::Corrupted(what))) => {
+            Err(Error::Corrupt(format!(
+                "refusing to start: the keyspace file {} fails its integrity check ({what}). In a \
+                 cluster, remove this member's data directory and add the member back (etcdctl \
+                 member remove, then member add) so that it copies the data from its peers; a \
+                 single member must be restored from a snapshot (tandem-ctl snapshot restore)",
+                path.display()
+            )))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 impl Store {
     /// Opens (or creates) the keyspace at `path` and rebuilds the key index from it.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
-        let db = Database::builder()
+        let mut db = Database::builder()
             .set_cache_size(CACHE_BYTES)
             .create(&path)?;
+        check_integrity(&mut db, &path)?;
         let w = db.begin_write()?;
         w.open_table(KV)?;
         w.open_table(LEASE)?;
