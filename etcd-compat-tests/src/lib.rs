@@ -205,10 +205,29 @@ impl Server {
         Self::launch(kind, &extra, &[])
     }
 
+    /// Starts a single-member server after `prepare` has run on its (not yet created) data
+    /// directory's path, e.g. to mount a small filesystem there.
+    pub fn start_prepared(kind: Kind, prepare: impl FnOnce(&Path) -> Result<()>) -> Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("{}-", kind.name()))
+            .tempdir()?;
+        prepare(&dir.path().join("data"))?;
+        Self::launch_in(dir, kind, &[], &[])
+    }
+
     fn launch(kind: Kind, extra: &[&str], wrapper: &[&str]) -> Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix(&format!("{}-", kind.name()))
             .tempdir()?;
+        Self::launch_in(dir, kind, extra, wrapper)
+    }
+
+    fn launch_in(
+        dir: tempfile::TempDir,
+        kind: Kind,
+        extra: &[&str],
+        wrapper: &[&str],
+    ) -> Result<Self> {
         let owned = |v: &[&str]| v.iter().map(|s| s.to_string()).collect();
         let mut s = Server {
             kind,
@@ -288,7 +307,11 @@ impl Server {
             for (flag, value) in settings {
                 cmd.arg(format!("--{flag}={value}"));
             }
-            cmd.args(self.extra.iter().filter(|e| *e != "--expect-unhealthy"));
+            cmd.args(
+                self.extra
+                    .iter()
+                    .filter(|e| *e != "--expect-unhealthy" && *e != "--expect-refusal"),
+            );
         }
         cmd.stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -297,6 +320,9 @@ impl Server {
             cmd.spawn()
                 .with_context(|| format!("starting {}", bin.display()))?,
         );
+        if self.extra.iter().any(|e| e == "--expect-refusal") {
+            return Ok(());
+        }
         if self.initial_cluster.is_some() || self.extra.iter().any(|e| e == "--expect-unhealthy") {
             let addr = format!("127.0.0.1:{}", self.client_port);
             return wait_until("the server to listen", START_DEADLINE, || {
@@ -349,6 +375,36 @@ impl Server {
             self.stop("KILL")?;
         }
         self.spawn()
+    }
+
+    /// Restarts on the same data directory where the server may refuse to start: waits until
+    /// it exits or becomes healthy (within `deadline`); its exit status and what it logged in
+    /// this start, or `Ok(None)` once it is healthy.
+    pub fn restart_refused(
+        &mut self,
+        deadline: Duration,
+    ) -> Result<Option<(std::process::ExitStatus, String)>> {
+        if self.child.is_some() {
+            self.stop("KILL")?;
+        }
+        let logged = self.log().len();
+        self.extra.push("--expect-refusal".into());
+        let spawned = self.spawn();
+        self.extra.pop();
+        spawned?;
+        let health = format!("{}/health", self.url());
+        let child = self.child.as_mut().context("spawned")?;
+        let mut status = None;
+        wait_until("the server to exit or become healthy", deadline, || {
+            status = child.try_wait().ok().flatten();
+            status.is_some()
+                || http_get(&health).is_ok_and(|(code, body)| code == 200 && body.contains("true"))
+        })?;
+        let Some(status) = status else {
+            return Ok(None);
+        };
+        self.child = None;
+        Ok(Some((status, self.log()[logged..].to_string())))
     }
 
     pub fn log(&self) -> String {
@@ -817,6 +873,9 @@ pub fn compare_with_etcd(
     scenario(&mut a, &reference);
     let mut b = Transcript::new(Ctl::new(version, &tandem));
     scenario(&mut b, &tandem);
+    if std::env::var_os("TANDEM_SHOW_TRANSCRIPT").is_some() {
+        println!("{}", a.lines.join("\n"));
+    }
     assert_same(&a, reference.kind.name(), &b);
 }
 

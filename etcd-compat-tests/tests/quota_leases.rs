@@ -43,6 +43,10 @@ fn nospace_scenario(t: &mut Transcript, s: &Server) {
     t.run(&["alarm", "list"], None);
     t.run(&["put", "small", "v"], None);
     t.run(&["get", "fill/00000", "--keys-only"], None);
+    // A read-only txn and a txn that only deletes (issue 9.6: tandem served the first).
+    t.run(&["txn"], Some("\n\nget small\n\n\n"));
+    t.run(&["txn"], Some("\n\ndel small\n\n\n"));
+    t.run(&["del", "small"], None);
     t.run(&["endpoint", "health"], None);
     // How many 16 KiB values fit under the quota depends on the storage engine.
     let del = t.ctl.run(&["del", "fill/", "--prefix"], None);

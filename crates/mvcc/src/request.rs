@@ -230,7 +230,17 @@ pub enum Command {
 }
 
 impl Command {
-    /// Whether applying this may create keys or grow the store (refused while NOSPACE is raised).
+    /// Whether etcd checks this against the backend quota and refuses it while NOSPACE is
+    /// raised: Put, LeaseGrant and every Txn, even one that only reads or deletes (etcd 3.5.1
+    /// refuses both; a plain DeleteRange passes).
+    pub fn quota_checked(&self) -> bool {
+        matches!(
+            self,
+            Command::Put(_) | Command::LeaseGrant { .. } | Command::Txn(_)
+        )
+    }
+
+    /// Whether applying this may create keys or grow the store.
     pub fn may_grow(&self) -> bool {
         fn ops_grow(ops: &[RequestOp]) -> bool {
             ops.iter().any(|op| match op {

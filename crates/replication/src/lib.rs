@@ -6,12 +6,14 @@
 //!   acknowledging, with group commit; `wal`: its segment files and their recovery.
 //! - `state_machine`: applies committed entries to `mvcc::Store`, builds and installs snapshots.
 //! - `network`: the peer transport (gRPC, `tandempb.RaftPeer`), client and service sides.
+//! - `disk`: whether a write failed because the disk is full (etcd's NOSPACE alarm).
 //! - `replica`: one member: opening, bootstrapping, proposing, linearizable read barriers.
 
 // openraft's traits fix the error type (`StorageError`, 224 bytes); helpers return it as is.
 #![allow(clippy::result_large_err)]
 
 pub mod codec;
+pub mod disk;
 pub mod log_store;
 pub mod network;
 pub mod replica;

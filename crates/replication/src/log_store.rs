@@ -54,6 +54,8 @@ pub struct LogStats {
     pub entries: AtomicU64,
     /// Time spent writing and flushing, in microseconds.
     pub commit_micros: AtomicU64,
+    /// Set once a write failed because the disk is full.
+    pub disk_full: Arc<crate::disk::DiskFull>,
 }
 
 /// Entries in memory: every one not yet durable, and recent durable ones.
@@ -129,14 +131,17 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl LogStore {
     /// Opens (or creates) the log in the directory `dir`, recovers it, and starts its writer
-    /// thread.
-    pub fn open(dir: &Path) -> anyhow::Result<Self> {
+    /// thread; a write failing on a full disk is noted in `disk_full`.
+    pub fn open(dir: &Path, disk_full: Arc<crate::disk::DiskFull>) -> anyhow::Result<Self> {
         let wal = Wal::open(dir)?;
         let (tx, rx) = mpsc::channel();
         let shared = Arc::new(Shared {
             wal: Mutex::new(wal),
             cache: Mutex::default(),
-            stats: Arc::default(),
+            stats: Arc::new(LogStats {
+                disk_full,
+                ..Default::default()
+            }),
             jobs: tx,
         });
         let writer = Arc::clone(&shared);
@@ -195,7 +200,10 @@ impl Shared {
                         .commit_micros
                         .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
                 }
-                Err(e) => tracing::error!(error = %e, "raft log write failed; the node stops"),
+                Err(e) => {
+                    self.stats.disk_full.note(e);
+                    tracing::error!(error = %e, "raft log write failed; the node stops");
+                }
             }
             self.complete(jobs, result);
         }

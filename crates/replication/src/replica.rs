@@ -437,9 +437,10 @@ impl Replica {
              version no longer reads; move the data away and start from an empty data dir",
             config.data_dir.display()
         );
-        let log = LogStore::open(&dir.join("wal"))?;
+        let disk_full = Arc::<crate::disk::DiskFull>::default();
+        let log = LogStore::open(&dir.join("wal"), Arc::clone(&disk_full))?;
         let log_stats = log.stats();
-        let sm = StateMachine::new(Arc::clone(&store), listener)?;
+        let sm = StateMachine::new(Arc::clone(&store), listener, disk_full)?;
         let raft_config = Config {
             cluster_name: format!("{:x}", config.cluster_id),
             heartbeat_interval: config.heartbeat_interval_ms,
@@ -497,6 +498,12 @@ impl Replica {
     /// How much the raft log's durable commits have covered so far (group commit).
     pub fn log_stats(&self) -> &crate::log_store::LogStats {
         &self.log_stats
+    }
+
+    /// Whether a write of this member failed because its disk is full (the raft core has
+    /// stopped; the server raises NOSPACE for it).
+    pub fn disk_full(&self) -> bool {
+        self.log_stats.disk_full.is_full()
     }
 
     pub fn store(&self) -> &Arc<Store> {

@@ -51,6 +51,7 @@ pub struct AppliedState {
 pub struct StateMachine {
     store: Arc<Store>,
     listener: Arc<dyn ApplyListener>,
+    disk_full: Arc<crate::disk::DiskFull>,
     state: AppliedState,
     since_durable: usize,
     since_durable_bytes: usize,
@@ -75,7 +76,11 @@ fn snap_err(verb: ErrorVerb, e: impl ToString) -> StorageError {
 }
 
 impl StateMachine {
-    pub fn new(store: Arc<Store>, listener: Arc<dyn ApplyListener>) -> anyhow::Result<Self> {
+    pub fn new(
+        store: Arc<Store>,
+        listener: Arc<dyn ApplyListener>,
+        disk_full: Arc<crate::disk::DiskFull>,
+    ) -> anyhow::Result<Self> {
         let state = match store.meta(META_APPLIED)? {
             Some(b) => codec::decode(&b)?,
             None => AppliedState::default(),
@@ -83,6 +88,7 @@ impl StateMachine {
         Ok(Self {
             store,
             listener,
+            disk_full,
             state,
             since_durable: 0,
             since_durable_bytes: 0,
@@ -182,10 +188,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             self.since_durable_bytes = 0;
         }
         let meta = [(META_APPLIED, codec::encode(&self.state))];
-        let batch = self
-            .store
-            .apply(&cmds, &meta, durable)
-            .map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        let batch = self.store.apply(&cmds, &meta, durable).map_err(|e| {
+            self.disk_full.note(&e.to_string());
+            sm_err(ErrorVerb::Write, e)
+        })?;
         let mut outcomes = batch.outcomes.into_iter();
         let mut events = Vec::with_capacity(cmds.len());
         let mut responses = Vec::with_capacity(sizes.len());

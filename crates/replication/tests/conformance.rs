@@ -21,7 +21,7 @@ impl ApplyListener for Quiet {
 
 fn state_machine(dir: &std::path::Path) -> StateMachine {
     let store = Replica::open_store(dir).expect("keyspace");
-    StateMachine::new(store, Arc::new(Quiet)).expect("state machine")
+    StateMachine::new(store, Arc::new(Quiet), Arc::default()).expect("state machine")
 }
 
 struct Builder;
@@ -29,7 +29,7 @@ struct Builder;
 impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Builder {
     async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError> {
         let dir = tempfile::tempdir().expect("tempdir");
-        let log = LogStore::open(&dir.path().join("wal")).expect("log store");
+        let log = LogStore::open(&dir.path().join("wal"), Arc::default()).expect("log store");
         let sm = state_machine(dir.path());
         Ok((dir, log, sm))
     }

@@ -47,7 +47,6 @@ async fn linearizable_read(node: &Node) -> Option<String> {
 
 fn alarm_failure(node: &Node, excluded: &[&str]) -> Option<String> {
     let alarms: Vec<&str> = node
-        .store
         .alarms()
         .iter()
         .map(|a| crate::maintenance::alarm_name(a.alarm))
@@ -134,7 +133,6 @@ async fn livez(State(node): State<Arc<Node>>, Query(q): Params) -> impl IntoResp
 
 async fn readyz(State(node): State<Arc<Node>>, Query(q): Params) -> impl IntoResponse {
     let corrupt = node
-        .store
         .alarms()
         .iter()
         .any(|a| a.alarm == mvcc::AlarmType::Corrupt)

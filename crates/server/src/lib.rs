@@ -9,6 +9,7 @@ pub mod coalesce;
 pub mod compaction;
 pub mod config;
 pub mod convert;
+pub mod disk_guard;
 pub mod errors;
 pub mod http;
 pub mod kv;
@@ -98,6 +99,7 @@ pub async fn run(
     let background = [
         tokio::spawn(lease::expiry_loop(Arc::clone(&node))),
         tokio::spawn(compaction::run(Arc::clone(&node))),
+        tokio::spawn(disk_guard::run(Arc::clone(&node))),
     ];
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

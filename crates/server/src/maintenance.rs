@@ -71,7 +71,6 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
         let alarms = match (action, alarm) {
             (AlarmAction::Get, _) | (_, None) => self
                 .node
-                .store
                 .alarms()
                 .into_iter()
                 .filter(|a| {
@@ -115,7 +114,7 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
             raft_index: raft.last_log_index,
             raft_term: raft.term,
             raft_applied_index: raft.applied_index,
-            errors: self.node.store.alarms().iter().map(alarm_string).collect(),
+            errors: self.node.alarms().iter().map(alarm_string).collect(),
             db_size_in_use: st.db_size_in_use,
             is_learner: raft.is_learner,
             storage_version: STORAGE_VERSION.to_string(),

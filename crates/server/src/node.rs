@@ -35,6 +35,8 @@ pub struct Node {
     /// This member's raft status, kept current by a metrics task.
     status: watch::Receiver<ReplicaStatus>,
     quota: QuotaMeter,
+    /// Whether the data directory's filesystem is below its reserve (`disk_guard`).
+    pub disk_guard: crate::disk_guard::DiskGuard,
 }
 
 /// How many bytes may be written before the file or in-use size is measured again.
@@ -101,6 +103,7 @@ impl Node {
             lessor,
             status,
             quota: QuotaMeter::default(),
+            disk_guard: Default::default(),
         })
     }
 
@@ -138,6 +141,21 @@ impl Node {
         self.header(self.store.current_revision())
     }
 
+    /// The alarms raised in the cluster, plus NOSPACE for this member while its disk is nearly
+    /// full or a write met a full disk (a local alarm: a full disk could not replicate it).
+    pub fn alarms(&self) -> Vec<mvcc::Alarm> {
+        let mut alarms = self.store.alarms();
+        let local = mvcc::Alarm {
+            member_id: self.config.member_id,
+            alarm: mvcc::AlarmType::NoSpace,
+        };
+        let full = self.disk_guard.is_low() || self.replica.disk_full();
+        if full && !alarms.contains(&local) {
+            alarms.push(local);
+        }
+        alarms
+    }
+
     /// Refuses a request that asked for a leader when there is none.
     pub fn check_has_leader<T>(&self, req: &tonic::Request<T>) -> Result<(), Status> {
         let wants = req
@@ -158,19 +176,22 @@ impl Node {
         Ok(())
     }
 
-    /// etcd's backend quota: while NOSPACE is raised, or when this request would pass the quota,
-    /// requests that may grow the store are refused (and the alarm is raised once).
+    /// etcd's backend quota: while NOSPACE is raised (by the quota, or because this member's
+    /// disk is full) quota-checked requests are refused; when a request that grows the store
+    /// would pass the quota, it is refused and the alarm is raised once.
     async fn check_quota(&self, cmd: &Command, cost: usize) -> Result<(), Status> {
-        if !cmd.may_grow() {
+        if !cmd.quota_checked() {
             return Ok(());
         }
         let raised = self
-            .store
             .alarms()
             .iter()
             .any(|a| a.alarm == mvcc::AlarmType::NoSpace);
         if raised {
             return Err(rpctypes::NO_SPACE.status());
+        }
+        if !cmd.may_grow() {
+            return Ok(());
         }
         let quota = self.config.quota_backend_bytes;
         if let Some(in_use) = self.quota.over(&self.store, cost as i64, quota) {
