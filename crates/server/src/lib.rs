@@ -200,6 +200,51 @@ fn client_routes(node: &Arc<Node>) -> tonic::service::Routes {
             .max_decoding_message_size(max),
         )
         .add_service(AuthServer::new(auth::AuthService { node }).max_decoding_message_size(max))
+        .into_axum_router()
+        .layer(axum::middleware::from_fn(name_unknown_methods))
+        .into()
+}
+
+/// gRPC-go's messages for a method or service that does not exist (etcd: `unknown method
+/// NoSuch for service etcdserverpb.KV`, `unknown service etcdserverpb.NoSuch`); tonic answers
+/// the first with an empty message and the second as an HTTP 404.
+async fn name_unknown_methods(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let grpc = req
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    let path = req.uri().path().to_string();
+    let mut resp = next.run(req).await;
+    if !grpc {
+        return resp;
+    }
+    let Some((service, method)) = path.trim_start_matches('/').split_once('/') else {
+        return resp;
+    };
+    let unimplemented = tonic::Code::Unimplemented as i32;
+    let status = resp
+        .headers()
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok());
+    let message = if resp.status() == axum::http::StatusCode::NOT_FOUND {
+        format!("unknown service {service}")
+    } else if status == Some(&unimplemented.to_string())
+        && !resp.headers().contains_key("grpc-message")
+    {
+        format!("unknown method {method} for service {service}")
+    } else {
+        return resp;
+    };
+    let status = tonic::Status::unimplemented(message);
+    if resp.status() == axum::http::StatusCode::NOT_FOUND {
+        resp = status.into_http();
+    } else if let Ok(v) = axum::http::HeaderValue::from_str(status.message()) {
+        resp.headers_mut().insert("grpc-message", v);
+    }
+    resp
 }
 
 #[cfg(test)]

@@ -246,8 +246,14 @@ impl StreamState {
         };
         r.watch_id = id;
         self.send(r).await?;
-        let compacted = self.node.store.compacted_revision();
-        if c.start_revision != 0 && c.start_revision < compacted {
+        // etcd's compacted revision is -1 until the first compaction, so a negative start
+        // revision is cancelled with -1 then. (etcd leaves a watch from exactly -1 silent
+        // forever; tandem cancels it like any other negative start.)
+        let compacted = match self.node.store.compacted_revision() {
+            0 => -1,
+            c => c,
+        };
+        if c.start_revision < 0 || (c.start_revision != 0 && c.start_revision < compacted) {
             let mut r = self.response(id, current);
             r.canceled = true;
             r.compact_revision = compacted;
