@@ -192,3 +192,40 @@ async fn concurrent_writes_share_log_fsyncs() {
     );
     assert!(commits * 4 <= puts, "expected at least 4 puts per log fsync under 64 concurrent writers: {puts} puts, {commits} commits");
 }
+
+/// Regression (issue 9.5): a stopped member's data dir restarted with other client and peer
+/// URLs derived a new member id, logged "ready", and every request and /health hung. etcd
+/// 3.5.1 keeps its member id and serves; so must tandem.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_member_restarted_with_other_urls_keeps_its_id_and_serves() {
+    for kind in [Kind::Etcd35, Kind::Tandem] {
+        let mut server = Server::start(kind).expect("start");
+        let mut c = server.client().await.expect("connect");
+        c.put("moved", "v", None).await.expect("put");
+        let before = c.status().await.expect("status");
+        let id = before.header().expect("header").member_id();
+        server.stop("TERM").expect("stop");
+        server.client_port = free_port();
+        server.peer_port = free_port();
+        server
+            .restart()
+            .unwrap_or_else(|e| panic!("{} restarts on other URLs: {e:#}", kind.name()));
+        let mut c = server.client().await.expect("connect");
+        let got = c.get("moved", None).await.expect("get after the move");
+        assert_eq!(got.kvs()[0].value(), b"v", "{}", kind.name());
+        let after = c.status().await.expect("status");
+        assert_eq!(
+            after.header().expect("header").member_id(),
+            id,
+            "{} keeps its member id",
+            kind.name()
+        );
+        c.put("moved", "w", None)
+            .await
+            .expect("a write after the move");
+        println!(
+            "{}: restarted on other URLs, member id {id:x} kept, serving",
+            kind.name()
+        );
+    }
+}

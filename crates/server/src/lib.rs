@@ -12,6 +12,7 @@ pub mod convert;
 pub mod disk_guard;
 pub mod errors;
 pub mod http;
+pub mod identity;
 pub mod kv;
 pub mod lease;
 pub mod maintenance;
@@ -77,6 +78,7 @@ pub async fn run(
     peer_listeners: Vec<TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let config = identity::settle(config)?;
     let store = Replica::open_store(&config.data_dir)?;
     let hub = watch::WatchHub::new(Arc::clone(&store));
     let replica_config = ReplicaConfig {
