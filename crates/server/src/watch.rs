@@ -8,6 +8,7 @@
 //! watcher of the stream has been sent everything up to that revision, so no event at or below
 //! the reported revision can follow it.
 
+use futures::FutureExt;
 use std::collections::{BTreeMap, VecDeque};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -38,6 +39,8 @@ const CATCH_UP_REVISIONS_MAX: usize = 1_000;
 const STREAM_BUFFER_RESPONSES: usize = 128;
 /// etcd's watch id for responses that belong to the whole stream.
 const STREAM_WATCH_ID: i64 = -1;
+/// The most requests of one stream handled before its watchers are served again.
+const INBOUND_BATCH_MAX: usize = 1_024;
 
 struct Ring {
     revs: VecDeque<(i64, Arc<Vec<Event>>)>,
@@ -461,6 +464,18 @@ async fn run_stream(
                 Ok(Some(req)) => {
                     let current = *revisions.borrow();
                     if s.handle(req, current).await.is_err() { return; }
+                    // Take every request already here before walking the watchers once: a
+                    // burst of creates (an apiserver starting its watches) is then linear,
+                    // not quadratic, and is read as fast as it arrives.
+                    for _ in 1..INBOUND_BATCH_MAX {
+                        match inbound.message().now_or_never() {
+                            Some(Ok(Some(req))) => {
+                                if s.handle(req, current).await.is_err() { return; }
+                            }
+                            Some(Ok(None) | Err(_)) => return,
+                            None => break,
+                        }
+                    }
                 }
                 Ok(None) | Err(_) => return,
             },
