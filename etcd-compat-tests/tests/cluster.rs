@@ -617,3 +617,124 @@ async fn a_read_waits_out_a_brief_pause_of_the_followers_as_etcd_does() {
     assert_eq!(etcd, "v", "etcd 3.5.1's behaviour, the reference");
     assert_eq!(tandem, etcd);
 }
+
+/// The longest window without an acknowledged write through a follower, around a SIGSTOP of
+/// the leader; and whether every write was applied once (each key is put once, so a key at
+/// version 2 would be a write applied twice).
+async fn paused_leader_write_gap(kind: Kind) -> Duration {
+    let cluster = Cluster::start(kind, 3, &[]).expect("cluster");
+    let leader = cluster.wait_leader(WAIT).await.expect("leader");
+    let follower = (leader + 1) % 3;
+    let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(String, Instant)>::new()));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Open-loop load, as an apiserver's: a new put every 20 ms whatever the earlier ones do.
+    let writer = {
+        let (url, acked, stop) = (cluster.members[follower].url(), acked.clone(), stop.clone());
+        tokio::spawn(async move {
+            let c = client(&url).await;
+            let mut tick = tokio::time::interval(Duration::from_millis(20));
+            let mut puts = Vec::new();
+            for n in 0.. {
+                tick.tick().await;
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                let (mut c, acked) = (c.clone(), acked.clone());
+                puts.push(tokio::spawn(async move {
+                    let key = format!("/paused/{n:06}");
+                    let put = c.put(key.as_str(), "v", None);
+                    if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(15), put).await {
+                        acked.lock().expect("acked").push((key, Instant::now()));
+                    }
+                }));
+            }
+            for p in puts {
+                p.await.expect("put task");
+            }
+        })
+    };
+    let count = || acked.lock().expect("acked").len();
+    eventually("writes before the pause", || async { count() >= 40 }).await;
+    let paused_at = Instant::now();
+    signal(&cluster, leader, "STOP");
+    let after = || {
+        acked
+            .lock()
+            .expect("acked")
+            .iter()
+            .filter(|a| a.1 > paused_at)
+            .count()
+    };
+    eventually("writes after the pause", || async { after() >= 40 }).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.await.expect("writer");
+    signal(&cluster, leader, "CONT");
+    let mut times: Vec<Instant> = acked.lock().expect("acked").iter().map(|a| a.1).collect();
+    times.push(paused_at);
+    times.sort();
+    let gap = times
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .max()
+        .unwrap_or_default();
+    let r = client(&cluster.members[follower].url())
+        .await
+        .get("/paused/", Some(GetOptions::new().with_prefix()))
+        .await
+        .expect("list");
+    let twice: Vec<_> = r.kvs().iter().filter(|kv| kv.version() != 1).collect();
+    assert!(
+        twice.is_empty(),
+        "{}: writes applied twice: {twice:?}",
+        kind.name()
+    );
+    let keys: BTreeSet<String> = r
+        .kvs()
+        .iter()
+        .map(|kv| kv.key_str().expect("utf8").to_string())
+        .collect();
+    let lost = acked
+        .lock()
+        .expect("acked")
+        .iter()
+        .filter(|a| !keys.contains(&a.0))
+        .count();
+    assert_eq!(lost, 0, "{}: acknowledged writes lost", kind.name());
+    println!(
+        "{}: leader SIGSTOPped: longest window without an acknowledged write through a \
+         follower {gap:?}, {} writes, 0 applied twice, 0 lost",
+        kind.name(),
+        r.kvs().len()
+    );
+    gap
+}
+
+/// Regression (issue 9.4): writes forwarded to a SIGSTOPped leader hung until the forward
+/// timeout (5 s + two election timeouts) and held up every proposal behind them, so the first
+/// write through a follower came after 6.7–7.0 s (etcd 3.5.1: 2.2 s). The bound asserted is
+/// that timeout's 5 s base, which the old code could not beat; the figures (median over
+/// `TANDEM_FAILOVER_RUNS` runs, default 1; the acceptance ran 10) are printed beside etcd's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_leader_holds_up_writes_through_a_follower_only_until_the_election() {
+    let runs: usize = std::env::var("TANDEM_FAILOVER_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    for kind in [Kind::Etcd35, Kind::Tandem] {
+        let mut gaps = Vec::new();
+        for _ in 0..runs {
+            gaps.push(paused_leader_write_gap(kind).await);
+        }
+        gaps.sort();
+        let median = gaps[gaps.len() / 2];
+        println!(
+            "{}: median write gap over {runs} runs: {median:?} ({gaps:?})",
+            kind.name()
+        );
+        assert!(
+            median < Duration::from_secs(5),
+            "{}: writes through a follower waited {median:?} for a paused leader",
+            kind.name()
+        );
+    }
+}

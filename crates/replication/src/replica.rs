@@ -100,7 +100,23 @@ impl Shared {
             };
             let timeout = (start + self.forward_timeout)
                 .saturating_duration_since(tokio::time::Instant::now());
-            match network::forward(channel, self.cluster_id, &req, timeout).await {
+            let sent = tokio::select! {
+                r = network::forward(channel, self.cluster_id, &req, timeout) => Some(r),
+                () = leader_moved(&self.raft, leader) => None,
+            };
+            let Some(sent) = sent else {
+                // Another member leads now: the request to the old leader (paused, or cut off)
+                // would hang until its timeout and hold up every proposal behind it. A read or
+                // a node record is asked again of the new leader; a proposal may have been
+                // appended by the old leader, so it is not sent twice: its clients are told
+                // the leader changed (an indeterminate outcome, as a timeout is).
+                tracing::debug!(from = %format!("{leader:x}"), "leader changed during a forwarded request");
+                if let ForwardRequest::Propose(_) = req {
+                    return Err(ReplicaError::LeaderChanged);
+                }
+                continue;
+            };
+            match sent {
                 Ok(r) => return Ok(Ok(r)),
                 Err(ForwardFailure::Failed(e)) => return Err(e),
                 Err(ForwardFailure::NotSent) => {
@@ -163,6 +179,23 @@ impl Shared {
                 let read = self.read_policy().leader_read_index(&self.raft).await?;
                 self.applied(read.max(last)).await
             }
+        }
+    }
+}
+
+/// Resolves once this member knows a leader other than `from` (itself included).
+async fn leader_moved(raft: &Raft, from: NodeId) {
+    let mut metrics = raft.metrics();
+    loop {
+        if metrics
+            .borrow_and_update()
+            .current_leader
+            .is_some_and(|l| l != from)
+        {
+            return;
+        }
+        if metrics.changed().await.is_err() {
+            return std::future::pending().await;
         }
     }
 }
