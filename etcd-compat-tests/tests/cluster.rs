@@ -185,6 +185,16 @@ async fn every_member_serves_the_whole_api_as_etcd_does() {
     }
 }
 
+/// The longest window between two of `times` (in any order).
+fn longest_gap(mut times: Vec<Instant>) -> Duration {
+    times.sort();
+    times
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .max()
+        .unwrap_or_default()
+}
+
 /// Prefix of every key the writers of `a_leader_failure_loses_no_acknowledged_write` put.
 const FAILOVER_PREFIX: &str = "/failover/";
 
@@ -242,13 +252,8 @@ async fn leader_failure(kind: Kind) {
 
     // The longest window without an acknowledged write (reported, not asserted: timing is
     // for benchmarks; the scenario table's S2 asks for at most 3 s).
-    let mut times: Vec<Instant> = acked.lock().expect("acked").iter().map(|a| a.1).collect();
-    times.sort();
-    let gap = times
-        .windows(2)
-        .map(|w| w[1] - w[0])
-        .max()
-        .unwrap_or_default();
+    let times: Vec<Instant> = acked.lock().expect("acked").iter().map(|a| a.1).collect();
+    let gap = longest_gap(times.clone());
     println!(
         "{}: failover: {} writes acknowledged, longest window without one {gap:?}",
         kind.name(),
@@ -671,12 +676,7 @@ async fn paused_leader_write_gap(kind: Kind) -> Duration {
     signal(&cluster, leader, "CONT");
     let mut times: Vec<Instant> = acked.lock().expect("acked").iter().map(|a| a.1).collect();
     times.push(paused_at);
-    times.sort();
-    let gap = times
-        .windows(2)
-        .map(|w| w[1] - w[0])
-        .max()
-        .unwrap_or_default();
+    let gap = longest_gap(times);
     let r = client(&cluster.members[follower].url())
         .await
         .get("/paused/", Some(GetOptions::new().with_prefix()))

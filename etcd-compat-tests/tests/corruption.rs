@@ -223,16 +223,21 @@ async fn a_flipped_raft_log_record_never_loses_an_acknowledged_write() {
     flip_runs(Kind::Tandem, runs(), last_log_file, 0x51f1_7e4d).await;
 }
 
-/// The comparison: etcd 3.5.1 refuses to start on the same damage to its WAL.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn etcd_refuses_a_flipped_wal_record_too() {
-    let mut server = Server::start(Kind::Etcd35).expect("etcd");
+/// A flip at the middle of the written log of `kind`: refused.
+async fn half_way_flip_is_refused(kind: Kind) {
+    let mut server = Server::start(kind).expect("start");
     let acked = write_and_stop(&mut server, "KILL").await;
-    let file = last_log_file(Kind::Etcd35, &server.data_dir());
+    let file = last_log_file(kind, &server.data_dir());
     let at = written_end(&file) / 2;
     flip(&file, at);
     let outcome = restart_and_judge(&mut server, &acked, &file, at).await;
-    assert_eq!(outcome, Outcome::Refused);
+    assert_eq!(outcome, Outcome::Refused, "{}", kind.name());
+}
+
+/// The comparison: etcd 3.5.1 refuses to start on the same damage to its WAL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn etcd_refuses_a_flipped_wal_record_too() {
+    half_way_flip_is_refused(Kind::Etcd35).await;
 }
 
 /// The same rule for the keyspace file (etcd serves a flipped byte in its bbolt file).
@@ -244,13 +249,7 @@ async fn a_flipped_keyspace_page_never_serves_wrong_data() {
 /// A flip at the middle of the written log, the probe of issue 9.1: refused, with the file.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_flip_half_way_through_the_log_refuses_to_start() {
-    let mut server = Server::start(Kind::Tandem).expect("tandem");
-    let acked = write_and_stop(&mut server, "KILL").await;
-    let file = last_log_file(Kind::Tandem, &server.data_dir());
-    let at = written_end(&file) / 2;
-    flip(&file, at);
-    let outcome = restart_and_judge(&mut server, &acked, &file, at).await;
-    assert_eq!(outcome, Outcome::Refused);
+    half_way_flip_is_refused(Kind::Tandem).await;
 }
 
 /// Every copy of one stored value damaged after a clean stop, so the page in use is certainly
