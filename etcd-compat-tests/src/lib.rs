@@ -407,6 +407,11 @@ impl Server {
         Ok(Some((status, self.log()[logged..].to_string())))
     }
 
+    /// Adds an etcd flag for the next start (e.g. one only a restart should see).
+    pub fn add_flag(&mut self, flag: &str) {
+        self.extra.push(flag.to_string());
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
     }

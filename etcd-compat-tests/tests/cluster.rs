@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use etcd_api::etcdserverpb as pb;
 use etcd_client::{GetOptions, PutOptions, WatchOptions};
+use redb::ReadableTable;
 use etcd_compat_tests::{wait_until, Cluster, Kind};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -737,4 +738,116 @@ async fn a_paused_leader_holds_up_writes_through_a_follower_only_until_the_elect
             kind.name()
         );
     }
+}
+
+/// Rewrites, in a stopped member's keyspace file, every stored value holding `from` into the
+/// same bytes with `to` (of equal length): a keyspace that silently differs from its peers'.
+fn tamper(data_dir: &std::path::Path, from: &[u8], to: &[u8]) {
+    assert_eq!(from.len(), to.len());
+    let db = redb::Database::open(data_dir.join("member/tandem.db")).expect("open tandem.db");
+    let tx = db.begin_write().expect("write");
+    {
+        let mut table = tx
+            .open_table(redb::TableDefinition::<&[u8], &[u8]>::new("key"))
+            .expect("key table");
+        let hits: Vec<(Vec<u8>, Vec<u8>)> = table
+            .iter()
+            .expect("iter")
+            .map(|r| r.expect("row"))
+            .map(|(k, v)| (k.value().to_vec(), v.value().to_vec()))
+            .filter(|(_, v)| v.windows(from.len()).any(|w| w == from))
+            .collect();
+        assert!(!hits.is_empty(), "the value is stored");
+        for (k, v) in hits {
+            let at = v
+                .windows(from.len())
+                .position(|w| w == from)
+                .expect("found");
+            let mut changed = v.clone();
+            changed[at..at + to.len()].copy_from_slice(to);
+            table
+                .insert(k.as_slice(), changed.as_slice())
+                .expect("insert");
+        }
+    }
+    tx.commit().expect("commit");
+}
+
+/// Issue 9.1: etcd's `--experimental-corrupt-check-time` (the leader compares HashKV with its
+/// followers and raises CORRUPT for one that differs) and `--experimental-initial-corrupt-check`
+/// (a member whose keyspace differs from its peers' refuses to start). Before, both flags were
+/// unknown to tandem and a follower with a damaged keyspace served silently.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_whose_keyspace_differs_is_found_by_the_corruption_checks() {
+    let mut cluster = Cluster::start(Kind::Tandem, 3, &["--experimental-corrupt-check-time=1s"])
+        .expect("cluster");
+    let leader = cluster.wait_leader(WAIT).await.expect("leader");
+    let leader_url = cluster.members[leader].url();
+    client(&leader_url)
+        .await
+        .put("victim", "original-value", None)
+        .await
+        .expect("put");
+    let f = (leader + 1) % 3;
+    let f_url = cluster.members[f].url();
+    eventually("the follower has the value", || {
+        let url = f_url.clone();
+        async move {
+            let r = client(&url)
+                .await
+                .get("victim", Some(GetOptions::new().with_serializable()))
+                .await;
+            r.is_ok_and(|r| r.count() == 1)
+        }
+    })
+    .await;
+    let f_id = client(&f_url)
+        .await
+        .status()
+        .await
+        .expect("status")
+        .header()
+        .expect("header")
+        .member_id();
+    cluster.members[f].stop("TERM").expect("stop the follower");
+    tamper(
+        &cluster.members[f].data_dir(),
+        b"original-value",
+        b"tampered-value",
+    );
+    cluster.members[f].restart().expect("restart");
+    cluster.wait_healthy(f).expect("healthy");
+    eventually("CORRUPT raised for the follower", || {
+        let url = leader_url.clone();
+        async move {
+            let r = client(&url)
+                .await
+                .alarm(
+                    etcd_client::AlarmAction::Get,
+                    etcd_client::AlarmType::None,
+                    None,
+                )
+                .await;
+            r.is_ok_and(|r| {
+                r.alarms()
+                    .iter()
+                    .any(|a| a.member_id() == f_id && a.alarm() == etcd_client::AlarmType::Corrupt)
+            })
+        }
+    })
+    .await;
+    println!("the leader's periodic check raised CORRUPT for {f_id:x}");
+    let member = &mut cluster.members[f];
+    member.add_flag("--experimental-initial-corrupt-check");
+    let refused = member
+        .restart_refused(WAIT)
+        .expect("restart with the initial check");
+    let (status, log) = refused.expect("the member refuses to start");
+    assert!(!status.success());
+    assert!(
+        log.contains("found data inconsistency with peers"),
+        "{}",
+        log.lines().rev().take(3).collect::<Vec<_>>().join("\n")
+    );
+    println!("with --experimental-initial-corrupt-check the member refuses to start");
 }

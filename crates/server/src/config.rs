@@ -114,6 +114,18 @@ pub struct Flags {
         default_value = "10m"
     )]
     pub experimental_watch_progress_notify_interval: String,
+    /// Compare this member's HashKV with its peers' before serving; refuse to start on a
+    /// difference.
+    #[arg(long, env = "ETCD_EXPERIMENTAL_INITIAL_CORRUPT_CHECK", num_args = 0..=1, default_missing_value = "true", default_value = "false")]
+    pub experimental_initial_corrupt_check: String,
+    /// How often the leader compares HashKV with its followers (0: never); a follower that
+    /// differs gets the CORRUPT alarm.
+    #[arg(
+        long,
+        env = "ETCD_EXPERIMENTAL_CORRUPT_CHECK_TIME",
+        default_value = "0s"
+    )]
+    pub experimental_corrupt_check_time: String,
     /// Log level: debug, info, warn, error, panic or fatal.
     #[arg(long, env = "ETCD_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
@@ -212,6 +224,9 @@ pub struct Config {
     pub snapshot_count: u64,
     pub snapshot_catchup_entries: u64,
     pub progress_notify_interval: Duration,
+    pub initial_corrupt_check: bool,
+    /// Zero: no periodic corruption check.
+    pub corrupt_check_interval: Duration,
     pub server_version: String,
     pub metrics_urls: Vec<String>,
 }
@@ -455,6 +470,15 @@ impl Flags {
             snapshot_count: self.snapshot_count.max(1),
             snapshot_catchup_entries: self.experimental_snapshot_catchup_entries,
             progress_notify_interval,
+            initial_corrupt_check: match self.experimental_initial_corrupt_check.as_str() {
+                "true" => true,
+                "false" => false,
+                v => bail!("--experimental-initial-corrupt-check={v}: must be true or false"),
+            },
+            corrupt_check_interval: parse_duration(
+                &self.experimental_corrupt_check_time,
+                Duration::from_secs(1),
+            )?,
             server_version: self.server_version,
             metrics_urls: self
                 .listen_metrics_urls

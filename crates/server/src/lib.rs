@@ -9,6 +9,7 @@ pub mod coalesce;
 pub mod compaction;
 pub mod config;
 pub mod convert;
+pub mod corrupt_check;
 pub mod disk_guard;
 pub mod errors;
 pub mod http;
@@ -98,6 +99,13 @@ pub async fn run(
     // `etcdserver: no leader` (Unavailable, which clients retry).
     let replica = Replica::open(replica_config, store, hub.clone()).await?;
     let node = Node::new(config, replica, hub);
+    if node.config.initial_corrupt_check {
+        corrupt_check::initial_check(&node).await?;
+    }
+    if !node.config.corrupt_check_interval.is_zero() {
+        let interval = node.config.corrupt_check_interval;
+        tokio::spawn(corrupt_check::run_periodic(Arc::clone(&node), interval));
+    }
     let background = [
         tokio::spawn(lease::expiry_loop(Arc::clone(&node))),
         tokio::spawn(compaction::run(Arc::clone(&node))),
