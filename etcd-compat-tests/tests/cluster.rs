@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use etcd_api::etcdserverpb as pb;
 use etcd_client::{GetOptions, PutOptions, WatchOptions};
-use redb::ReadableTable;
 use etcd_compat_tests::{wait_until, Cluster, Kind};
+use redb::ReadableTable;
 
 const WAIT: Duration = Duration::from_secs(30);
 
