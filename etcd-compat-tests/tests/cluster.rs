@@ -186,6 +186,18 @@ async fn every_member_serves_the_whole_api_as_etcd_does() {
     }
 }
 
+/// The response header of a `Status` request to the member at `url`.
+async fn status_header(url: &str) -> etcd_client::ResponseHeader {
+    client(url)
+        .await
+        .status()
+        .await
+        .expect("status")
+        .header()
+        .expect("header")
+        .clone()
+}
+
 /// The longest window between two of `times` (in any order).
 fn longest_gap(mut times: Vec<Instant>) -> Duration {
     times.sort();
@@ -295,14 +307,7 @@ async fn leader_failure(kind: Kind) {
     // The killed member comes back, catches up, and holds the same state (equal HashKV).
     cluster.members[leader].restart().expect("restart");
     cluster.wait_healthy(leader).expect("healthy again");
-    let revision = client(&survivor)
-        .await
-        .status()
-        .await
-        .expect("status")
-        .header()
-        .expect("header")
-        .revision();
+    let revision = status_header(&survivor).await.revision();
     let mut hashes = BTreeSet::new();
     for m in &cluster.members {
         let url = m.url();
@@ -801,14 +806,7 @@ async fn a_member_whose_keyspace_differs_is_found_by_the_corruption_checks() {
         }
     })
     .await;
-    let f_id = client(&f_url)
-        .await
-        .status()
-        .await
-        .expect("status")
-        .header()
-        .expect("header")
-        .member_id();
+    let f_id = status_header(&f_url).await.member_id();
     cluster.members[f].stop("TERM").expect("stop the follower");
     tamper(
         &cluster.members[f].data_dir(),

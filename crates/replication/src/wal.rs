@@ -63,11 +63,13 @@ const SECTOR_BYTES: u64 = 512;
 /// Reads of zeros and scans go in pieces of this size.
 const SCAN_CHUNK_BYTES: u64 = 1024 * 1024;
 
-/// What every recovery refusal tells the operator to do.
+/// What every refusal tells the operator to do.
+const REBUILD_ADVICE: &str = "In a cluster, remove this member's data directory and add the \
+     member back (etcdctl member remove, then member add) so that it copies the data from its \
+     peers; a single member must be restored from a snapshot (tandem-ctl snapshot restore)";
+/// Why a damaged log cannot simply be cut.
 const CORRUPTION_ADVICE: &str = "the raft log cannot be repaired without losing acknowledged \
-     writes. In a cluster, remove this member's data directory and add the member back \
-     (etcdctl member remove, then member add) so that it copies the data from its peers; a \
-     single member must be restored from a snapshot (tandem-ctl snapshot restore)";
+     writes.";
 
 /// The record layout of one segment.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -115,6 +117,13 @@ impl Format {
 
 fn word(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
+}
+
+/// A format-2 header that passes its checksum: (payload length, payload crc, durable mark).
+fn parse_v2_header(h: &[u8]) -> Option<(u32, u32, u64)> {
+    let intact = h[0] == RECORD_START && crc32fast::hash(&h[..17]) == word(h, 17);
+    let mark = u64::from_le_bytes(h[9..17].try_into().expect("8 bytes"));
+    intact.then(|| (word(h, 1), word(h, 5), mark))
 }
 
 /// Where one entry's record is.
@@ -273,19 +282,19 @@ fn durable_marks(buf: &[u8]) -> (Option<u64>, usize) {
         if p + header >= buf.len() {
             break;
         }
-        let h = &buf[p..p + header];
-        let len = word(h, 1) as usize;
-        let intact = crc32fast::hash(&h[..17]) == word(h, 17)
-            && p + header + len < buf.len()
-            && buf[p + header + len] == RECORD_END
-            && crc32fast::hash(&buf[p + header..p + header + len]) == word(h, 5);
-        if intact {
-            let mark = u64::from_le_bytes(h[9..17].try_into().expect("8 bytes"));
-            best = best.max(Some(mark));
-            found += 1;
-            p += header + len + 1;
-        } else {
-            p += 1;
+        let record = parse_v2_header(&buf[p..p + header]).filter(|(len, crc, _)| {
+            let end = p + header + *len as usize;
+            end < buf.len()
+                && buf[end] == RECORD_END
+                && crc32fast::hash(&buf[p + header..end]) == *crc
+        });
+        match record {
+            Some((len, _, mark)) => {
+                best = best.max(Some(mark));
+                found += 1;
+                p += header + len as usize + 1;
+            }
+            None => p += 1,
         }
     }
     (best, found)
@@ -320,12 +329,10 @@ fn read_slot(file: &File, format: Format, offset: u64, capacity: u64) -> Result<
     };
     let (len, crc) = match format {
         Format::V1 => (word(&h, 0), word(&h, 4)),
-        Format::V2 => {
-            if h[0] != RECORD_START || crc32fast::hash(&h[..17]) != word(&h, 17) {
-                return bad("record header fails its checksum", header_bytes);
-            }
-            (word(&h, 1), word(&h, 5))
-        }
+        Format::V2 => match parse_v2_header(&h) {
+            Some((len, crc, _)) => (len, crc),
+            None => return bad("record header fails its checksum", header_bytes),
+        },
     };
     let extent = format.overhead_bytes() + u64::from(len);
     if u64::from(len) > RECORD_BYTES_MAX || offset + extent > capacity {
@@ -462,13 +469,13 @@ impl Wal {
                 return Ok(None);
             }
             bail!(
-                "refusing to start: {} has no raft log segment header but holds data; {CORRUPTION_ADVICE}",
+                "refusing to start: {} has no raft log segment header but holds data; {CORRUPTION_ADVICE} {REBUILD_ADVICE}",
                 path.display()
             );
         }
         ensure!(
             &header[..8] == SEGMENT_MAGIC,
-            "refusing to start: {} is not a tandem raft log segment; {CORRUPTION_ADVICE}",
+            "refusing to start: {} is not a tandem raft log segment; {CORRUPTION_ADVICE} {REBUILD_ADVICE}",
             path.display()
         );
         let format = match word(&header, 8) {
@@ -562,7 +569,7 @@ impl Wal {
                 String::new()
             };
             bail!(
-                "refusing to start: raft log corrupt in {} at offset {offset} (entry {expected}): {what}{why}; {CORRUPTION_ADVICE}",
+                "refusing to start: raft log corrupt in {} at offset {offset} (entry {expected}): {what}{why}; {CORRUPTION_ADVICE} {REBUILD_ADVICE}",
                 path.display()
             );
         }
@@ -612,7 +619,7 @@ impl Wal {
         if let Some(prev) = self.locs.back() {
             ensure!(
                 next.index == prev.log_id.index + 1 && next.leader_id >= prev.log_id.leader_id,
-                "refusing to start: raft log entry {next:?} does not follow {:?}; {CORRUPTION_ADVICE}",
+                "refusing to start: raft log entry {next:?} does not follow {:?}; {CORRUPTION_ADVICE} {REBUILD_ADVICE}",
                 prev.log_id
             );
         }
@@ -907,10 +914,7 @@ fn read_state(dir: &Path) -> Result<WalState> {
     let damaged = |what: String| {
         anyhow::anyhow!(
             "refusing to start: the raft log state file {} is corrupt ({what}); it holds this \
-             member's vote and purge point, which cannot be guessed. In a cluster, remove this \
-             member's data directory and add the member back (etcdctl member remove, then \
-             member add); a single member must be restored from a snapshot (tandem-ctl \
-             snapshot restore)",
+             member's vote and purge point, which cannot be guessed. {REBUILD_ADVICE}",
             path.display()
         )
     };

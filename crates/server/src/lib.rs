@@ -222,36 +222,35 @@ async fn name_unknown_methods(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
+    use axum::http::StatusCode;
     let grpc = req
         .headers()
         .get(axum::http::header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
-    let path = req.uri().path().to_string();
-    let mut resp = next.run(req).await;
     if !grpc {
-        return resp;
+        return next.run(req).await;
     }
-    let Some((service, method)) = path.trim_start_matches('/').split_once('/') else {
-        return resp;
-    };
-    let unimplemented = tonic::Code::Unimplemented as i32;
-    let status = resp
+    // A clone of the URI shares its bytes: nothing is allocated on the path of known methods.
+    let uri = req.uri().clone();
+    let resp = next.run(req).await;
+    let not_found = resp.status() == StatusCode::NOT_FOUND;
+    let unnamed = resp
         .headers()
         .get("grpc-status")
-        .and_then(|v| v.to_str().ok());
-    let message = if resp.status() == axum::http::StatusCode::NOT_FOUND {
-        format!("unknown service {service}")
-    } else if status == Some(&unimplemented.to_string())
-        && !resp.headers().contains_key("grpc-message")
-    {
-        format!("unknown method {method} for service {service}")
-    } else {
+        .is_some_and(|v| v.as_bytes() == b"12")
+        && !resp.headers().contains_key("grpc-message");
+    if !not_found && !unnamed {
+        return resp;
+    }
+    let Some((service, method)) = uri.path().trim_start_matches('/').split_once('/') else {
         return resp;
     };
-    let status = tonic::Status::unimplemented(message);
-    if resp.status() == axum::http::StatusCode::NOT_FOUND {
-        resp = status.into_http();
-    } else if let Ok(v) = axum::http::HeaderValue::from_str(status.message()) {
+    if not_found {
+        return tonic::Status::unimplemented(format!("unknown service {service}")).into_http();
+    }
+    let mut resp = resp;
+    let message = format!("unknown method {method} for service {service}");
+    if let Ok(v) = axum::http::HeaderValue::from_str(&message) {
         resp.headers_mut().insert("grpc-message", v);
     }
     resp
