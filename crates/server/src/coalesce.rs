@@ -21,6 +21,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
+use crate::goaway::GoawaySniffer;
+
 /// The most bytes buffered: beyond it (large responses) writes go out at once.
 const BUFFER_MAX: usize = 64 * 1024;
 /// How often one flush may yield: a second time only when responses joined during the first.
@@ -30,9 +32,11 @@ const BUFFER_MAX: usize = 64 * 1024;
 const MAX_YIELDS: u32 = 2;
 
 /// A TCP connection whose writes are buffered until a flush, and whose flushes yield to the
-/// runtime before writing (at most `MAX_YIELDS` times).
+/// runtime before writing (at most `MAX_YIELDS` times). A GOAWAY with an error that the server
+/// writes is logged ([`crate::goaway`]).
 pub struct Coalesced {
     inner: TcpStream,
+    sniffer: GoawaySniffer,
     buf: Vec<u8>,
     /// How often the flush in progress has yielded, and the buffer's length when it last did.
     yields: u32,
@@ -42,6 +46,7 @@ pub struct Coalesced {
 impl Coalesced {
     pub fn new(inner: TcpStream) -> Self {
         Self {
+            sniffer: GoawaySniffer::new(inner.peer_addr().ok()),
             inner,
             buf: Vec::new(),
             yields: 0,
@@ -85,7 +90,11 @@ impl AsyncRead for Coalesced {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
+        this.sniffer.read(&buf.filled()[before..]);
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -106,10 +115,18 @@ impl AsyncWrite for Coalesced {
         let this = self.get_mut();
         let len: usize = bufs.iter().map(|b| b.len()).sum();
         if !ready!(this.poll_room(cx, len))? {
-            return Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+            let n = ready!(Pin::new(&mut this.inner).poll_write_vectored(cx, bufs))?;
+            let mut left = n;
+            for b in bufs {
+                let take = left.min(b.len());
+                this.sniffer.written(&b[..take]);
+                left -= take;
+            }
+            return Poll::Ready(Ok(n));
         }
         for b in bufs {
             this.buf.extend_from_slice(b);
+            this.sniffer.written(b);
         }
         Poll::Ready(Ok(len))
     }

@@ -12,6 +12,7 @@ pub mod convert;
 pub mod corrupt_check;
 pub mod disk_guard;
 pub mod errors;
+pub mod goaway;
 pub mod http;
 pub mod identity;
 pub mod kv;
