@@ -835,6 +835,23 @@ async fn a_member_whose_keyspace_differs_is_found_by_the_corruption_checks() {
     })
     .await;
     println!("the leader's periodic check raised CORRUPT for {f_id:x}");
+    // As etcd's corrupt applier: every member now refuses mutations, and still serves reads.
+    let other = cluster.members[(leader + 2) % 3].url();
+    let err = client(&other)
+        .await
+        .put("victim", "after-the-alarm", None)
+        .await
+        .expect_err("a put under CORRUPT is refused");
+    assert!(
+        err.to_string().contains("etcdserver: corrupt cluster"),
+        "{err}"
+    );
+    let r = client(&other)
+        .await
+        .get("victim", None)
+        .await
+        .expect("a read");
+    assert_eq!(r.kvs()[0].value(), b"original-value");
     let member = &mut cluster.members[f];
     member.add_flag("--experimental-initial-corrupt-check");
     let refused = member

@@ -191,3 +191,57 @@ async fn a_restart_never_shortens_a_lease() {
         .count();
     assert_eq!(held, 1, "the key outlived the restart with its lease");
 }
+
+/// Raises CORRUPT for `s`'s member through the Alarm API (as a corruption check does).
+async fn raise_corrupt(s: &Server) {
+    let mut c = s.client().await.expect("connect");
+    let member = c
+        .status()
+        .await
+        .expect("status")
+        .header()
+        .expect("header")
+        .member_id();
+    let mut opts = etcd_client::AlarmOptions::new();
+    opts.with_member(member);
+    c.alarm(
+        etcd_client::AlarmAction::Activate,
+        etcd_client::AlarmType::Corrupt,
+        Some(opts),
+    )
+    .await
+    .expect("activate CORRUPT");
+}
+
+fn corrupt_scenario(t: &mut Transcript, s: &Server) {
+    t.run(&["put", "k", "v0"], None);
+    let grant = t.ctl.run(&["lease", "grant", "600"], None);
+    let lease = lease_id(&grant.stdout);
+    tokio::runtime::Runtime::new()
+        .expect("runtime")
+        .block_on(raise_corrupt(s));
+    t.run(&["alarm", "list"], None);
+    t.run(&["put", "k", "v1"], None);
+    t.run(&["get", "k"], None);
+    t.run(&["get", "k", "--consistency=s"], None);
+    t.run(&["txn"], Some("\n\nget k\n\n\n"));
+    t.run(&["txn"], Some("\n\nput k v2\n\n\n"));
+    t.run(&["del", "k"], None);
+    t.run(&["lease", "grant", "60"], None);
+    t.run(&["lease", "revoke", &lease], None);
+    t.run(&["lease", "keep-alive", "--once", &lease], None);
+    let rev = current_revision(&t.ctl).to_string();
+    t.run(&["compaction", &rev], None);
+    t.run(&["endpoint", "health"], None);
+    t.run(&["alarm", "disarm"], None);
+    t.run(&["alarm", "list"], None);
+    t.run(&["put", "k", "v3"], None);
+    t.run(&["get", "k"], None);
+}
+
+/// The CORRUPT alarm, as etcd's corrupt applier: while raised, a mutation is refused with
+/// `etcdserver: corrupt cluster` (issue 9.1: tandem raised the alarm and went on serving).
+#[test]
+fn corrupt_alarm_matches_etcd() {
+    compare_with_etcd(CtlVersion::V35, &[], corrupt_scenario);
+}

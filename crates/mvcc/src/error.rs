@@ -23,6 +23,9 @@ pub enum Error {
     /// Bytes read back from disk do not decode: corruption.
     #[error("corrupt record: {0}")]
     Corrupt(String),
+    /// The CORRUPT alarm is raised: the cluster refuses mutations until it is disarmed.
+    #[error("corrupt cluster")]
+    CorruptCluster,
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

@@ -240,6 +240,26 @@ impl Command {
         )
     }
 
+    /// Whether etcd's corrupt applier refuses this while the CORRUPT alarm is raised: every
+    /// mutation of keys or leases, and a Txn unless each of its operations is a range
+    /// (etcd serves such a txn without its applier; a nested txn counts as a write).
+    /// Keep-alives and alarms pass.
+    pub fn refused_when_corrupt(&self) -> bool {
+        match self {
+            Command::Put(_)
+            | Command::DeleteRange(_)
+            | Command::Compact { .. }
+            | Command::LeaseGrant { .. }
+            | Command::LeaseRevoke { .. } => true,
+            Command::Txn(t) => t
+                .success
+                .iter()
+                .chain(&t.failure)
+                .any(|op| !matches!(op, RequestOp::Range(_))),
+            Command::AlarmActivate(_) | Command::AlarmDeactivate(_) | Command::Noop => false,
+        }
+    }
+
     /// Whether applying this may create keys or grow the store.
     pub fn may_grow(&self) -> bool {
         fn ops_grow(ops: &[RequestOp]) -> bool {

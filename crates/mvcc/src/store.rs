@@ -683,6 +683,16 @@ struct Writer<'a, 't> {
 impl Writer<'_, '_> {
     fn apply(&mut self, cmd: &Command) -> Result<Result<CommandResponse>> {
         let current = self.inner.current;
+        // etcd's corrupt applier: the alarm is replicated state, so every member refuses alike.
+        if cmd.refused_when_corrupt()
+            && self
+                .inner
+                .alarms
+                .iter()
+                .any(|a| a.alarm == AlarmType::Corrupt)
+        {
+            return Ok(Err(Error::CorruptCluster));
+        }
         Ok(Ok(match cmd {
             Command::Put(p) => {
                 if let Err(e) = self.check_put(p) {

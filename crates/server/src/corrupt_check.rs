@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_api::etcdserverpb as pb;
+use etcd_api::rpctypes;
 use mvcc::{Alarm, AlarmType, Command};
 
 use crate::node::Node;
@@ -50,6 +51,10 @@ async fn peer_hashes(node: &Node, revision: i64) -> Vec<PeerHash> {
                 hash,
                 compact_revision,
             }),
+            // A follower not yet at this revision is skipped quietly: it is not a fault.
+            Ok(Err(e)) if is_behind(&e) => {
+                tracing::debug!(peer = %format!("{id:x}"), revision, "peer behind; its hash is compared next time")
+            }
             Ok(Err(e)) => {
                 tracing::warn!(peer = %format!("{id:x}"), revision, error = %e, "cannot fetch the hash of a peer")
             }
@@ -59,6 +64,12 @@ async fn peer_hashes(node: &Node, revision: i64) -> Vec<PeerHash> {
         }
     }
     out
+}
+
+/// Whether a peer's HashKV refusal says it has not reached the revision yet.
+fn is_behind(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<tonic::Status>()
+        .is_some_and(|s| s.message() == rpctypes::FUTURE_REV.message)
 }
 
 async fn peer_hash(url: &str, revision: i64) -> anyhow::Result<(u32, i64)> {
@@ -150,5 +161,12 @@ mod tests {
         let peers = [p(1, 7, -1), p(2, 8, -1), p(3, 9, 5)];
         assert_eq!(mismatched((7, -1), &peers), vec![2]);
         assert_eq!(mismatched((9, 5), &peers), Vec::<u64>::new());
+    }
+
+    #[test]
+    fn a_peer_behind_is_told_from_a_failing_one() {
+        assert!(is_behind(&rpctypes::FUTURE_REV.status().into()));
+        assert!(!is_behind(&rpctypes::COMPACTED.status().into()));
+        assert!(!is_behind(&anyhow::anyhow!("connection refused")));
     }
 }

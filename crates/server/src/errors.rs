@@ -16,6 +16,7 @@ pub fn mvcc_error(e: &mvcc::Error) -> RpcError {
         mvcc::Error::LeaseExists => rpctypes::LEASE_EXIST,
         mvcc::Error::KeyNotFound => rpctypes::KEY_NOT_FOUND,
         mvcc::Error::Busy => rpctypes::TOO_MANY_REQUESTS,
+        mvcc::Error::CorruptCluster => rpctypes::CORRUPT,
         mvcc::Error::Storage(_) | mvcc::Error::Corrupt(_) => rpctypes::STOPPED,
     }
 }
