@@ -10,6 +10,7 @@
 mod backend;
 mod encoding;
 mod error;
+mod gosort;
 mod index;
 mod request;
 mod revision;

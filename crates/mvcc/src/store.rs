@@ -18,6 +18,7 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableM
 use crate::backend::*;
 use crate::encoding::{decode_kv, encode_kv};
 use crate::error::{Error, Result};
+use crate::gosort;
 use crate::index::{Entry, TreeIndex};
 use crate::request::*;
 use crate::revision::Revision;
@@ -600,8 +601,10 @@ fn range_in(
     } else {
         usize::MAX
     };
-    // Without sorting, the first `limit + 1` matches in key order are all that is fetched.
-    let collect_max = if order == SortOrder::None {
+    // etcd fetches everything only when a sort order is asked for or a filter is set; otherwise
+    // the first `limit + 1` keys in key order, which a non-key target then sorts (so such a
+    // sort covers only those keys).
+    let fetch_max = if req.sort_order == SortOrder::None && !filtered {
         limit.saturating_add(1)
     } else {
         usize::MAX
@@ -609,11 +612,15 @@ fn range_in(
     let range = KeyRange::new(&req.key, &req.range_end);
     let mut count = 0i64;
     let mut matches: Vec<(&[u8], Entry)> = Vec::new();
+    let mut fetched = 0;
     for (k, h) in index.range(range) {
         if let Some(e) = h.at(rev) {
             count += 1;
-            if !req.count_only && matches.len() < collect_max && (!filtered || keep(e)) {
-                matches.push((k.as_slice(), *e));
+            if !req.count_only && fetched < fetch_max {
+                fetched += 1;
+                if !filtered || keep(e) {
+                    matches.push((k.as_slice(), *e));
+                }
             }
         }
     }
@@ -625,27 +632,24 @@ fn range_in(
             revision: current,
         });
     }
-    let sort_key = |a: &(&[u8], Entry), b: &(&[u8], Entry)| match req.sort_target {
-        SortTarget::Key => a.0.cmp(b.0),
-        SortTarget::Version => a.1.version.cmp(&b.1.version),
-        SortTarget::Create => a.1.create.cmp(&b.1.create),
-        SortTarget::Mod => a.1.rev.cmp(&b.1.rev),
-        SortTarget::Value => std::cmp::Ordering::Equal,
-    };
+    // etcd's sort is Go's unstable `sort.Sort`: equal elements come out in its order.
+    let descend = order == SortOrder::Descend;
     let mut kvs = Vec::new();
     if req.sort_target == SortTarget::Value && order != SortOrder::None {
         for (_, e) in &matches {
             kvs.push(read_kv(table, e.rev)?);
         }
-        kvs.sort_by(|a, b| a.value.cmp(&b.value));
-        if order == SortOrder::Descend {
-            kvs.reverse();
-        }
+        gosort::sort_ordered(&mut kvs, descend, |a, b| a.value < b.value);
     } else {
-        match order {
-            SortOrder::Ascend => matches.sort_by(sort_key),
-            SortOrder::Descend => matches.sort_by(|a, b| sort_key(b, a)),
-            SortOrder::None => {}
+        if order != SortOrder::None {
+            let less = |a: &(&[u8], Entry), b: &(&[u8], Entry)| match req.sort_target {
+                SortTarget::Key => a.0 < b.0,
+                SortTarget::Version => a.1.version < b.1.version,
+                SortTarget::Create => a.1.create < b.1.create,
+                SortTarget::Mod => a.1.rev.main < b.1.rev.main,
+                SortTarget::Value => false,
+            };
+            gosort::sort_ordered(&mut matches, descend, less);
         }
         for (_, e) in matches.iter().take(limit) {
             kvs.push(read_kv(table, e.rev)?);
@@ -706,7 +710,7 @@ impl Writer<'_, '_> {
                 // before the txn writes anything; this fixes the branch each txn takes.
                 let mut path = Vec::new();
                 self.txn_path(t, &mut path)?;
-                if let Err(e) = self.check_txn(t, &mut path.iter().copied())? {
+                if let Err(e) = self.check_txn(t, &path)? {
                     return Ok(Err(e));
                 }
                 let mut resp = self.txn(t, &mut path.iter().copied())?;
@@ -815,11 +819,31 @@ impl Writer<'_, '_> {
 
     /// Checks the branches a txn will take before anything is written, as etcd does, so a
     /// refused txn changes nothing.
-    fn check_txn(
+    /// etcd's `checkRequests` over the branch each txn takes: every put on the path first
+    /// (leases, `ignore_value`/`ignore_lease` on a missing key), then every range (revision
+    /// compacted or in the future); the first failure refuses the whole txn.
+    fn check_txn(&self, t: &TxnRequest, path: &[bool]) -> Result<Result<()>> {
+        for puts in [true, false] {
+            let r = self.check_ops(t, &mut path.iter().copied(), puts)?;
+            if r.is_err() {
+                return Ok(r);
+            }
+        }
+        Ok(Ok(()))
+    }
+
+    /// One pass of [`Self::check_txn`]: the puts, or the ranges.
+    fn check_ops(
         &self,
         t: &TxnRequest,
         path: &mut impl Iterator<Item = bool>,
+        puts: bool,
     ) -> Result<Result<()>> {
+        let first_rev = if self.inner.compacted == 0 {
+            -1
+        } else {
+            self.inner.compacted
+        };
         let ops = if path.next().unwrap_or(false) {
             &t.success
         } else {
@@ -827,14 +851,16 @@ impl Writer<'_, '_> {
         };
         for op in ops {
             let r = match op {
-                RequestOp::Range(r) if r.revision > self.inner.current => {
+                RequestOp::Range(r) if !puts && r.revision > self.inner.current => {
                     Err(Error::FutureRevision)
                 }
-                RequestOp::Range(r) if r.revision > 0 && r.revision < self.inner.compacted => {
+                // etcd compares with its first revision, -1 until a compaction: inside a txn a
+                // negative revision is refused as compacted (alone, a range treats it as 0).
+                RequestOp::Range(r) if !puts && r.revision != 0 && r.revision < first_rev => {
                     Err(Error::Compacted)
                 }
-                RequestOp::Put(p) => self.check_put(p),
-                RequestOp::Txn(t) => self.check_txn(t, path)?,
+                RequestOp::Put(p) if puts => self.check_put(p),
+                RequestOp::Txn(t) => self.check_ops(t, path, puts)?,
                 _ => Ok(()),
             };
             if r.is_err() {

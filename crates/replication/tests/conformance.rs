@@ -81,12 +81,28 @@ async fn snapshot_install_keeps_hashkv() {
         a.applied_state().await.expect("a").0,
         b.applied_state().await.expect("b").0
     );
+    // 300 puts end at revision 301; the compaction at 150 does not bump it.
     for rev in [150, 200, 301, 0] {
+        let want = a.store().hash_kv(rev).expect("HashKV on the source");
+        let got = b
+            .store()
+            .hash_kv(rev)
+            .expect("HashKV on the installed copy");
+        assert_eq!(got, want, "HashKV at {rev} after install");
+        let hashed = if rev == 0 { 301 } else { rev };
         assert_eq!(
-            a.store().hash_kv(rev),
-            b.store().hash_kv(rev),
-            "HashKV at {rev} after install"
+            (want.1, want.2),
+            (150, hashed),
+            "HashKV at {rev}: compacted, hashed"
         );
+    }
+    // Below the compaction and beyond the current revision both refuse, as etcd does.
+    for (rev, err) in [
+        (149, mvcc::Error::Compacted),
+        (302, mvcc::Error::FutureRevision),
+    ] {
+        assert_eq!(a.store().hash_kv(rev), Err(err.clone()), "source at {rev}");
+        assert_eq!(b.store().hash_kv(rev), Err(err), "installed copy at {rev}");
     }
     // Both continue identically: revisions carry on from the snapshot.
     let next = vec![entry(
