@@ -18,6 +18,7 @@ pub mod identity;
 pub mod kv;
 pub mod lease;
 pub mod maintenance;
+pub mod mutants;
 pub mod node;
 pub mod watch;
 

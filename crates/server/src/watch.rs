@@ -270,6 +270,8 @@ impl StreamState {
                 range_end: c.range_end.to_vec(),
                 next_rev: if c.start_revision == 0 {
                     current + 1
+                } else if crate::mutants::on("watch-from-rev-minus-1") {
+                    c.start_revision - 1
                 } else {
                     c.start_revision
                 },

@@ -1,0 +1,331 @@
+//! One scenario: a cluster of real processes (tandem or etcd), the workload, a fault schedule,
+//! then healing, the revision history read from every member, and the checks. A failing run
+//! keeps its history (`history.jsonl`) and every member's log under `target/robustness/`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use etcd_compat_tests::{Cluster, Kind};
+
+use crate::check::{self, Report};
+use crate::history::{self, Recorder};
+use crate::workload::{self, Config};
+
+/// A fault applied to the cluster during the run, repeatedly.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    None,
+    /// SIGKILL the leader (a single member: the member), restart it after `down`.
+    KillLeader,
+    /// SIGKILL a follower, restart it after `down`.
+    KillFollower,
+    /// SIGSTOP the leader for `down`, then SIGCONT.
+    PauseLeader,
+}
+
+impl Fault {
+    pub fn name(self) -> &'static str {
+        match self {
+            Fault::None => "no fault",
+            Fault::KillLeader => "SIGKILL the leader",
+            Fault::KillFollower => "SIGKILL a follower",
+            Fault::PauseLeader => "SIGSTOP the leader",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Scenario {
+    pub name: String,
+    pub kind: Kind,
+    pub members: usize,
+    pub fault: Fault,
+    /// How long the workload runs.
+    pub duration: Duration,
+    /// Time between faults, and how long each lasts.
+    pub every: Duration,
+    pub down: Duration,
+    pub workload: Config,
+    /// Extra server flags (e.g. shorter election timeouts).
+    pub flags: Vec<String>,
+    /// Environment for tandem members (e.g. `TANDEM_MUTANT`).
+    pub env: Vec<(String, String)>,
+}
+
+/// What a run measured, and what the checks found.
+#[derive(Debug)]
+pub struct Summary {
+    pub scenario: String,
+    pub kind: Kind,
+    pub attempted: usize,
+    pub acknowledged: usize,
+    pub failed: usize,
+    /// Failed writes: they may or may not have happened.
+    pub indeterminate: usize,
+    pub writes_per_second: f64,
+    pub longest_write_gap: Duration,
+    pub faults: usize,
+    pub elections: u64,
+    pub report: Report,
+    pub artifacts: Option<PathBuf>,
+}
+
+fn is_write(op: &history::Op) -> bool {
+    !matches!(
+        op,
+        history::Op::Get { .. } | history::Op::Range { .. } | history::Op::LeaseKeepAlive { .. }
+    )
+}
+
+async fn term(cluster: &Cluster) -> u64 {
+    let mut best = 0;
+    for m in &cluster.members {
+        if let Ok(mut c) = workload::connect(&[m.url()]).await {
+            if let Ok(Ok(st)) = tokio::time::timeout(Duration::from_secs(2), c.status()).await {
+                best = best.max(st.raft_term());
+            }
+        }
+    }
+    best
+}
+
+fn signal(pid: u32, sig: &str) {
+    let _ = std::process::Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status();
+}
+
+/// Applies the fault once and heals it after `down`.
+async fn inject(cluster: &mut Cluster, s: &Scenario) -> Result<()> {
+    let leader = if s.members == 1 {
+        0
+    } else {
+        cluster.wait_leader(Duration::from_secs(30)).await?
+    };
+    match s.fault {
+        Fault::None => {}
+        Fault::KillLeader | Fault::KillFollower => {
+            let i = if s.fault == Fault::KillLeader || s.members == 1 {
+                leader
+            } else {
+                (leader + 1) % s.members
+            };
+            cluster.members[i].stop("KILL")?;
+            tokio::time::sleep(s.down).await; // the fault's duration
+            cluster.members[i].restart()?;
+            cluster.wait_healthy(i)?;
+        }
+        Fault::PauseLeader => {
+            let pid = cluster.members[leader].pid();
+            signal(pid, "STOP");
+            tokio::time::sleep(s.down).await; // the fault's duration
+            signal(pid, "CONT");
+        }
+    }
+    Ok(())
+}
+
+/// Runs the scenario; `Err` only when the run itself could not be carried out.
+pub async fn run(s: &Scenario) -> Result<Summary> {
+    // Members inherit the environment, restarts included (so a test running scenarios with
+    // different environments must run them one after another).
+    for (k, v) in &s.env {
+        std::env::set_var(k, v);
+    }
+    let flags: Vec<&str> = s.flags.iter().map(String::as_str).collect();
+    let mut cluster = Cluster::start(s.kind, s.members, &flags)?;
+    let endpoints: Vec<String> = cluster.members.iter().map(|m| m.url()).collect();
+    let term_before = term(&cluster).await;
+    let rec = Recorder::new();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut tasks = Vec::new();
+    for id in 0..s.workload.clients {
+        tasks.push(tokio::spawn(workload::run_client(
+            endpoints.clone(),
+            s.workload.clone(),
+            id,
+            rec.clone(),
+            stop_rx.clone(),
+        )));
+    }
+    for w in 0..2 {
+        tasks.push(tokio::spawn(workload::run_watcher(
+            endpoints.clone(),
+            1000 + w,
+            1,
+            rec.clone(),
+            stop_rx.clone(),
+        )));
+    }
+    let started = std::time::Instant::now();
+    let mut faults = 0;
+    if s.fault == Fault::None {
+        tokio::time::sleep(s.duration).await; // the workload's duration
+    } else {
+        while started.elapsed() + s.every < s.duration {
+            tokio::time::sleep(s.every).await; // time between faults
+            inject(&mut cluster, s).await?;
+            faults += 1;
+        }
+        let left = s.duration.saturating_sub(started.elapsed());
+        tokio::time::sleep(left).await; // the rest of the workload's duration
+    }
+    let _ = stop_tx.send(true);
+    for t in tasks {
+        t.await.context("a workload task failed")?;
+    }
+    let elections = term(&cluster).await.saturating_sub(term_before);
+    finish(s, &cluster, rec, faults, elections, started.elapsed()).await
+}
+
+/// The final revision, the history from every member (which must agree), and the checks.
+async fn finish(
+    s: &Scenario,
+    cluster: &Cluster,
+    rec: Recorder,
+    faults: usize,
+    elections: u64,
+    elapsed: Duration,
+) -> Result<Summary> {
+    for i in 0..cluster.members.len() {
+        cluster.wait_healthy(i)?;
+    }
+    let mut last = 0;
+    for m in &cluster.members {
+        let mut c = workload::connect(&[m.url()]).await?;
+        let r = c.get(workload::KEY_PREFIX, None).await?;
+        last = last.max(r.header().map_or(0, |h| h.revision()));
+    }
+    let lines = rec.lines();
+    let (ops, watches) = history::split(&lines);
+    let mut truths = Vec::new();
+    for m in &cluster.members {
+        truths.push(workload::read_truth(&m.url(), last).await?);
+    }
+    let (_, mut report) = check::check(&ops, &watches, &truths[0], last);
+    for (i, t) in truths.iter().enumerate().skip(1) {
+        if t != &truths[0] {
+            report.watch.push(format!(
+                "member {} and member 1 hold different revision histories ({} and {} events)",
+                i + 1,
+                t.len(),
+                truths[0].len()
+            ));
+        }
+    }
+    check_hashes(cluster, last, &mut report).await;
+    let acknowledged = ops.iter().filter(|r| !r.outcome.failed()).count();
+    let failed = ops.len() - acknowledged;
+    let indeterminate = ops
+        .iter()
+        .filter(|r| r.outcome.failed() && is_write(&r.op))
+        .count();
+    let mut write_acks: Vec<u64> = ops
+        .iter()
+        .filter(|r| !r.outcome.failed() && is_write(&r.op))
+        .map(|r| r.ret)
+        .collect();
+    write_acks.sort_unstable();
+    let end = elapsed.as_nanos() as u64;
+    let mut gap = 0;
+    let mut prev = 0;
+    for t in write_acks.iter().copied().chain([end]) {
+        gap = gap.max(t.saturating_sub(prev));
+        prev = t;
+    }
+    let artifacts = if report.ok() && std::env::var_os("TANDEM_ROBUSTNESS_KEEP").is_none() {
+        None
+    } else {
+        Some(keep_artifacts(s, cluster, &lines)?)
+    };
+    Ok(Summary {
+        scenario: s.name.clone(),
+        kind: s.kind,
+        attempted: ops.len(),
+        acknowledged,
+        failed,
+        indeterminate,
+        writes_per_second: write_acks.len() as f64 / elapsed.as_secs_f64(),
+        longest_write_gap: Duration::from_nanos(gap),
+        faults,
+        elections,
+        report,
+        artifacts,
+    })
+}
+
+/// I5: every member's HashKV at the same revision is equal.
+async fn check_hashes(cluster: &Cluster, rev: i64, report: &mut Report) {
+    let mut hashes = Vec::new();
+    for m in &cluster.members {
+        let h = match workload::connect(&[m.url()]).await {
+            Ok(mut c) => c.hash_kv(rev).await.map(|r| r.hash()).ok(),
+            Err(_) => None,
+        };
+        hashes.push(h);
+    }
+    if hashes.iter().any(|h| *h != hashes[0]) {
+        report.linearizability.push(format!(
+            "I5: HashKV at revision {rev} differs across members: {hashes:?}"
+        ));
+    }
+}
+
+fn keep_artifacts(s: &Scenario, cluster: &Cluster, lines: &[history::Line]) -> Result<PathBuf> {
+    let root = std::env::var_os("TANDEM_ROBUSTNESS_ARTIFACTS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/robustness"));
+    let name: String = s
+        .name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    let dir = root.join(format!("{name}-{}-{}", s.kind.name(), std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    history::write_jsonl(&dir.join("history.jsonl"), lines)?;
+    for m in &cluster.members {
+        std::fs::write(dir.join(format!("{}.log", m.name())), m.log())?;
+    }
+    Ok(dir)
+}
+
+impl Summary {
+    /// Fails with the findings and where the artifacts are.
+    pub fn assert_ok(&self) -> Result<()> {
+        if self.report.ok() {
+            return Ok(());
+        }
+        bail!(
+            "{} on {}: violations\n{}artifacts: {}",
+            self.scenario,
+            self.kind.name(),
+            self.report.summary(),
+            self.artifacts
+                .as_ref()
+                .map_or("none".to_string(), |p| p.display().to_string())
+        )
+    }
+
+    pub fn line(&self) -> String {
+        format!(
+            "{} on {}: {} ops ({} ok, {} failed, {} indeterminate), {:.0} writes/s, longest write gap {:.2} s, {} faults, {} elections, {} leases expired, lost {}, linearizability {}, watch {}, lease {}",
+            self.scenario,
+            self.kind.name(),
+            self.attempted,
+            self.acknowledged,
+            self.failed,
+            self.indeterminate,
+            self.writes_per_second,
+            self.longest_write_gap.as_secs_f64(),
+            self.faults,
+            self.elections,
+            self.report.expired_leases,
+            self.report.lost.len(),
+            self.report.linearizability.len(),
+            self.report.watch.len(),
+            self.report.lease.len(),
+        )
+    }
+}

@@ -1,0 +1,109 @@
+//! Proof that the checks catch what they claim (issue 10.4): each deliberately broken tandem
+//! (the server's `mutants` feature, `TANDEM_MUTANT`) runs a scenario that exposes it, and the
+//! suite must report a violation of the right kind. The mutant binary is built apart from the
+//! release one: `cargo build -p server --bin tandem --features mutants --target-dir
+//! target/mutants` (scripts/test does it); `TANDEM_MUTANT_BIN` points elsewhere.
+//!
+//! One test runs them all, one after another: the members inherit the process environment.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use etcd_compat_tests::Kind;
+use robustness::check::Report;
+use robustness::scenario::{self, Fault, Scenario};
+
+fn mutant_bin() -> PathBuf {
+    let bin = std::env::var_os("TANDEM_MUTANT_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/mutants/debug/tandem")
+        });
+    assert!(
+        bin.exists(),
+        "{} is missing: cargo build -p server --bin tandem --features mutants --target-dir target/mutants",
+        bin.display()
+    );
+    bin
+}
+
+struct Mutant {
+    name: &'static str,
+    members: usize,
+    fault: Fault,
+    /// Which finding proves it was caught.
+    caught: fn(&Report) -> bool,
+    check: &'static str,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_mutant_is_caught() {
+    let bin = mutant_bin();
+    let mutants = [
+        Mutant {
+            name: "stale-read",
+            members: 3,
+            fault: Fault::PauseLeader,
+            caught: |r| !r.linearizability.is_empty(),
+            check: "linearizability",
+        },
+        Mutant {
+            name: "lease-early",
+            members: 1,
+            fault: Fault::None,
+            caught: |r| !r.lease.is_empty(),
+            check: "lease",
+        },
+        Mutant {
+            name: "watch-from-rev-minus-1",
+            members: 1,
+            fault: Fault::KillLeader,
+            caught: |r| !r.watch.is_empty(),
+            check: "watch",
+        },
+    ];
+    let mut table = Vec::new();
+    for m in &mutants {
+        let s = Scenario {
+            name: format!("mutant {}", m.name),
+            kind: Kind::Tandem,
+            members: m.members,
+            fault: m.fault,
+            duration: Duration::from_secs(10),
+            every: Duration::from_millis(3500),
+            down: Duration::from_millis(2500),
+            workload: Default::default(),
+            flags: Vec::new(),
+            env: vec![
+                ("TANDEM_BIN".into(), bin.display().to_string()),
+                ("TANDEM_MUTANT".into(), m.name.into()),
+            ],
+        };
+        let started = Instant::now();
+        let summary = scenario::run(&s).await.expect("the run");
+        println!("{}", summary.line());
+        let caught = (m.caught)(&summary.report);
+        table.push(format!(
+            "{}: {} ({} check, run of {:.0} s)",
+            m.name,
+            if caught { "caught" } else { "MISSED" },
+            m.check,
+            started.elapsed().as_secs_f64()
+        ));
+        if let Some(first) = match m.check {
+            "linearizability" => summary.report.linearizability.first(),
+            "lease" => summary.report.lease.first(),
+            _ => summary.report.watch.first(),
+        } {
+            println!("  first finding: {}", &first[..first.len().min(400)]);
+        }
+    }
+    std::env::remove_var("TANDEM_MUTANT");
+    std::env::remove_var("TANDEM_BIN");
+    println!("{}", table.join("\n"));
+    assert!(
+        table.iter().all(|l| !l.contains("MISSED")),
+        "{}",
+        table.join("\n")
+    );
+}
