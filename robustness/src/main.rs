@@ -32,10 +32,12 @@ fn scenarios(seconds: u64) -> Vec<Scenario> {
         (Kind::Tandem, 3, Fault::KillLeader),
         (Kind::Tandem, 3, Fault::KillFollower),
         (Kind::Tandem, 3, Fault::PauseLeader),
+        (Kind::Tandem, 3, Fault::PartitionLeader),
         (Kind::Etcd35, 3, Fault::None),
         (Kind::Etcd35, 3, Fault::KillLeader),
         (Kind::Etcd35, 3, Fault::KillFollower),
         (Kind::Etcd35, 3, Fault::PauseLeader),
+        (Kind::Etcd35, 3, Fault::PartitionLeader),
     ];
     for (kind, members, fault) in shapes {
         let what = if members == 1 && fault == Fault::KillLeader {

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use etcd_compat_tests::netns::Net;
 use etcd_compat_tests::{Cluster, Kind};
 
 use crate::check::{self, Report};
@@ -22,6 +23,8 @@ pub enum Fault {
     KillFollower,
     /// SIGSTOP the leader for `down`, then SIGCONT.
     PauseLeader,
+    /// Cut the leader off from every peer for `down` (clients still reach it), then heal.
+    PartitionLeader,
 }
 
 impl Fault {
@@ -31,7 +34,13 @@ impl Fault {
             Fault::KillLeader => "SIGKILL the leader",
             Fault::KillFollower => "SIGKILL a follower",
             Fault::PauseLeader => "SIGSTOP the leader",
+            Fault::PartitionLeader => "partition the leader from its peers",
         }
+    }
+
+    /// Whether the members need network namespaces of their own.
+    pub fn needs_network(self) -> bool {
+        self == Fault::PartitionLeader
     }
 }
 
@@ -98,7 +107,7 @@ fn signal(pid: u32, sig: &str) {
 }
 
 /// Applies the fault once and heals it after `down`.
-async fn inject(cluster: &mut Cluster, s: &Scenario) -> Result<()> {
+async fn inject(cluster: &mut Cluster, net: Option<&Net>, s: &Scenario) -> Result<()> {
     let leader = if s.members == 1 {
         0
     } else {
@@ -123,6 +132,12 @@ async fn inject(cluster: &mut Cluster, s: &Scenario) -> Result<()> {
             tokio::time::sleep(s.down).await; // the fault's duration
             signal(pid, "CONT");
         }
+        Fault::PartitionLeader => {
+            let net = net.context("a partition needs network namespaces")?;
+            net.cut_from_peers(leader)?;
+            tokio::time::sleep(s.down).await; // the fault's duration
+            net.heal()?;
+        }
     }
     Ok(())
 }
@@ -135,7 +150,16 @@ pub async fn run(s: &Scenario) -> Result<Summary> {
         std::env::set_var(k, v);
     }
     let flags: Vec<&str> = s.flags.iter().map(String::as_str).collect();
-    let mut cluster = Cluster::start(s.kind, s.members, &flags)?;
+    // Declared before the cluster, so that it outlives the members.
+    let net = if s.fault.needs_network() {
+        Some(Net::new(s.members)?)
+    } else {
+        None
+    };
+    let mut cluster = match &net {
+        Some(net) => Cluster::start_in(net, s.kind, s.members, &flags)?,
+        None => Cluster::start(s.kind, s.members, &flags)?,
+    };
     let endpoints: Vec<String> = cluster.members.iter().map(|m| m.url()).collect();
     let term_before = term(&cluster).await;
     let rec = Recorder::new();
@@ -166,7 +190,7 @@ pub async fn run(s: &Scenario) -> Result<Summary> {
     } else {
         while started.elapsed() + s.every < s.duration {
             tokio::time::sleep(s.every).await; // time between faults
-            inject(&mut cluster, s).await?;
+            inject(&mut cluster, net.as_ref(), s).await?;
             faults += 1;
         }
         let left = s.duration.saturating_sub(started.elapsed());

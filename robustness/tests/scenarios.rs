@@ -108,3 +108,28 @@ async fn etcd_three_members_leader_paused() {
     ))
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_members_leader_partitioned() {
+    if !etcd_compat_tests::netns::available() {
+        panic!("network namespaces need root, ip and iptables: run scripts/install-deps as root");
+    }
+    run(scenario(
+        "three members, leader partitioned",
+        Kind::Tandem,
+        3,
+        Fault::PartitionLeader,
+    ))
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn etcd_three_members_leader_partitioned() {
+    run(scenario(
+        "three members, leader partitioned",
+        Kind::Etcd35,
+        3,
+        Fault::PartitionLeader,
+    ))
+    .await;
+}
