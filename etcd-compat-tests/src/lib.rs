@@ -364,12 +364,14 @@ impl Server {
         self.child.as_ref().map_or(0, Child::id)
     }
 
-    /// Sends a signal and waits for the process to exit.
+    /// Sends a signal to the server's process group (a wrapped server with its wrapper) and
+    /// waits for the process to exit.
     pub fn stop(&mut self, signal: &str) -> Result<std::process::ExitStatus> {
         let mut child = self.child.take().context("server not running")?;
         Command::new("kill")
             .arg(format!("-{signal}"))
-            .arg(child.id().to_string())
+            .arg("--")
+            .arg(format!("-{}", child.id()))
             .status()?;
         Ok(child.wait()?)
     }
@@ -410,6 +412,18 @@ impl Server {
         };
         self.child = None;
         Ok(Some((status, self.log()[logged..].to_string())))
+    }
+
+    /// The command the next start runs the server under (empty: none), e.g. strace failing
+    /// an fsync. Inside a network namespace, the namespace's prefix stays in front.
+    pub fn set_wrapper(&mut self, wrapper: &[&str]) {
+        let keep = if self.wrapper.first().is_some_and(|w| w == "ip") {
+            4 // ip netns exec NAME
+        } else {
+            0
+        };
+        self.wrapper.truncate(keep);
+        self.wrapper.extend(wrapper.iter().map(|s| s.to_string()));
     }
 
     /// Adds an etcd flag for the next start (e.g. one only a restart should see).

@@ -45,6 +45,8 @@ pub struct Report {
     pub linearizability: Vec<String>,
     pub watch: Vec<String>,
     pub lease: Vec<String>,
+    /// Writes acknowledged by a member after one of its fdatasyncs failed (S13).
+    pub fsync: Vec<String>,
     /// Leases that expired (not revoked) during the run.
     pub expired_leases: usize,
 }
@@ -55,6 +57,7 @@ impl Report {
             && self.linearizability.is_empty()
             && self.watch.is_empty()
             && self.lease.is_empty()
+            && self.fsync.is_empty()
     }
 
     /// The first few findings of each kind, for a failure message.
@@ -65,6 +68,7 @@ impl Report {
             ("linearizability violations", &self.linearizability),
             ("watch violations", &self.watch),
             ("lease violations", &self.lease),
+            ("acknowledged after a failed fsync", &self.fsync),
         ] {
             s.push_str(&format!("{name}: {}\n", v.len()));
             for line in v.iter().take(5) {

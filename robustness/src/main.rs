@@ -28,6 +28,7 @@ fn scenarios(seconds: u64) -> Vec<Scenario> {
     let shapes = [
         (Kind::Tandem, 1, Fault::None),
         (Kind::Tandem, 1, Fault::KillLeader),
+        (Kind::Tandem, 1, Fault::FsyncEioLeader),
         (Kind::Tandem, 3, Fault::None),
         (Kind::Tandem, 3, Fault::KillLeader),
         (Kind::Tandem, 3, Fault::KillFollower),
@@ -40,10 +41,10 @@ fn scenarios(seconds: u64) -> Vec<Scenario> {
         (Kind::Etcd35, 3, Fault::PartitionLeader),
     ];
     for (kind, members, fault) in shapes {
-        let what = if members == 1 && fault == Fault::KillLeader {
-            "SIGKILL the member"
-        } else {
-            fault.name()
+        let what = match (members, fault) {
+            (1, Fault::KillLeader) => "SIGKILL the member",
+            (1, Fault::FsyncEioLeader) => "fdatasync fails with EIO",
+            _ => fault.name(),
         };
         out.push(Scenario {
             name: format!(
@@ -54,8 +55,9 @@ fn scenarios(seconds: u64) -> Vec<Scenario> {
             members,
             fault,
             duration: Duration::from_secs(seconds),
-            every: Duration::from_secs(5),
-            down: Duration::from_secs(1),
+            every: Duration::from_secs(6),
+            // Longer than an election timeout: leaders are replaced, old ones deposed.
+            down: Duration::from_millis(2500),
             workload: Default::default(),
             flags: Vec::new(),
             env: Vec::new(),
@@ -66,12 +68,12 @@ fn scenarios(seconds: u64) -> Vec<Scenario> {
 
 fn table(rows: &[Summary]) -> String {
     let mut s = String::from(
-        "| scenario | server | attempted | acknowledged | failed | indeterminate | writes/s | longest write gap | faults | elections | leases expired | lost | linearizability | watch | lease |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| scenario | server | attempted | acknowledged | failed | indeterminate | writes/s | longest write gap | faults | elections | leases expired | lost | linearizability | watch | lease | acked after a failed fsync |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in rows {
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {} | {:.0} | {:.2} s | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {:.0} | {:.2} s | {} | {} | {} | {} | {} | {} | {} | {} |",
             r.scenario,
             r.kind.name(),
             r.attempted,
@@ -86,7 +88,8 @@ fn table(rows: &[Summary]) -> String {
             r.report.lost.len(),
             r.report.linearizability.len(),
             r.report.watch.len(),
-            r.report.lease.len()
+            r.report.lease.len(),
+            r.report.fsync.len()
         );
     }
     s
@@ -116,7 +119,7 @@ async fn main() -> anyhow::Result<()> {
          each scenario runs the workload of `robustness/src/workload.rs` ({} clients over {} keys: puts, \
          linearizable gets and ranges, CAS txns, deletes, leases granted, kept alive, revoked and left to \
          expire; two watchers of every key that resume after errors) for {} s against real processes on \
-         this machine, then checks the history (`robustness/src/check.rs`). The last four columns must be \
+         this machine, then checks the history (`robustness/src/check.rs`). The last five columns must be \
          zero. Debug and release builds differ in speed, not in the checks; tandem here is the build the \
          script made.\n\n{}\n",
         args.seconds,

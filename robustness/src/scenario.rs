@@ -25,6 +25,9 @@ pub enum Fault {
     PauseLeader,
     /// Cut the leader off from every peer for `down` (clients still reach it), then heal.
     PartitionLeader,
+    /// Restart the leader under strace so that a later fdatasync fails with EIO; after `down`,
+    /// restart it without. It must stop acknowledging writes at the failure (S13).
+    FsyncEioLeader,
 }
 
 impl Fault {
@@ -35,6 +38,7 @@ impl Fault {
             Fault::KillFollower => "SIGKILL a follower",
             Fault::PauseLeader => "SIGSTOP the leader",
             Fault::PartitionLeader => "partition the leader from its peers",
+            Fault::FsyncEioLeader => "fdatasync fails with EIO on the leader",
         }
     }
 
@@ -107,7 +111,13 @@ fn signal(pid: u32, sig: &str) {
 }
 
 /// Applies the fault once and heals it after `down`.
-async fn inject(cluster: &mut Cluster, net: Option<&Net>, s: &Scenario) -> Result<()> {
+async fn inject(
+    cluster: &mut Cluster,
+    net: Option<&Net>,
+    s: &Scenario,
+    rec: &Recorder,
+    windows: &mut Vec<(usize, u64, u64)>,
+) -> Result<()> {
     let leader = if s.members == 1 {
         0
     } else {
@@ -137,6 +147,33 @@ async fn inject(cluster: &mut Cluster, net: Option<&Net>, s: &Scenario) -> Resul
             net.cut_from_peers(leader)?;
             tokio::time::sleep(s.down).await; // the fault's duration
             net.heal()?;
+        }
+        Fault::FsyncEioLeader => {
+            let m = &mut cluster.members[leader];
+            m.stop("KILL")?;
+            // Starting takes a few dozen fdatasyncs; the failure comes under the workload.
+            m.set_wrapper(&[
+                "strace",
+                "-f",
+                "-qq",
+                "-o",
+                "/dev/null",
+                "-e",
+                "trace=fdatasync",
+                "-e",
+                "inject=fdatasync:error=EIO:when=200",
+            ]);
+            m.restart()?;
+            cluster.wait_healthy(leader)?;
+            let window_start = rec.now();
+            tokio::time::sleep(s.down).await; // the fault's duration
+            let m = &mut cluster.members[leader];
+            m.stop("KILL")?;
+            let window_end = rec.now();
+            m.set_wrapper(&[]);
+            m.restart()?;
+            cluster.wait_healthy(leader)?;
+            windows.push((leader, window_start, window_end));
         }
     }
     Ok(())
@@ -185,12 +222,14 @@ pub async fn run(s: &Scenario) -> Result<Summary> {
     }
     let started = std::time::Instant::now();
     let mut faults = 0;
+    // For a failing fsync: (member, from, to) while it ran under strace.
+    let mut fsync_windows = Vec::new();
     if s.fault == Fault::None {
         tokio::time::sleep(s.duration).await; // the workload's duration
     } else {
         while started.elapsed() + s.every < s.duration {
             tokio::time::sleep(s.every).await; // time between faults
-            inject(&mut cluster, net.as_ref(), s).await?;
+            inject(&mut cluster, net.as_ref(), s, &rec, &mut fsync_windows).await?;
             faults += 1;
         }
         let left = s.duration.saturating_sub(started.elapsed());
@@ -201,7 +240,17 @@ pub async fn run(s: &Scenario) -> Result<Summary> {
         t.await.context("a workload task failed")?;
     }
     let elections = term(&cluster).await.saturating_sub(term_before);
-    finish(s, &cluster, rec, faults, elections, started.elapsed()).await
+    let mut summary = finish(
+        s,
+        &cluster,
+        rec.clone(),
+        faults,
+        elections,
+        started.elapsed(),
+    )
+    .await?;
+    check_stopped_after_eio(&rec, &fsync_windows, s.members, &mut summary.report);
+    Ok(summary)
 }
 
 /// The final revision, the history from every member (which must agree), and the checks.
@@ -280,6 +329,44 @@ async fn finish(
     })
 }
 
+/// S13: once an fdatasync failed, the member acknowledges no write until it is restarted. On
+/// one member, every write fails from the first `server stopped` in the window to its end.
+fn check_stopped_after_eio(
+    rec: &Recorder,
+    windows: &[(usize, u64, u64)],
+    members: usize,
+    report: &mut Report,
+) {
+    if members != 1 {
+        return;
+    }
+    let (ops, _) = history::split(&rec.lines());
+    for &(_, from, to) in windows {
+        let stopped = ops
+            .iter()
+            .filter(|r| r.call >= from && r.ret <= to)
+            .filter(|r| matches!(&r.outcome, history::Outcome::Failed { error } if error.contains("server stopped")))
+            .map(|r| r.ret)
+            .min();
+        let Some(stopped) = stopped else {
+            report.fsync.push(format!(
+                "no write failed with `server stopped` while fdatasync failed ({:.1}–{:.1} s)",
+                from as f64 / 1e9,
+                to as f64 / 1e9
+            ));
+            continue;
+        };
+        for r in ops.iter().filter(|r| r.call > stopped && r.ret <= to) {
+            if !r.outcome.failed() && is_write(&r.op) {
+                report.fsync.push(format!(
+                    "acknowledged after the failed fdatasync: client {} {:?} -> {:?}",
+                    r.client, r.op, r.outcome
+                ));
+            }
+        }
+    }
+}
+
 /// I5: every member's HashKV at the same revision is equal.
 async fn check_hashes(cluster: &Cluster, rev: i64, report: &mut Report) {
     let mut hashes = Vec::new();
@@ -334,7 +421,7 @@ impl Summary {
 
     pub fn line(&self) -> String {
         format!(
-            "{} on {}: {} ops ({} ok, {} failed, {} indeterminate), {:.0} writes/s, longest write gap {:.2} s, {} faults, {} elections, {} leases expired, lost {}, linearizability {}, watch {}, lease {}",
+            "{} on {}: {} ops ({} ok, {} failed, {} indeterminate), {:.0} writes/s, longest write gap {:.2} s, {} faults, {} elections, {} leases expired, lost {}, linearizability {}, watch {}, lease {}, acked after a failed fsync {}",
             self.scenario,
             self.kind.name(),
             self.attempted,
@@ -350,6 +437,7 @@ impl Summary {
             self.report.linearizability.len(),
             self.report.watch.len(),
             self.report.lease.len(),
+            self.report.fsync.len(),
         )
     }
 }

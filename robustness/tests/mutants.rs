@@ -55,6 +55,13 @@ async fn every_mutant_is_caught() {
             check: "lease",
         },
         Mutant {
+            name: "fsync-errors-ignored",
+            members: 1,
+            fault: Fault::FsyncEioLeader,
+            caught: |r| !r.fsync.is_empty(),
+            check: "fsync",
+        },
+        Mutant {
             name: "watch-from-rev-minus-1",
             members: 1,
             fault: Fault::KillLeader,
@@ -93,6 +100,7 @@ async fn every_mutant_is_caught() {
         if let Some(first) = match m.check {
             "linearizability" => summary.report.linearizability.first(),
             "lease" => summary.report.lease.first(),
+            "fsync" => summary.report.fsync.first(),
             _ => summary.report.watch.first(),
         } {
             println!("  first finding: {}", &first[..first.len().min(400)]);

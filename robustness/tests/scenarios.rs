@@ -133,3 +133,14 @@ async fn etcd_three_members_leader_partitioned() {
     ))
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_member_fsync_fails() {
+    run(scenario(
+        "one member, fdatasync EIO",
+        Kind::Tandem,
+        1,
+        Fault::FsyncEioLeader,
+    ))
+    .await;
+}

@@ -6,6 +6,8 @@
 //!   acknowledging, with group commit; `wal`: its segment files and their recovery.
 //! - `state_machine`: applies committed entries to `mvcc::Store`, builds and installs snapshots.
 //! - `network`: the peer transport (gRPC, `tandempb.RaftPeer`), client and service sides.
+//! - `mutants`: deliberately broken variants for the robustness suite (feature `mutants`, off
+//!   by default, never in a release).
 //! - `disk`: whether a write failed because the disk is full (etcd's NOSPACE alarm).
 //! - `replica`: one member: opening, bootstrapping, proposing, linearizable read barriers.
 
@@ -15,6 +17,7 @@
 pub mod codec;
 pub mod disk;
 pub mod log_store;
+pub mod mutants;
 pub mod network;
 pub mod replica;
 pub mod state_machine;

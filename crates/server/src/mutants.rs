@@ -1,32 +1,4 @@
-//! Deliberately broken variants, to prove the robustness suite's checkers catch what they
-//! claim to (issue 10.4). Compiled only with the `mutants` feature, which no release build
-//! enables; with it, `TANDEM_MUTANT` names the one bug to switch on:
-//! - `stale-read`: a linearizable read is served from the local keyspace without a ReadIndex
-//!   round (a follower behind the leader, or a deposed leader, answers with old data);
-//! - `lease-early`: a lease expires after half its TTL;
-//! - `watch-from-rev-minus-1`: a watch starts one revision before the one asked for (a client
-//!   resuming at `last + 1` gets `last` again).
-//!
-//! Without the feature [`on`] is a constant `false` and every mutant compiles away.
+//! The robustness suite's deliberately broken variants: see `replication::mutants`, where the
+//! switch and the list live (the server's `mutants` feature enables that crate's).
 
-/// Whether the named mutant is switched on.
-#[cfg(feature = "mutants")]
-pub fn on(name: &str) -> bool {
-    static MUTANT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
-    MUTANT
-        .get_or_init(|| {
-            let m = std::env::var("TANDEM_MUTANT").ok();
-            if let Some(m) = &m {
-                tracing::warn!(mutant = %m, "running a deliberately broken build");
-            }
-            m
-        })
-        .as_deref()
-        == Some(name)
-}
-
-#[cfg(not(feature = "mutants"))]
-#[inline(always)]
-pub fn on(_name: &str) -> bool {
-    false
-}
+pub use replication::mutants::on;
