@@ -171,13 +171,8 @@ impl Shared {
             Ok(ForwardResponse::ReadIndex { index }) => self.applied(index).await,
             Ok(other) => Err(unexpected_answer(other)),
             Err(_) => {
-                // openraft's read index is the larger of its commit index and the first entry
-                // of this leadership; a leader restored at start-up (openraft 0.9 restarts a
-                // leader whose vote was committed) knows neither until a new entry commits, so
-                // the read also waits for every entry in its log when the round started.
-                let last = self.raft.metrics().borrow().last_log_index.unwrap_or(0);
                 let read = self.read_policy().leader_read_index(&self.raft).await?;
-                self.applied(read.max(last)).await
+                self.applied(read).await
             }
         }
     }
@@ -215,11 +210,20 @@ impl ReadPolicy {
     /// `timeout`, as etcd retries a ReadIndex round until its request times out. A leader that
     /// has heard from no quorum for an election timeout answers "no leader" at once (see
     /// [`lost_quorum`]).
+    ///
+    /// openraft's read index is the larger of its commit index and the first entry of this
+    /// leadership; a leader restored at start-up (openraft 0.9 restarts a leader whose vote was
+    /// committed) knows neither until a new entry commits, so the index is at least every entry
+    /// in its log when the round started. This holds for the leader's own reads and for those
+    /// followers forward to it: before, only the former had it, and after all members lost
+    /// power a follower served linearizable reads from before writes that had completed
+    /// (found by the robustness suite's power cuts).
     pub(crate) async fn leader_read_index(&self, raft: &Raft) -> Result<u64, ReplicaError> {
         let deadline = tokio::time::Instant::now() + self.timeout;
+        let last = raft.metrics().borrow().last_log_index.unwrap_or(0);
         loop {
             match raft.get_read_log_id().await {
-                Ok((read, _)) => return Ok(read.map_or(0, |l| l.index)),
+                Ok((read, _)) => return Ok(read.map_or(0, |l| l.index).max(last)),
                 Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_)))
                     if tokio::time::Instant::now() + READ_INDEX_RETRY < deadline =>
                 {
