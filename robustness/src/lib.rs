@@ -11,5 +11,6 @@
 
 pub mod check;
 pub mod history;
+pub mod powerfs;
 pub mod scenario;
 pub mod workload;

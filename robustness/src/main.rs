@@ -59,6 +59,7 @@ fn scenarios(seconds: u64) -> Vec<Scenario> {
             // Longer than an election timeout: leaders are replaced, old ones deposed.
             down: Duration::from_millis(2500),
             workload: Default::default(),
+            fault_count: None,
             flags: Vec::new(),
             env: Vec::new(),
         });

@@ -11,6 +11,7 @@ use etcd_compat_tests::{Cluster, Kind};
 
 use crate::check::{self, Report};
 use crate::history::{self, Recorder};
+use crate::powerfs::PowerFs;
 use crate::workload::{self, Config};
 
 /// A fault applied to the cluster during the run, repeatedly.
@@ -25,6 +26,9 @@ pub enum Fault {
     PauseLeader,
     /// Cut the leader off from every peer for `down` (clients still reach it), then heal.
     PartitionLeader,
+    /// SIGKILL every member at once and cut the power of every data dir (a power-loss
+    /// filesystem drops what was not fsynced), then restart them all.
+    PowerCut,
     /// Restart the leader under strace so that a later fdatasync fails with EIO; after `down`,
     /// restart it without. It must stop acknowledging writes at the failure (S13).
     FsyncEioLeader,
@@ -39,6 +43,7 @@ impl Fault {
             Fault::PauseLeader => "SIGSTOP the leader",
             Fault::PartitionLeader => "partition the leader from its peers",
             Fault::FsyncEioLeader => "fdatasync fails with EIO on the leader",
+            Fault::PowerCut => "power cut on every member",
         }
     }
 
@@ -60,6 +65,8 @@ pub struct Scenario {
     pub every: Duration,
     pub down: Duration,
     pub workload: Config,
+    /// Inject exactly this many faults (then run `every` more), whatever `duration` says.
+    pub fault_count: Option<usize>,
     /// Extra server flags (e.g. shorter election timeouts).
     pub flags: Vec<String>,
     /// Environment for tandem members (e.g. `TANDEM_MUTANT`).
@@ -80,6 +87,8 @@ pub struct Summary {
     pub longest_write_gap: Duration,
     pub faults: usize,
     pub elections: u64,
+    /// Power cuts: files that lost writes not fsynced (each cut drops the page cache).
+    pub unsynced_dropped: usize,
     pub report: Report,
     pub artifacts: Option<PathBuf>,
 }
@@ -114,6 +123,8 @@ fn signal(pid: u32, sig: &str) {
 async fn inject(
     cluster: &mut Cluster,
     net: Option<&Net>,
+    disks: &mut [PowerFs],
+    dropped: &mut usize,
     s: &Scenario,
     rec: &Recorder,
     windows: &mut Vec<(usize, u64, u64)>,
@@ -147,6 +158,21 @@ async fn inject(
             net.cut_from_peers(leader)?;
             tokio::time::sleep(s.down).await; // the fault's duration
             net.heal()?;
+        }
+        Fault::PowerCut => {
+            for m in &mut cluster.members {
+                m.stop("KILL")?;
+            }
+            for d in disks.iter_mut() {
+                *dropped += d.cut()?;
+            }
+            tokio::time::sleep(s.down).await; // the fault's duration
+            for m in &mut cluster.members {
+                m.restart()?;
+            }
+            for i in 0..cluster.members.len() {
+                cluster.wait_healthy(i)?;
+            }
         }
         Fault::FsyncEioLeader => {
             let m = &mut cluster.members[leader];
@@ -193,10 +219,20 @@ pub async fn run(s: &Scenario) -> Result<Summary> {
     } else {
         None
     };
-    let mut cluster = match &net {
-        Some(net) => Cluster::start_in(net, s.kind, s.members, &flags)?,
-        None => Cluster::start(s.kind, s.members, &flags)?,
+    // Power-loss filesystems under the data dirs, also declared before the cluster.
+    let backing = tempfile::tempdir()?;
+    let mut disks: Vec<PowerFs> = Vec::new();
+    let mut prepare = |i: usize, data: &std::path::Path| -> Result<()> {
+        if s.fault == Fault::PowerCut {
+            let b = backing.path().join(format!("m{i}"));
+            std::fs::create_dir_all(&b)?;
+            std::fs::create_dir_all(data)?;
+            disks.push(PowerFs::mount(&b, data)?);
+        }
+        Ok(())
     };
+    let mut cluster =
+        Cluster::start_prepared(s.kind, s.members, &flags, net.as_ref(), &mut prepare)?;
     let endpoints: Vec<String> = cluster.members.iter().map(|m| m.url()).collect();
     let term_before = term(&cluster).await;
     let rec = Recorder::new();
@@ -224,15 +260,33 @@ pub async fn run(s: &Scenario) -> Result<Summary> {
     let mut faults = 0;
     // For a failing fsync: (member, from, to) while it ran under strace.
     let mut fsync_windows = Vec::new();
+    // For a power cut: how many files lost writes that were not fsynced.
+    let mut unsynced_dropped = 0;
     if s.fault == Fault::None {
         tokio::time::sleep(s.duration).await; // the workload's duration
     } else {
-        while started.elapsed() + s.every < s.duration {
+        let more = |faults: usize| match s.fault_count {
+            Some(n) => faults < n,
+            None => started.elapsed() + s.every < s.duration,
+        };
+        while more(faults) {
             tokio::time::sleep(s.every).await; // time between faults
-            inject(&mut cluster, net.as_ref(), s, &rec, &mut fsync_windows).await?;
+            inject(
+                &mut cluster,
+                net.as_ref(),
+                &mut disks,
+                &mut unsynced_dropped,
+                s,
+                &rec,
+                &mut fsync_windows,
+            )
+            .await?;
             faults += 1;
         }
-        let left = s.duration.saturating_sub(started.elapsed());
+        let left = match s.fault_count {
+            Some(_) => s.every,
+            None => s.duration.saturating_sub(started.elapsed()),
+        };
         tokio::time::sleep(left).await; // the rest of the workload's duration
     }
     let _ = stop_tx.send(true);
@@ -250,6 +304,7 @@ pub async fn run(s: &Scenario) -> Result<Summary> {
     )
     .await?;
     check_stopped_after_eio(&rec, &fsync_windows, s.members, &mut summary.report);
+    summary.unsynced_dropped = unsynced_dropped;
     Ok(summary)
 }
 
@@ -324,6 +379,7 @@ async fn finish(
         longest_write_gap: Duration::from_nanos(gap),
         faults,
         elections,
+        unsynced_dropped: 0,
         report,
         artifacts,
     })
@@ -421,7 +477,7 @@ impl Summary {
 
     pub fn line(&self) -> String {
         format!(
-            "{} on {}: {} ops ({} ok, {} failed, {} indeterminate), {:.0} writes/s, longest write gap {:.2} s, {} faults, {} elections, {} leases expired, lost {}, linearizability {}, watch {}, lease {}, acked after a failed fsync {}",
+            "{} on {}: {} ops ({} ok, {} failed, {} indeterminate), {:.0} writes/s, longest write gap {:.2} s, {} faults, {} elections, {} files lost unsynced writes, {} leases expired, lost {}, linearizability {}, watch {}, lease {}, acked after a failed fsync {}",
             self.scenario,
             self.kind.name(),
             self.attempted,
@@ -432,6 +488,7 @@ impl Summary {
             self.longest_write_gap.as_secs_f64(),
             self.faults,
             self.elections,
+            self.unsynced_dropped,
             self.report.expired_leases,
             self.report.lost.len(),
             self.report.linearizability.len(),

@@ -55,6 +55,13 @@ async fn every_mutant_is_caught() {
             check: "lease",
         },
         Mutant {
+            name: "ack-before-fsync",
+            members: 1,
+            fault: Fault::PowerCut,
+            caught: |r| !r.lost.is_empty() || !r.linearizability.is_empty(),
+            check: "lost",
+        },
+        Mutant {
             name: "fsync-errors-ignored",
             members: 1,
             fault: Fault::FsyncEioLeader,
@@ -80,6 +87,7 @@ async fn every_mutant_is_caught() {
             every: Duration::from_millis(3500),
             down: Duration::from_millis(2500),
             workload: Default::default(),
+            fault_count: None,
             flags: Vec::new(),
             env: vec![
                 ("TANDEM_BIN".into(), bin.display().to_string()),
@@ -101,6 +109,7 @@ async fn every_mutant_is_caught() {
             "linearizability" => summary.report.linearizability.first(),
             "lease" => summary.report.lease.first(),
             "fsync" => summary.report.fsync.first(),
+            "lost" => summary.report.lost.first(),
             _ => summary.report.watch.first(),
         } {
             println!("  first finding: {}", &first[..first.len().min(400)]);

@@ -6,6 +6,8 @@
 //! - `lease-early`: a lease expires after half its TTL;
 //! - `watch-from-rev-minus-1`: a watch starts one revision before the one asked for (a client
 //!   resuming at `last + 1` gets `last` again);
+//! - `ack-before-fsync`: the raft log is never fdatasynced, so entries are acknowledged before
+//!   they are durable (only a power cut shows it);
 //! - `fsync-errors-ignored`: a failed fdatasync of the raft log is logged and taken for success
 //!   (fsyncgate: the node goes on acknowledging writes that may not be on disk).
 //!
