@@ -29,21 +29,25 @@ fn scenarios(seconds: u64) -> Vec<Scenario> {
         (Kind::Tandem, 1, Fault::None),
         (Kind::Tandem, 1, Fault::KillLeader),
         (Kind::Tandem, 1, Fault::FsyncEioLeader),
+        (Kind::Tandem, 1, Fault::PowerCut),
         (Kind::Tandem, 3, Fault::None),
         (Kind::Tandem, 3, Fault::KillLeader),
         (Kind::Tandem, 3, Fault::KillFollower),
         (Kind::Tandem, 3, Fault::PauseLeader),
         (Kind::Tandem, 3, Fault::PartitionLeader),
+        (Kind::Tandem, 3, Fault::PowerCut),
         (Kind::Etcd35, 3, Fault::None),
         (Kind::Etcd35, 3, Fault::KillLeader),
         (Kind::Etcd35, 3, Fault::KillFollower),
         (Kind::Etcd35, 3, Fault::PauseLeader),
         (Kind::Etcd35, 3, Fault::PartitionLeader),
+        (Kind::Etcd35, 3, Fault::PowerCut),
     ];
     for (kind, members, fault) in shapes {
         let what = match (members, fault) {
             (1, Fault::KillLeader) => "SIGKILL the member",
             (1, Fault::FsyncEioLeader) => "fdatasync fails with EIO",
+            (1, Fault::PowerCut) => "power cut",
             _ => fault.name(),
         };
         out.push(Scenario {
@@ -69,12 +73,12 @@ fn scenarios(seconds: u64) -> Vec<Scenario> {
 
 fn table(rows: &[Summary]) -> String {
     let mut s = String::from(
-        "| scenario | server | attempted | acknowledged | failed | indeterminate | writes/s | longest write gap | faults | elections | leases expired | lost | linearizability | watch | lease | acked after a failed fsync |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| scenario | server | attempted | acknowledged | failed | indeterminate | writes/s | longest write gap | faults | elections | files that lost unsynced writes | leases expired | lost | linearizability | watch | lease | acked after a failed fsync |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in rows {
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {} | {:.0} | {:.2} s | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {:.0} | {:.2} s | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             r.scenario,
             r.kind.name(),
             r.attempted,
@@ -85,6 +89,7 @@ fn table(rows: &[Summary]) -> String {
             r.longest_write_gap.as_secs_f64(),
             r.faults,
             r.elections,
+            r.unsynced_dropped,
             r.report.expired_leases,
             r.report.lost.len(),
             r.report.linearizability.len(),

@@ -203,3 +203,14 @@ async fn power_cuts_on_one_member_lose_no_acknowledged_write() {
 async fn power_cuts_on_three_members_lose_no_acknowledged_write() {
     power_cuts(3).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn etcd_three_members_power_cut() {
+    run(scenario(
+        "three members, power cut",
+        Kind::Etcd35,
+        3,
+        Fault::PowerCut,
+    ))
+    .await;
+}
