@@ -463,28 +463,18 @@ pub struct Cluster {
 
 impl Cluster {
     pub fn start(kind: Kind, size: usize, extra: &[&str]) -> Result<Self> {
-        Self::launch(kind, size, extra, None, &mut |_, _| Ok(()))
+        Self::start_prepared(kind, size, extra, None, &mut |_, _| Ok(()))
     }
 
     /// As [`Cluster::start`], each member in its own network namespace of `net` (which must
     /// have at least `size` members and outlive the cluster).
     pub fn start_in(net: &netns::Net, kind: Kind, size: usize, extra: &[&str]) -> Result<Self> {
-        Self::launch(kind, size, extra, Some(net), &mut |_, _| Ok(()))
+        Self::start_prepared(kind, size, extra, Some(net), &mut |_, _| Ok(()))
     }
 
     /// As [`Cluster::start`] (in `net` if given), after `prepare(i, data_dir)` has run for each
     /// member's (not yet created) data directory, e.g. to mount a filesystem there.
     pub fn start_prepared(
-        kind: Kind,
-        size: usize,
-        extra: &[&str],
-        net: Option<&netns::Net>,
-        prepare: &mut dyn FnMut(usize, &Path) -> Result<()>,
-    ) -> Result<Self> {
-        Self::launch(kind, size, extra, net, prepare)
-    }
-
-    fn launch(
         kind: Kind,
         size: usize,
         extra: &[&str],

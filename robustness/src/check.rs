@@ -193,13 +193,7 @@ pub fn check_ops(ops: &[Record], truth: &Truth, report: &mut Report) {
         };
         match (&r.op, &r.outcome) {
             (Op::Put { key, value, .. }, Outcome::Put { revision }) => {
-                if value_rev.get(value.as_str()) != Some(revision) {
-                    report.lost.push(format!(
-                        "{}: the history has {key}={value} at {:?}",
-                        describe(r),
-                        value_rev.get(value.as_str())
-                    ));
-                }
+                check_written(r, key, value, *revision, &value_rev, report);
                 explained.insert(*revision, i);
                 place(*revision, true, r.ret);
             }
@@ -221,13 +215,7 @@ pub fn check_ops(ops: &[Record], truth: &Truth, report: &mut Report) {
                 },
             ) => {
                 if *succeeded {
-                    if value_rev.get(value.as_str()) != Some(revision) {
-                        report.lost.push(format!(
-                            "{}: the history has {key}={value} at {:?}",
-                            describe(r),
-                            value_rev.get(value.as_str())
-                        ));
-                    }
+                    check_written(r, key, value, *revision, &value_rev, report);
                     explained.insert(*revision, i);
                     check_compare(r, truth, key, *expect, revision - 1, true, report);
                     place(*revision, true, r.ret);
@@ -303,6 +291,24 @@ pub fn check_ops(ops: &[Record], truth: &Truth, report: &mut Report) {
         report,
     );
     check_monotonic(ops, report);
+}
+
+/// An acknowledged write of `value` is in the history at the revision it was acknowledged with.
+fn check_written(
+    r: &Record,
+    key: &str,
+    value: &str,
+    revision: i64,
+    value_rev: &HashMap<&str, i64>,
+    report: &mut Report,
+) {
+    let found = value_rev.get(value).copied();
+    if found != Some(revision) {
+        report.lost.push(format!(
+            "{}: the history has {key}={value} at {found:?}",
+            describe(r)
+        ));
+    }
 }
 
 /// A txn's compare (`mod_revision(key) == expect`) held at `rev` iff `held`.

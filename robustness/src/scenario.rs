@@ -475,26 +475,45 @@ impl Summary {
         )
     }
 
+    /// The figures every fault test reports, named.
+    pub fn columns(&self) -> Vec<(&'static str, String)> {
+        let r = &self.report;
+        vec![
+            ("attempted", self.attempted.to_string()),
+            ("acknowledged", self.acknowledged.to_string()),
+            ("failed", self.failed.to_string()),
+            ("indeterminate", self.indeterminate.to_string()),
+            ("writes/s", format!("{:.0}", self.writes_per_second)),
+            (
+                "longest write gap",
+                format!("{:.2} s", self.longest_write_gap.as_secs_f64()),
+            ),
+            ("faults", self.faults.to_string()),
+            ("elections", self.elections.to_string()),
+            (
+                "files that lost unsynced writes",
+                self.unsynced_dropped.to_string(),
+            ),
+            ("leases expired", r.expired_leases.to_string()),
+            ("lost", r.lost.len().to_string()),
+            ("linearizability", r.linearizability.len().to_string()),
+            ("watch", r.watch.len().to_string()),
+            ("lease", r.lease.len().to_string()),
+            ("acked after a failed fsync", r.fsync.len().to_string()),
+        ]
+    }
+
     pub fn line(&self) -> String {
+        let figures: Vec<String> = self
+            .columns()
+            .into_iter()
+            .map(|(name, value)| format!("{name} {value}"))
+            .collect();
         format!(
-            "{} on {}: {} ops ({} ok, {} failed, {} indeterminate), {:.0} writes/s, longest write gap {:.2} s, {} faults, {} elections, {} files lost unsynced writes, {} leases expired, lost {}, linearizability {}, watch {}, lease {}, acked after a failed fsync {}",
+            "{} on {}: {}",
             self.scenario,
             self.kind.name(),
-            self.attempted,
-            self.acknowledged,
-            self.failed,
-            self.indeterminate,
-            self.writes_per_second,
-            self.longest_write_gap.as_secs_f64(),
-            self.faults,
-            self.elections,
-            self.unsynced_dropped,
-            self.report.expired_leases,
-            self.report.lost.len(),
-            self.report.linearizability.len(),
-            self.report.watch.len(),
-            self.report.lease.len(),
-            self.report.fsync.len(),
+            figures.join(", ")
         )
     }
 }
