@@ -35,12 +35,16 @@ fn scenarios(seconds: u64) -> Vec<Scenario> {
         (Kind::Tandem, 3, Fault::KillFollower),
         (Kind::Tandem, 3, Fault::PauseLeader),
         (Kind::Tandem, 3, Fault::PartitionLeader),
+        (Kind::Tandem, 3, Fault::OneWayFromLeader),
+        (Kind::Tandem, 3, Fault::FlapLeader),
         (Kind::Tandem, 3, Fault::PowerCut),
         (Kind::Etcd35, 3, Fault::None),
         (Kind::Etcd35, 3, Fault::KillLeader),
         (Kind::Etcd35, 3, Fault::KillFollower),
         (Kind::Etcd35, 3, Fault::PauseLeader),
         (Kind::Etcd35, 3, Fault::PartitionLeader),
+        (Kind::Etcd35, 3, Fault::OneWayFromLeader),
+        (Kind::Etcd35, 3, Fault::FlapLeader),
         (Kind::Etcd35, 3, Fault::PowerCut),
     ];
     for (kind, members, fault) in shapes {

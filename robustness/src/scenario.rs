@@ -14,6 +14,9 @@ use crate::history::{self, Recorder};
 use crate::powerfs::PowerFs;
 use crate::workload::{self, Config};
 
+/// How long a flapping link stays down, and then up.
+const FLAP: Duration = Duration::from_millis(300);
+
 /// A fault applied to the cluster during the run, repeatedly.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Fault {
@@ -26,6 +29,10 @@ pub enum Fault {
     PauseLeader,
     /// Cut the leader off from every peer for `down` (clients still reach it), then heal.
     PartitionLeader,
+    /// Drop every packet the leader sends to its peers (not those it receives) for `down`.
+    OneWayFromLeader,
+    /// Cut and heal the leader's peer links every 300 ms for `down`.
+    FlapLeader,
     /// SIGKILL every member at once and cut the power of every data dir (a power-loss
     /// filesystem drops what was not fsynced), then restart them all.
     PowerCut,
@@ -42,6 +49,8 @@ impl Fault {
             Fault::KillFollower => "SIGKILL a follower",
             Fault::PauseLeader => "SIGSTOP the leader",
             Fault::PartitionLeader => "partition the leader from its peers",
+            Fault::OneWayFromLeader => "drop what the leader sends to its peers",
+            Fault::FlapLeader => "flap the leader's peer links",
             Fault::FsyncEioLeader => "fdatasync fails with EIO on the leader",
             Fault::PowerCut => "power cut on every member",
         }
@@ -49,7 +58,10 @@ impl Fault {
 
     /// Whether the members need network namespaces of their own.
     pub fn needs_network(self) -> bool {
-        self == Fault::PartitionLeader
+        matches!(
+            self,
+            Fault::PartitionLeader | Fault::OneWayFromLeader | Fault::FlapLeader
+        )
     }
 }
 
@@ -158,6 +170,24 @@ async fn inject(
             net.cut_from_peers(leader)?;
             tokio::time::sleep(s.down).await; // the fault's duration
             net.heal()?;
+        }
+        Fault::OneWayFromLeader => {
+            let net = net.context("a partition needs network namespaces")?;
+            for j in (0..s.members).filter(|&j| j != leader) {
+                net.drop_one_way(leader, j)?;
+            }
+            tokio::time::sleep(s.down).await; // the fault's duration
+            net.heal()?;
+        }
+        Fault::FlapLeader => {
+            let net = net.context("a partition needs network namespaces")?;
+            let until = std::time::Instant::now() + s.down;
+            while std::time::Instant::now() < until {
+                net.cut_from_peers(leader)?;
+                tokio::time::sleep(FLAP).await; // the flap's period
+                net.heal()?;
+                tokio::time::sleep(FLAP).await; // the flap's period
+            }
         }
         Fault::PowerCut => {
             for m in &mut cluster.members {

@@ -214,3 +214,47 @@ async fn etcd_three_members_power_cut() {
     ))
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_members_one_way_from_the_leader() {
+    run(scenario(
+        "three members, one way from the leader",
+        Kind::Tandem,
+        3,
+        Fault::OneWayFromLeader,
+    ))
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_members_flapping_leader_links() {
+    run(scenario(
+        "three members, flapping leader links",
+        Kind::Tandem,
+        3,
+        Fault::FlapLeader,
+    ))
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn etcd_three_members_one_way_from_the_leader() {
+    run(scenario(
+        "three members, one way from the leader",
+        Kind::Etcd35,
+        3,
+        Fault::OneWayFromLeader,
+    ))
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn etcd_three_members_flapping_leader_links() {
+    run(scenario(
+        "three members, flapping leader links",
+        Kind::Etcd35,
+        3,
+        Fault::FlapLeader,
+    ))
+    .await;
+}
