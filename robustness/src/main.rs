@@ -38,6 +38,7 @@ fn scenarios(seconds: u64) -> Vec<Scenario> {
         (Kind::Tandem, 3, Fault::OneWayFromLeader),
         (Kind::Tandem, 3, Fault::FlapLeader),
         (Kind::Tandem, 3, Fault::PowerCut),
+        (Kind::Tandem, 3, Fault::ClockJumps),
         (Kind::Etcd35, 3, Fault::None),
         (Kind::Etcd35, 3, Fault::KillLeader),
         (Kind::Etcd35, 3, Fault::KillFollower),

@@ -14,6 +14,9 @@ use crate::history::{self, Recorder};
 use crate::powerfs::PowerFs;
 use crate::workload::{self, Config};
 
+/// Debian's libfaketime (the `faketime` package; install-deps installs it).
+const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+
 /// How long a flapping link stays down, and then up.
 const FLAP: Duration = Duration::from_millis(300);
 
@@ -33,6 +36,10 @@ pub enum Fault {
     OneWayFromLeader,
     /// Cut and heal the leader's peer links every 300 ms for `down`.
     FlapLeader,
+    /// Every member runs under libfaketime; the leader's wall clock jumps an hour ahead, then
+    /// an hour back, then runs twice as fast, for `down` each (S15/S16). The monotonic clock
+    /// is left alone: nothing may change (leases never expire early).
+    ClockJumps,
     /// SIGKILL every member at once and cut the power of every data dir (a power-loss
     /// filesystem drops what was not fsynced), then restart them all.
     PowerCut,
@@ -53,6 +60,7 @@ impl Fault {
             Fault::FlapLeader => "flap the leader's peer links",
             Fault::FsyncEioLeader => "fdatasync fails with EIO on the leader",
             Fault::PowerCut => "power cut on every member",
+            Fault::ClockJumps => "wall-clock jumps and skew on the leader",
         }
     }
 
@@ -137,6 +145,7 @@ async fn inject(
     net: Option<&Net>,
     disks: &mut [PowerFs],
     dropped: &mut usize,
+    clocks: &std::path::Path,
     s: &Scenario,
     rec: &Recorder,
     windows: &mut Vec<(usize, u64, u64)>,
@@ -202,6 +211,33 @@ async fn inject(
             }
             for i in 0..cluster.members.len() {
                 cluster.wait_healthy(i)?;
+            }
+        }
+        Fault::ClockJumps => {
+            let clock = |i: usize| clocks.join(format!("m{i}"));
+            if !clocks.join("m0").exists() {
+                // First round: every member restarts under libfaketime, its clock file at +0.
+                for i in 0..cluster.members.len() {
+                    std::fs::write(clock(i), "+0")?;
+                    let file = format!("FAKETIME_TIMESTAMP_FILE={}", clock(i).display());
+                    let m = &mut cluster.members[i];
+                    m.stop("KILL")?;
+                    m.set_wrapper(&[
+                        "env",
+                        &format!("LD_PRELOAD={LIBFAKETIME}"),
+                        &file,
+                        "FAKETIME_NO_CACHE=1",
+                        "DONT_FAKE_MONOTONIC=1",
+                    ]);
+                    m.restart()?;
+                }
+                for i in 0..cluster.members.len() {
+                    cluster.wait_healthy(i)?;
+                }
+            }
+            for offset in ["+3600", "-3600", "+0 x2", "+0"] {
+                std::fs::write(clock(leader), offset)?;
+                tokio::time::sleep(s.down / 3).await; // each step's duration
             }
         }
         Fault::FsyncEioLeader => {
@@ -292,6 +328,8 @@ pub async fn run(s: &Scenario) -> Result<Summary> {
     let mut fsync_windows = Vec::new();
     // For a power cut: how many files lost writes that were not fsynced.
     let mut unsynced_dropped = 0;
+    // For clock jumps: each member's libfaketime clock file.
+    let clocks = tempfile::tempdir()?;
     if s.fault == Fault::None {
         tokio::time::sleep(s.duration).await; // the workload's duration
     } else {
@@ -306,6 +344,7 @@ pub async fn run(s: &Scenario) -> Result<Summary> {
                 net.as_ref(),
                 &mut disks,
                 &mut unsynced_dropped,
+                clocks.path(),
                 s,
                 &rec,
                 &mut fsync_windows,

@@ -258,3 +258,14 @@ async fn etcd_three_members_flapping_leader_links() {
     ))
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_members_clock_jumps() {
+    run(scenario(
+        "three members, clock jumps",
+        Kind::Tandem,
+        3,
+        Fault::ClockJumps,
+    ))
+    .await;
+}
