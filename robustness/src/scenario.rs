@@ -139,17 +139,26 @@ fn signal(pid: u32, sig: &str) {
         .status();
 }
 
+/// What the faults need and what they leave to check. Declared before the cluster, so that it
+/// outlives the members (filesystems unmount after the processes are gone).
+struct Rig {
+    /// Network namespaces for partitions.
+    net: Option<Net>,
+    /// Power-loss filesystems under the data dirs, on `backing`.
+    disks: Vec<PowerFs>,
+    backing: tempfile::TempDir,
+    /// How many files lost unsynced writes in power cuts.
+    unsynced_dropped: usize,
+    /// Each member's libfaketime clock file.
+    clocks: tempfile::TempDir,
+    /// A failing fsync: (member, from, to) while it ran under strace.
+    fsync_windows: Vec<(usize, u64, u64)>,
+}
+
 /// Applies the fault once and heals it after `down`.
-async fn inject(
-    cluster: &mut Cluster,
-    net: Option<&Net>,
-    disks: &mut [PowerFs],
-    dropped: &mut usize,
-    clocks: &std::path::Path,
-    s: &Scenario,
-    rec: &Recorder,
-    windows: &mut Vec<(usize, u64, u64)>,
-) -> Result<()> {
+async fn inject(cluster: &mut Cluster, rig: &mut Rig, s: &Scenario, rec: &Recorder) -> Result<()> {
+    let net = rig.net.as_ref();
+    let clocks = rig.clocks.path();
     let leader = if s.members == 1 {
         0
     } else {
@@ -202,8 +211,8 @@ async fn inject(
             for m in &mut cluster.members {
                 m.stop("KILL")?;
             }
-            for d in disks.iter_mut() {
-                *dropped += d.cut()?;
+            for d in rig.disks.iter_mut() {
+                rig.unsynced_dropped += d.cut()?;
             }
             tokio::time::sleep(s.down).await; // the fault's duration
             for m in &mut cluster.members {
@@ -265,7 +274,7 @@ async fn inject(
             m.set_wrapper(&[]);
             m.restart()?;
             cluster.wait_healthy(leader)?;
-            windows.push((leader, window_start, window_end));
+            rig.fsync_windows.push((leader, window_start, window_end));
         }
     }
     Ok(())
@@ -279,18 +288,22 @@ pub async fn run(s: &Scenario) -> Result<Summary> {
         std::env::set_var(k, v);
     }
     let flags: Vec<&str> = s.flags.iter().map(String::as_str).collect();
-    // Declared before the cluster, so that it outlives the members.
-    let net = if s.fault.needs_network() {
-        Some(Net::new(s.members)?)
-    } else {
-        None
+    let mut rig = Rig {
+        net: if s.fault.needs_network() {
+            Some(Net::new(s.members)?)
+        } else {
+            None
+        },
+        disks: Vec::new(),
+        backing: tempfile::tempdir()?,
+        unsynced_dropped: 0,
+        clocks: tempfile::tempdir()?,
+        fsync_windows: Vec::new(),
     };
-    // Power-loss filesystems under the data dirs, also declared before the cluster.
-    let backing = tempfile::tempdir()?;
-    let mut disks: Vec<PowerFs> = Vec::new();
+    let (backing, disks) = (rig.backing.path().to_path_buf(), &mut rig.disks);
     let mut prepare = |i: usize, data: &std::path::Path| -> Result<()> {
         if s.fault == Fault::PowerCut {
-            let b = backing.path().join(format!("m{i}"));
+            let b = backing.join(format!("m{i}"));
             std::fs::create_dir_all(&b)?;
             std::fs::create_dir_all(data)?;
             disks.push(PowerFs::mount(&b, data)?);
@@ -298,7 +311,7 @@ pub async fn run(s: &Scenario) -> Result<Summary> {
         Ok(())
     };
     let mut cluster =
-        Cluster::start_prepared(s.kind, s.members, &flags, net.as_ref(), &mut prepare)?;
+        Cluster::start_prepared(s.kind, s.members, &flags, rig.net.as_ref(), &mut prepare)?;
     let endpoints: Vec<String> = cluster.members.iter().map(|m| m.url()).collect();
     let term_before = term(&cluster).await;
     let rec = Recorder::new();
@@ -324,12 +337,6 @@ pub async fn run(s: &Scenario) -> Result<Summary> {
     }
     let started = std::time::Instant::now();
     let mut faults = 0;
-    // For a failing fsync: (member, from, to) while it ran under strace.
-    let mut fsync_windows = Vec::new();
-    // For a power cut: how many files lost writes that were not fsynced.
-    let mut unsynced_dropped = 0;
-    // For clock jumps: each member's libfaketime clock file.
-    let clocks = tempfile::tempdir()?;
     if s.fault == Fault::None {
         tokio::time::sleep(s.duration).await; // the workload's duration
     } else {
@@ -339,17 +346,7 @@ pub async fn run(s: &Scenario) -> Result<Summary> {
         };
         while more(faults) {
             tokio::time::sleep(s.every).await; // time between faults
-            inject(
-                &mut cluster,
-                net.as_ref(),
-                &mut disks,
-                &mut unsynced_dropped,
-                clocks.path(),
-                s,
-                &rec,
-                &mut fsync_windows,
-            )
-            .await?;
+            inject(&mut cluster, &mut rig, s, &rec).await?;
             faults += 1;
         }
         let left = match s.fault_count {
@@ -372,8 +369,8 @@ pub async fn run(s: &Scenario) -> Result<Summary> {
         started.elapsed(),
     )
     .await?;
-    check_stopped_after_eio(&rec, &fsync_windows, s.members, &mut summary.report);
-    summary.unsynced_dropped = unsynced_dropped;
+    check_stopped_after_eio(&rec, &rig.fsync_windows, s.members, &mut summary.report);
+    summary.unsynced_dropped = rig.unsynced_dropped;
     Ok(summary)
 }
 
