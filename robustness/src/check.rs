@@ -564,6 +564,12 @@ pub fn check_watch(w: &WatchRecord, truth: &Truth, report: &mut Report) {
         "client {} watch [{:?}, {:?}) from {}",
         w.client, w.start, w.end, w.start_revision
     );
+    if let Some(target) = w.behind {
+        report.watch.push(format!(
+            "{name}: did not deliver every revision up to the final one ({target}) within {} s of the run's end",
+            crate::workload::CATCH_UP.as_secs()
+        ));
+    }
     let mut n = 0;
     let mut last_header = 0;
     for (i, resp) in w.responses.iter().enumerate() {
@@ -807,6 +813,7 @@ mod tests {
             start: "a".into(),
             end: "b".into(),
             start_revision: from,
+            behind: None,
             responses: events
                 .into_iter()
                 .map(|events| WatchResponse {
@@ -841,6 +848,10 @@ mod tests {
         ] {
             assert_eq!(run(&good_ops(), &[w]).watch.len(), 1, "{name}");
         }
+        // A watcher that never caught up with the final revision after the run.
+        let mut stuck = watch(vec![all[..1].to_vec()], 1);
+        stuck.behind = Some(4);
+        assert_eq!(run(&good_ops(), &[stuck]).watch.len(), 1, "behind");
         // A progress notification at 4 before the events up to 4 were delivered.
         let mut early = watch(vec![all[..1].to_vec(), vec![], all[1..].to_vec()], 1);
         early.responses[1].revision = 4;

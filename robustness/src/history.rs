@@ -139,6 +139,10 @@ pub struct WatchRecord {
     pub end: String,
     pub start_revision: i64,
     pub responses: Vec<WatchResponse>,
+    /// Set on a watcher's last stream when, after the run, it did not deliver every revision
+    /// up to the final one (this) within the catch-up time.
+    #[serde(default)]
+    pub behind: Option<i64>,
 }
 
 /// One line of `history.jsonl`.

@@ -316,7 +316,9 @@ pub async fn run(s: &Scenario) -> Result<Summary> {
     let term_before = term(&cluster).await;
     let rec = Recorder::new();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let (target_tx, target_rx) = tokio::sync::watch::channel(None);
     let mut tasks = Vec::new();
+    let mut watchers = Vec::new();
     for id in 0..s.workload.clients {
         tasks.push(tokio::spawn(workload::run_client(
             endpoints.clone(),
@@ -327,12 +329,12 @@ pub async fn run(s: &Scenario) -> Result<Summary> {
         )));
     }
     for w in 0..2 {
-        tasks.push(tokio::spawn(workload::run_watcher(
+        watchers.push(tokio::spawn(workload::run_watcher(
             endpoints.clone(),
             1000 + w,
             1,
             rec.clone(),
-            stop_rx.clone(),
+            target_rx.clone(),
         )));
     }
     let started = std::time::Instant::now();
@@ -359,30 +361,22 @@ pub async fn run(s: &Scenario) -> Result<Summary> {
     for t in tasks {
         t.await.context("a workload task failed")?;
     }
+    let elapsed = started.elapsed();
+    let last = final_revision(&cluster).await?;
+    // The watchers must now deliver everything up to the final revision (reliability).
+    let _ = target_tx.send(Some(last));
+    for t in watchers {
+        t.await.context("a watcher failed")?;
+    }
     let elections = term(&cluster).await.saturating_sub(term_before);
-    let mut summary = finish(
-        s,
-        &cluster,
-        rec.clone(),
-        faults,
-        elections,
-        started.elapsed(),
-    )
-    .await?;
+    let mut summary = finish(s, &cluster, rec.clone(), last, faults, elections, elapsed).await?;
     check_stopped_after_eio(&rec, &rig.fsync_windows, s.members, &mut summary.report);
     summary.unsynced_dropped = rig.unsynced_dropped;
     Ok(summary)
 }
 
-/// The final revision, the history from every member (which must agree), and the checks.
-async fn finish(
-    s: &Scenario,
-    cluster: &Cluster,
-    rec: Recorder,
-    faults: usize,
-    elections: u64,
-    elapsed: Duration,
-) -> Result<Summary> {
+/// Once every member is healthy again: the highest revision any of them reports.
+async fn final_revision(cluster: &Cluster) -> Result<i64> {
     for i in 0..cluster.members.len() {
         cluster.wait_healthy(i)?;
     }
@@ -392,6 +386,19 @@ async fn finish(
         let r = c.get(workload::KEY_PREFIX, None).await?;
         last = last.max(r.header().map_or(0, |h| h.revision()));
     }
+    Ok(last)
+}
+
+/// The history from every member (which must agree) up to `last`, and the checks.
+async fn finish(
+    s: &Scenario,
+    cluster: &Cluster,
+    rec: Recorder,
+    last: i64,
+    faults: usize,
+    elections: u64,
+    elapsed: Duration,
+) -> Result<Summary> {
     let lines = rec.lines();
     let (ops, watches) = history::split(&lines);
     let mut truths = Vec::new();

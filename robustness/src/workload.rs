@@ -310,24 +310,42 @@ fn event(e: &etcd_client::Event) -> Option<(i64, Event)> {
     ))
 }
 
+fn timed_out(deadline: Option<tokio::time::Instant>) -> bool {
+    deadline.is_some_and(|d| tokio::time::Instant::now() >= d)
+}
+
+/// How long a watcher may take, once the run has ended, to deliver every revision up to the
+/// final one.
+pub const CATCH_UP: Duration = Duration::from_secs(10);
+
 /// A watcher of every key from `from`; on an error it records the stream and resumes from the
-/// revision after the last event delivered (a new stream). Runs until `stop`, then returns.
+/// revision after the last event delivered (a new stream). When `target` becomes the run's
+/// final revision, it goes on until it has delivered every event up to it (within
+/// [`CATCH_UP`], else its last record says how far behind it stayed), then returns.
 pub async fn run_watcher(
     endpoints: Vec<String>,
     id: u32,
     from: i64,
     rec: Recorder,
-    mut stop: tokio::sync::watch::Receiver<bool>,
+    mut target: tokio::sync::watch::Receiver<Option<i64>>,
 ) {
     let mut next = from;
-    let mut stopping = false;
-    while !stopping {
+    let mut deadline: Option<tokio::time::Instant> = None;
+    loop {
+        let goal = *target.borrow();
+        if let Some(goal) = goal {
+            deadline.get_or_insert_with(|| tokio::time::Instant::now() + CATCH_UP);
+            if next > goal {
+                return;
+            }
+        }
         let mut record = WatchRecord {
             client: id,
             start: KEY_PREFIX.to_string(),
             end: prefix_end(KEY_PREFIX),
             start_revision: next,
             responses: Vec::new(),
+            behind: None,
         };
         let opts = WatchOptions::new()
             .with_prefix()
@@ -339,16 +357,27 @@ pub async fn run_watcher(
             Err(_) => None,
         };
         let Some(mut stream) = stream else {
-            if *stop.borrow() {
+            if timed_out(deadline) {
+                record.behind = goal;
+                rec.watch(record);
                 return;
             }
             tokio::time::sleep(Duration::from_millis(50)).await; // pacing reconnects
             continue;
         };
         loop {
+            let wait_until = deadline.unwrap_or_else(|| tokio::time::Instant::now() + CATCH_UP);
             let msg = tokio::select! {
                 m = stream.message() => m,
-                _ = stop.changed() => { stopping = true; break; }
+                _ = target.changed(), if deadline.is_none() => {
+                    // The run has ended: catch up on this stream.
+                    deadline = Some(tokio::time::Instant::now() + CATCH_UP);
+                    if (*target.borrow()).is_some_and(|g| next > g) {
+                        break;
+                    }
+                    continue;
+                }
+                _ = tokio::time::sleep_until(wait_until), if deadline.is_some() => break,
             };
             let Ok(Some(resp)) = msg else { break };
             let events: Vec<Event> = resp
@@ -367,11 +396,22 @@ pub async fn run_watcher(
                 canceled: resp.canceled(),
                 compact_revision: resp.compact_revision(),
             });
-            if resp.canceled() {
+            let done = (*target.borrow()).is_some_and(|g| next > g);
+            if resp.canceled() || done {
                 break;
             }
         }
+        let goal = *target.borrow();
+        let caught_up = goal.is_some_and(|g| next > g);
+        if goal.is_some() && !caught_up && timed_out(deadline) {
+            record.behind = goal;
+            rec.watch(record);
+            return;
+        }
         rec.watch(record);
+        if caught_up {
+            return;
+        }
     }
 }
 
