@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+pub mod loopfs;
 pub mod netns;
 
 /// How long a server may take to become healthy.

@@ -10,13 +10,12 @@
 //! Needs root (mount); the machine's CI runs as root.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{ensure, Context, Result};
+use anyhow::Result;
 use etcd_client::{Client, GetOptions};
+use etcd_compat_tests::loopfs::LoopFs;
 use etcd_compat_tests::*;
 
 const IMAGE_MIB: u64 = 400;
@@ -25,54 +24,6 @@ const VALUE_BYTES: usize = 64 * 1024;
 const WRITERS: usize = 4;
 const WAIT: Duration = Duration::from_secs(60);
 const NO_SPACE: &str = "etcdserver: mvcc: database space exceeded";
-
-/// A small ext4 filesystem on a loop device, mounted until dropped.
-struct LoopFs {
-    mount: PathBuf,
-    _image_dir: tempfile::TempDir,
-}
-
-impl LoopFs {
-    fn mount_at(mount: &Path) -> Result<Self> {
-        let image_dir = tempfile::tempdir()?;
-        let image = image_dir.path().join("fs.img");
-        std::fs::File::create(&image)?.set_len(IMAGE_MIB << 20)?;
-        run("mkfs.ext4", &["-q", "-F", path_str(&image)])?;
-        std::fs::create_dir_all(mount)?;
-        run("mount", &["-o", "loop", path_str(&image), path_str(mount)])?;
-        Ok(Self {
-            mount: mount.to_path_buf(),
-            _image_dir: image_dir,
-        })
-    }
-
-    fn ballast(&self) -> PathBuf {
-        self.mount.join("ballast")
-    }
-}
-
-impl Drop for LoopFs {
-    fn drop(&mut self) {
-        let _ = run("umount", &["-l", path_str(&self.mount)]);
-    }
-}
-
-fn path_str(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
-}
-
-fn run(program: &str, args: &[&str]) -> Result<()> {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .with_context(|| program.to_string())?;
-    ensure!(
-        out.status.success(),
-        "{program} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(())
-}
 
 type Acked = Arc<Mutex<BTreeMap<String, i64>>>;
 
@@ -129,9 +80,10 @@ async fn fill_free_restart(kind: Kind) -> Report {
     let fs = Arc::new(Mutex::new(None));
     let slot = fs.clone();
     let mut server = Server::start_prepared(kind, move |data| {
-        let mounted = LoopFs::mount_at(data)?;
-        std::fs::write(mounted.ballast(), vec![0xB5u8; BALLAST_MIB << 20])?;
-        run("sync", &[])?;
+        let mounted = LoopFs::mount_at(data, IMAGE_MIB)?;
+        let ballast = std::fs::File::create(mounted.ballast())?;
+        std::io::Write::write_all(&mut &ballast, &vec![0xB5u8; BALLAST_MIB << 20])?;
+        ballast.sync_all()?;
         *slot.lock().expect("fs") = Some(mounted);
         Ok(())
     })

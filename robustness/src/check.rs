@@ -47,6 +47,8 @@ pub struct Report {
     pub lease: Vec<String>,
     /// Writes acknowledged by a member after one of its fdatasyncs failed (S13).
     pub fsync: Vec<String>,
+    /// A full disk not answered as etcd answers it (S12).
+    pub disk: Vec<String>,
     /// Leases that expired (not revoked) during the run.
     pub expired_leases: usize,
 }
@@ -58,6 +60,7 @@ impl Report {
             && self.watch.is_empty()
             && self.lease.is_empty()
             && self.fsync.is_empty()
+            && self.disk.is_empty()
     }
 
     /// The first few findings of each kind, for a failure message.
@@ -69,6 +72,7 @@ impl Report {
             ("watch violations", &self.watch),
             ("lease violations", &self.lease),
             ("acknowledged after a failed fsync", &self.fsync),
+            ("full disk not refused as NOSPACE", &self.disk),
         ] {
             s.push_str(&format!("{name}: {}\n", v.len()));
             for line in v.iter().take(5) {

@@ -30,6 +30,7 @@ fn scenarios(seconds: u64) -> Vec<Scenario> {
         (Kind::Tandem, 1, Fault::KillLeader),
         (Kind::Tandem, 1, Fault::FsyncEioLeader),
         (Kind::Tandem, 1, Fault::PowerCut),
+        (Kind::Tandem, 1, Fault::DiskFullLeader),
         (Kind::Tandem, 3, Fault::None),
         (Kind::Tandem, 3, Fault::KillLeader),
         (Kind::Tandem, 3, Fault::KillFollower),
@@ -53,6 +54,7 @@ fn scenarios(seconds: u64) -> Vec<Scenario> {
             (1, Fault::KillLeader) => "SIGKILL the member",
             (1, Fault::FsyncEioLeader) => "fdatasync fails with EIO",
             (1, Fault::PowerCut) => "power cut",
+            (1, Fault::DiskFullLeader) => "the disk fills up",
             _ => fault.name(),
         };
         out.push(Scenario {
@@ -123,7 +125,7 @@ async fn main() -> anyhow::Result<()> {
          each scenario runs the workload of `robustness/src/workload.rs` ({} clients over {} keys: puts, \
          linearizable gets and ranges, CAS txns, deletes, leases granted, kept alive, revoked and left to \
          expire; two watchers of every key that resume after errors) for {} s against real processes on \
-         this machine, then checks the history (`robustness/src/check.rs`). The last five columns must be \
+         this machine, then checks the history (`robustness/src/check.rs`). The last six columns must be \
          zero. Debug and release builds differ in speed, not in the checks; tandem here is the build the \
          script made.\n\n{}\n",
         args.seconds,

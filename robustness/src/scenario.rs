@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use etcd_compat_tests::loopfs::LoopFs;
 use etcd_compat_tests::netns::Net;
 use etcd_compat_tests::{Cluster, Kind};
 
@@ -13,6 +14,11 @@ use crate::check::{self, Report};
 use crate::history::{self, Recorder};
 use crate::powerfs::PowerFs;
 use crate::workload::{self, Config};
+
+/// The size of a data dir that fills up, and what is left free when it does (below tandem's
+/// reserve of 128 MiB).
+const DISK_MIB: u64 = 400;
+const DISK_LEFT_FREE: u64 = 64 << 20;
 
 /// Debian's libfaketime (the `faketime` package; install-deps installs it).
 const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
@@ -40,6 +46,10 @@ pub enum Fault {
     /// an hour back, then runs twice as fast, for `down` each (S15/S16). The monotonic clock
     /// is left alone: nothing may change (leases never expire early).
     ClockJumps,
+    /// Fill the leader's disk (a 400 MiB loop-mounted ext4 data dir) to 64 MiB free, below
+    /// tandem's reserve, for `down`, then free it (S12): writes refused with etcd's NOSPACE
+    /// error, reads served, nothing lost, writes taken again.
+    DiskFullLeader,
     /// SIGKILL every member at once and cut the power of every data dir (a power-loss
     /// filesystem drops what was not fsynced), then restart them all.
     PowerCut,
@@ -61,6 +71,7 @@ impl Fault {
             Fault::FsyncEioLeader => "fdatasync fails with EIO on the leader",
             Fault::PowerCut => "power cut on every member",
             Fault::ClockJumps => "wall-clock jumps and skew on the leader",
+            Fault::DiskFullLeader => "the leader's disk fills up",
         }
     }
 
@@ -153,6 +164,10 @@ struct Rig {
     clocks: tempfile::TempDir,
     /// A failing fsync: (member, from, to) while it ran under strace.
     fsync_windows: Vec<(usize, u64, u64)>,
+    /// Small filesystems under the data dirs, for a full disk.
+    loops: Vec<LoopFs>,
+    /// A full disk: (member, from, to) while it was full.
+    full_windows: Vec<(usize, u64, u64)>,
 }
 
 /// Applies the fault once and heals it after `down`.
@@ -249,6 +264,18 @@ async fn inject(cluster: &mut Cluster, rig: &mut Rig, s: &Scenario, rec: &Record
                 tokio::time::sleep(s.down / 3).await; // each step's duration
             }
         }
+        Fault::DiskFullLeader => {
+            let disk = &rig.loops[leader];
+            let fill = disk.available()?.saturating_sub(DISK_LEFT_FREE);
+            let ballast = std::fs::File::create(disk.ballast())?;
+            if fill > 0 {
+                rustix::fs::fallocate(&ballast, rustix::fs::FallocateFlags::empty(), 0, fill)?;
+            }
+            let from = rec.now();
+            tokio::time::sleep(s.down).await; // the fault's duration
+            std::fs::remove_file(disk.ballast())?;
+            rig.full_windows.push((leader, from, rec.now()));
+        }
         Fault::FsyncEioLeader => {
             let m = &mut cluster.members[leader];
             m.stop("KILL")?;
@@ -299,9 +326,18 @@ pub async fn run(s: &Scenario) -> Result<Summary> {
         unsynced_dropped: 0,
         clocks: tempfile::tempdir()?,
         fsync_windows: Vec::new(),
+        loops: Vec::new(),
+        full_windows: Vec::new(),
     };
-    let (backing, disks) = (rig.backing.path().to_path_buf(), &mut rig.disks);
+    let (backing, disks, loops) = (
+        rig.backing.path().to_path_buf(),
+        &mut rig.disks,
+        &mut rig.loops,
+    );
     let mut prepare = |i: usize, data: &std::path::Path| -> Result<()> {
+        if s.fault == Fault::DiskFullLeader {
+            loops.push(LoopFs::mount_at(data, DISK_MIB)?);
+        }
         if s.fault == Fault::PowerCut {
             let b = backing.join(format!("m{i}"));
             std::fs::create_dir_all(&b)?;
@@ -371,6 +407,7 @@ pub async fn run(s: &Scenario) -> Result<Summary> {
     let elections = term(&cluster).await.saturating_sub(term_before);
     let mut summary = finish(s, &cluster, rec.clone(), last, faults, elections, elapsed).await?;
     check_stopped_after_eio(&rec, &rig.fsync_windows, s.members, &mut summary.report);
+    check_nospace(&rec, &rig.full_windows, s.members, &mut summary.report);
     summary.unsynced_dropped = rig.unsynced_dropped;
     Ok(summary)
 }
@@ -496,6 +533,41 @@ fn check_stopped_after_eio(
     }
 }
 
+/// S12: while one member's disk was full, it refused writes with etcd's NOSPACE error and
+/// went on serving reads.
+fn check_nospace(
+    rec: &Recorder,
+    windows: &[(usize, u64, u64)],
+    members: usize,
+    report: &mut Report,
+) {
+    if members != 1 {
+        return;
+    }
+    let (ops, _) = history::split(&rec.lines());
+    for &(_, from, to) in windows {
+        // The disk guard polls every 200 ms: look from a second in.
+        let during = |r: &&history::Record| r.call >= from + 1_000_000_000 && r.ret <= to;
+        let refused = ops.iter().filter(during).any(|r| {
+            matches!(&r.outcome, history::Outcome::Failed { error } if error.contains(NO_SPACE))
+        });
+        let read = ops
+            .iter()
+            .filter(during)
+            .any(|r| matches!(r.outcome, history::Outcome::Read { .. }));
+        if !refused || !read {
+            report.disk.push(format!(
+                "while the disk was full ({:.1}–{:.1} s): a write refused with `{NO_SPACE}`: {refused}; a read served: {read}",
+                from as f64 / 1e9,
+                to as f64 / 1e9
+            ));
+        }
+    }
+}
+
+/// etcd's refusal of a write while NOSPACE is raised.
+const NO_SPACE: &str = "etcdserver: mvcc: database space exceeded";
+
 /// I5: every member's HashKV at the same revision is equal.
 async fn check_hashes(cluster: &Cluster, rev: i64, report: &mut Report) {
     let mut hashes = Vec::new();
@@ -573,6 +645,7 @@ impl Summary {
             ("watch", r.watch.len().to_string()),
             ("lease", r.lease.len().to_string()),
             ("acked after a failed fsync", r.fsync.len().to_string()),
+            ("full disk not refused as NOSPACE", r.disk.len().to_string()),
         ]
     }
 

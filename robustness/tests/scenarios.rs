@@ -269,3 +269,25 @@ async fn three_members_clock_jumps() {
     ))
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_member_disk_full() {
+    run(scenario(
+        "one member, disk full",
+        Kind::Tandem,
+        1,
+        Fault::DiskFullLeader,
+    ))
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_members_leader_disk_full() {
+    run(scenario(
+        "three members, leader's disk full",
+        Kind::Tandem,
+        3,
+        Fault::DiskFullLeader,
+    ))
+    .await;
+}
