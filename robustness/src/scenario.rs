@@ -150,6 +150,9 @@ fn signal(pid: u32, sig: &str) {
         .status();
 }
 
+/// A fault's span on one member: (member, from, to), in the run's nanoseconds.
+type Window = (usize, u64, u64);
+
 /// What the faults need and what they leave to check. Declared before the cluster, so that it
 /// outlives the members (filesystems unmount after the processes are gone).
 struct Rig {
@@ -162,12 +165,12 @@ struct Rig {
     unsynced_dropped: usize,
     /// Each member's libfaketime clock file.
     clocks: tempfile::TempDir,
-    /// A failing fsync: (member, from, to) while it ran under strace.
-    fsync_windows: Vec<(usize, u64, u64)>,
+    /// A failing fsync: while a member ran under strace.
+    fsync_windows: Vec<Window>,
     /// Small filesystems under the data dirs, for a full disk.
     loops: Vec<LoopFs>,
-    /// A full disk: (member, from, to) while it was full.
-    full_windows: Vec<(usize, u64, u64)>,
+    /// A full disk: while a member's was full.
+    full_windows: Vec<Window>,
 }
 
 /// Applies the fault once and heals it after `down`.
@@ -406,8 +409,13 @@ pub async fn run(s: &Scenario) -> Result<Summary> {
     }
     let elections = term(&cluster).await.saturating_sub(term_before);
     let mut summary = finish(s, &cluster, rec.clone(), last, faults, elections, elapsed).await?;
-    check_stopped_after_eio(&rec, &rig.fsync_windows, s.members, &mut summary.report);
-    check_nospace(&rec, &rig.full_windows, s.members, &mut summary.report);
+    // What one member must do under a failing fsync or a full disk is checked on one member
+    // (in a cluster, the others answer for it).
+    if s.members == 1 {
+        let (ops, _) = history::split(&rec.lines());
+        check_stopped_after_eio(&ops, &rig.fsync_windows, &mut summary.report);
+        check_nospace(&ops, &rig.full_windows, &mut summary.report);
+    }
     summary.unsynced_dropped = rig.unsynced_dropped;
     Ok(summary)
 }
@@ -497,21 +505,12 @@ async fn finish(
 
 /// S13: once an fdatasync failed, the member acknowledges no write until it is restarted. On
 /// one member, every write fails from the first `server stopped` in the window to its end.
-fn check_stopped_after_eio(
-    rec: &Recorder,
-    windows: &[(usize, u64, u64)],
-    members: usize,
-    report: &mut Report,
-) {
-    if members != 1 {
-        return;
-    }
-    let (ops, _) = history::split(&rec.lines());
+fn check_stopped_after_eio(ops: &[history::Record], windows: &[Window], report: &mut Report) {
     for &(_, from, to) in windows {
         let stopped = ops
             .iter()
             .filter(|r| r.call >= from && r.ret <= to)
-            .filter(|r| matches!(&r.outcome, history::Outcome::Failed { error } if error.contains("server stopped")))
+            .filter(|r| failed_with(r, "server stopped"))
             .map(|r| r.ret)
             .min();
         let Some(stopped) = stopped else {
@@ -535,22 +534,11 @@ fn check_stopped_after_eio(
 
 /// S12: while one member's disk was full, it refused writes with etcd's NOSPACE error and
 /// went on serving reads.
-fn check_nospace(
-    rec: &Recorder,
-    windows: &[(usize, u64, u64)],
-    members: usize,
-    report: &mut Report,
-) {
-    if members != 1 {
-        return;
-    }
-    let (ops, _) = history::split(&rec.lines());
+fn check_nospace(ops: &[history::Record], windows: &[Window], report: &mut Report) {
     for &(_, from, to) in windows {
         // The disk guard polls every 200 ms: look from a second in.
         let during = |r: &&history::Record| r.call >= from + 1_000_000_000 && r.ret <= to;
-        let refused = ops.iter().filter(during).any(|r| {
-            matches!(&r.outcome, history::Outcome::Failed { error } if error.contains(NO_SPACE))
-        });
+        let refused = ops.iter().filter(during).any(|r| failed_with(r, NO_SPACE));
         let read = ops
             .iter()
             .filter(during)
@@ -563,6 +551,10 @@ fn check_nospace(
             ));
         }
     }
+}
+
+fn failed_with(r: &history::Record, message: &str) -> bool {
+    matches!(&r.outcome, history::Outcome::Failed { error } if error.contains(message))
 }
 
 /// etcd's refusal of a write while NOSPACE is raised.
