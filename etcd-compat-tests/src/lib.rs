@@ -179,6 +179,8 @@ pub struct Server {
     extra: Vec<String>,
     /// A command the server runs under (e.g. strace for fault injection).
     wrapper: Vec<String>,
+    /// The network namespace's prefix (`ip netns exec NAME`), outside the wrapper.
+    namespace: Vec<String>,
     /// The member's name and `--initial-cluster` (for a member of a cluster).
     name: String,
     initial_cluster: Option<String>,
@@ -242,6 +244,7 @@ impl Server {
             dir,
             extra: owned(extra),
             wrapper: owned(wrapper),
+            namespace: Vec::new(),
             name: "s1".into(),
             initial_cluster: None,
             host: "127.0.0.1".into(),
@@ -279,7 +282,8 @@ impl Server {
             .create(true)
             .append(true)
             .open(self.dir.path().join("server.log"))?;
-        let mut cmd = match self.wrapper.split_first() {
+        let prefix: Vec<&String> = self.namespace.iter().chain(&self.wrapper).collect();
+        let mut cmd = match prefix.split_first() {
             Some((program, args)) => {
                 let mut c = Command::new(program);
                 c.args(args).arg(&bin);
@@ -418,13 +422,7 @@ impl Server {
     /// The command the next start runs the server under (empty: none), e.g. strace failing
     /// an fsync. Inside a network namespace, the namespace's prefix stays in front.
     pub fn set_wrapper(&mut self, wrapper: &[&str]) {
-        let keep = if self.wrapper.first().is_some_and(|w| w == "ip") {
-            4 // ip netns exec NAME
-        } else {
-            0
-        };
-        self.wrapper.truncate(keep);
-        self.wrapper.extend(wrapper.iter().map(|s| s.to_string()));
+        self.wrapper = wrapper.iter().map(|s| s.to_string()).collect();
     }
 
     /// Adds an etcd flag for the next start (e.g. one only a restart should see).
@@ -494,7 +492,8 @@ impl Cluster {
                 peer_port: free_port(),
                 dir,
                 extra: extra.iter().map(|s| s.to_string()).collect(),
-                wrapper: net.map(|n| n.wrapper(i - 1)).unwrap_or_default(),
+                wrapper: Vec::new(),
+                namespace: net.map(|n| n.wrapper(i - 1)).unwrap_or_default(),
                 name: format!("m{i}"),
                 initial_cluster: None,
                 host: net.map_or_else(|| "127.0.0.1".to_string(), |n| n.addr(i - 1)),
@@ -602,6 +601,27 @@ fn without_backtraces(log: &str) -> String {
 fn tail(s: &str, lines: usize) -> String {
     let v: Vec<&str> = s.lines().collect();
     v[v.len().saturating_sub(lines)..].join("\n")
+}
+
+/// A wrapper (see [`Server::start_wrapped`]) that runs the server under strace, tracing only
+/// `syscalls` and injecting `inject` into them (e.g. `fdatasync:error=EIO:when=200`).
+pub fn strace_injecting(syscalls: &str, inject: &str) -> Vec<String> {
+    let trace = format!("trace={syscalls}");
+    let inject = format!("inject={inject}");
+    [
+        "strace",
+        "-f",
+        "-qq",
+        "-o",
+        "/dev/null",
+        "-e",
+        &trace,
+        "-e",
+        &inject,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
 }
 
 /// A minimal HTTP/1.1 GET on loopback: (status code, body).

@@ -159,19 +159,10 @@ async fn concurrent_writes_share_log_fsyncs() {
     // Group commit: while the log's fsync runs, concurrent writes queue and share the next one.
     // fsync is made the bottleneck (2 ms per fdatasync, injected by strace) so the test does not
     // depend on how fast this machine's disk is relative to its CPU.
+    let strace = strace_injecting("fdatasync,fsync", "fdatasync,fsync:delay_enter=2000");
     let server = Server::start_wrapped(
         Kind::Tandem,
-        &[
-            "strace",
-            "-f",
-            "-qq",
-            "-o",
-            "/dev/null",
-            "-e",
-            "trace=fdatasync,fsync",
-            "-e",
-            "inject=fdatasync,fsync:delay_enter=2000",
-        ],
+        &strace.iter().map(String::as_str).collect::<Vec<_>>(),
     )
     .expect("tandem under strace");
     let (commits0, entries0) = (

@@ -464,7 +464,7 @@ fn explain_revisions(
                 .all(|e| e.prev_kv.as_ref().is_some_and(|p| p.lease == lease));
         if same_lease {
             report.expired_leases += 1;
-            check_expiry(ops, truth, lease, rev, placed, report);
+            check_expiry(ops, lease, rev, placed, report);
             continue;
         }
         report
@@ -475,14 +475,7 @@ fn explain_revisions(
 
 /// A lease that expired at `rev` was seen expired only after its TTL had run since the last
 /// keep-alive (or grant) that succeeded.
-fn check_expiry(
-    ops: &[Record],
-    _truth: &Truth,
-    lease: i64,
-    rev: i64,
-    placed: &[Placed],
-    report: &mut Report,
-) {
+fn check_expiry(ops: &[Record], lease: i64, rev: i64, placed: &[Placed], report: &mut Report) {
     let ttl = ops.iter().find_map(|r| match r.outcome {
         Outcome::LeaseGrant { id, ttl, .. } if id == lease => Some(ttl),
         _ => None,

@@ -56,12 +56,11 @@ struct Fs {
 }
 
 fn errno(e: &std::io::Error) -> Errno {
-    Errno::from_i32(e.raw_os_error().unwrap_or(libc_eio()))
+    Errno::from_i32(e.raw_os_error().unwrap_or(EIO))
 }
 
-fn libc_eio() -> i32 {
-    5
-}
+/// Linux's EIO, for an I/O error that carries no OS error number.
+const EIO: i32 = 5;
 
 fn time(secs: i64, nsecs: i64) -> SystemTime {
     if secs >= 0 {

@@ -283,17 +283,9 @@ async fn inject(cluster: &mut Cluster, rig: &mut Rig, s: &Scenario, rec: &Record
             let m = &mut cluster.members[leader];
             m.stop("KILL")?;
             // Starting takes a few dozen fdatasyncs; the failure comes under the workload.
-            m.set_wrapper(&[
-                "strace",
-                "-f",
-                "-qq",
-                "-o",
-                "/dev/null",
-                "-e",
-                "trace=fdatasync",
-                "-e",
-                "inject=fdatasync:error=EIO:when=200",
-            ]);
+            let strace =
+                etcd_compat_tests::strace_injecting("fdatasync", "fdatasync:error=EIO:when=200");
+            m.set_wrapper(&strace.iter().map(String::as_str).collect::<Vec<_>>());
             m.restart()?;
             cluster.wait_healthy(leader)?;
             let window_start = rec.now();
