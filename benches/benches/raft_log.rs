@@ -1,21 +1,24 @@
-//! Criterion micro-benchmarks of the raft log's segment files (`replication::wal::Wal`): append
+//! Criterion micro-benchmarks of the raft log's segment files (`raft::wal::Wal`): append
 //! batches of 1, 16 and 128 entries of about 300 bytes (a small put), each batch made durable
 //! with one fdatasync, as the log writer thread does per group.
 //! Run: `cargo bench -p tandem-benches --bench raft_log`.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use openraft::{CommittedLeaderId, EntryPayload};
+use raft::wal::Wal;
 use replication::types::{Batch, Entry, LogId};
-use replication::wal::Wal;
 
 fn entry(index: u64) -> Entry {
     Entry {
         log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
-        payload: EntryPayload::Normal(Batch(vec![mvcc::Command::Put(mvcc::PutRequest {
-            key: format!("key{index:08}").into_bytes(),
-            value: vec![b'v'; 256],
-            ..Default::default()
-        })])),
+        payload: EntryPayload::Normal(
+            Batch(vec![mvcc::Command::Put(mvcc::PutRequest {
+                key: format!("key{index:08}").into_bytes(),
+                value: vec![b'v'; 256],
+                ..Default::default()
+            })])
+            .encode(),
+        ),
     }
 }
 

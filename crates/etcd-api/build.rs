@@ -11,7 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "etcdserverpb/rpc.proto",
         "v3electionpb/v3election.proto",
         "v3lockpb/v3lock.proto",
-        "tandempb/peer.proto",
+        "tandempb/lease.proto",
     ]
     .map(|f| root.join(f));
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);

@@ -36,7 +36,7 @@ pub mod v3lockpb {
     tonic::include_proto!("v3lockpb");
 }
 
-/// tandem's peer protocol between members (`tandempb`).
+/// The leader-lease service of tandem's peer port (`tandempb.LeaderLease`); raft messages are in the `raft` crate.
 pub mod tandempb {
     tonic::include_proto!("tandempb");
 }

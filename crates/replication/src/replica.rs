@@ -1,6 +1,7 @@
-//! One member of the replicated store: opens the keyspace and the log, starts raft, bootstraps a
-//! new cluster, and offers the three things the server needs: propose a mutation, wait for a
-//! linearizable read point, and report status.
+//! One data node of the replicated store: opens the keyspace and the log, starts raft, bootstraps
+//! a new cluster, and offers the three things the server needs: propose a mutation, wait for a
+//! linearizable read point, and report status. What any member does (routing to the leader,
+//! forwarding, ReadIndex rounds) is the raft layer's `Member`.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -8,17 +9,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mvcc::{Command, Store};
-use openraft::error::{CheckIsLeaderError, RaftError};
 use openraft::{Config, ServerState, SnapshotPolicy};
-use serde::{Deserialize, Serialize};
+use raft::engagement;
+use raft::log_store::LogStore;
+use raft::member::{publish, read_barriers, status_of, ReadWaiter};
+use raft::network::{Channels, Network, PeerService};
+use raft::{Member, ReplicaError, ReplicaStatus};
 
-use crate::log_store::LogStore;
-use crate::network::{
-    self, serve_forward, Channels, ForwardFailure, ForwardRequest, ForwardResponse, Network,
-    PeerService,
-};
 use crate::state_machine::{ApplyListener, StateMachine};
-use crate::types::{Applied, Batch, CommandResult, MemberNode, NodeId, Raft};
+use crate::types::{Batch, CommandResult, MemberNode, NodeId, Raft, TypeConfig};
 
 /// Proposals waiting for the proposer; beyond this, proposing waits (back-pressure).
 const PROPOSAL_QUEUE_MAX: usize = 16_384;
@@ -26,259 +25,10 @@ const PROPOSAL_QUEUE_MAX: usize = 16_384;
 const BATCH_COMMANDS_MAX: usize = 1_024;
 /// The most key and value bytes one log entry carries (a single larger command still goes alone).
 const BATCH_BYTES_MAX: usize = 4 << 20;
-
 /// Read barriers waiting for the next round; beyond this, asking waits.
 const READ_QUEUE_MAX: usize = 16_384;
-/// How often a member retries publishing its attributes while that fails.
-const PUBLISH_RETRY: Duration = Duration::from_millis(500);
-/// The pause before a ReadIndex round that missed its quorum is tried again.
-const READ_INDEX_RETRY: Duration = Duration::from_millis(50);
 
-type ReadWaiter = tokio::sync::oneshot::Sender<Result<(), ReplicaError>>;
-
-/// What every task of a member shares: raft, and the way to the leader.
-struct Shared {
-    raft: Raft,
-    member_id: NodeId,
-    cluster_id: u64,
-    channels: Arc<Channels>,
-    /// How long a forwarded request may take.
-    forward_timeout: Duration,
-    election_timeout_ms: u64,
-}
-
-impl Shared {
-    /// Where a request that needs the leader goes: `None` when this member leads, else the
-    /// leader and the channel to it. While no leader is known (an election), or the leader is
-    /// `unreachable` (a connection to it just failed), waits for another, until `deadline`. A
-    /// leader that has lost its quorum refuses (see [`lost_quorum`]).
-    async fn route(
-        &self,
-        unreachable: Option<NodeId>,
-        deadline: tokio::time::Instant,
-    ) -> Result<Option<(NodeId, tonic::transport::Channel)>, ReplicaError> {
-        let mut metrics = self.raft.metrics();
-        loop {
-            {
-                let m = metrics.borrow_and_update();
-                if m.state == ServerState::Leader {
-                    if lost_quorum(&m, self.election_timeout_ms) {
-                        return Err(ReplicaError::NoLeader);
-                    }
-                    return Ok(None);
-                }
-                let leader = m
-                    .current_leader
-                    .filter(|l| *l != self.member_id && Some(*l) != unreachable);
-                if let Some(l) = leader {
-                    let node = m.membership_config.membership().get_node(&l).cloned();
-                    let channel = node.and_then(|n| self.channels.to(&n));
-                    return channel.map(|c| Some((l, c))).ok_or(ReplicaError::NoLeader);
-                }
-            }
-            match tokio::time::timeout_at(deadline, metrics.changed()).await {
-                Err(_) => return Err(ReplicaError::NoLeader),
-                Ok(Err(_)) => return Err(ReplicaError::Stopped),
-                Ok(Ok(())) => {}
-            }
-        }
-    }
-
-    /// Sends `req` to the leader, or gives it back (`Err(req)`) when this member leads. Waits
-    /// for an election to end (at most two election timeouts), and when the leader cannot be
-    /// connected to (it died; nothing was sent), for the next one (within the forward timeout).
-    async fn forward_or_here(
-        &self,
-        req: ForwardRequest,
-    ) -> Result<Result<ForwardResponse, ForwardRequest>, ReplicaError> {
-        let start = tokio::time::Instant::now();
-        let mut deadline = start + Duration::from_millis(2 * self.election_timeout_ms);
-        let mut unreachable = None;
-        loop {
-            let Some((leader, channel)) = self.route(unreachable, deadline).await? else {
-                return Ok(Err(req));
-            };
-            let timeout = (start + self.forward_timeout)
-                .saturating_duration_since(tokio::time::Instant::now());
-            let sent = tokio::select! {
-                r = network::forward(channel, self.cluster_id, &req, timeout) => Some(r),
-                () = leader_moved(&self.raft, leader) => None,
-            };
-            let Some(sent) = sent else {
-                // Another member leads now: the request to the old leader (paused, or cut off)
-                // would hang until its timeout and hold up every proposal behind it. A read or
-                // a node record is asked again of the new leader; a proposal may have been
-                // appended by the old leader, so it is not sent twice: its clients are told
-                // the leader changed (an indeterminate outcome, as a timeout is).
-                tracing::debug!(from = %format!("{leader:x}"), "leader changed during a forwarded request");
-                if let ForwardRequest::Propose(_) = req {
-                    return Err(ReplicaError::LeaderChanged);
-                }
-                continue;
-            };
-            match sent {
-                Ok(r) => return Ok(Ok(r)),
-                Err(ForwardFailure::Failed(e)) => return Err(e),
-                Err(ForwardFailure::NotSent) => {
-                    tracing::debug!(leader = %format!("{leader:x}"), "leader unreachable; waiting for the next");
-                    unreachable = Some(leader);
-                    deadline = start + self.forward_timeout;
-                }
-            }
-        }
-    }
-
-    fn read_policy(&self) -> ReadPolicy {
-        ReadPolicy {
-            timeout: self.forward_timeout,
-            election_timeout_ms: self.election_timeout_ms,
-        }
-    }
-
-    /// Waits until this member has applied the entry at `index`.
-    async fn applied(&self, index: u64) -> Result<(), ReplicaError> {
-        let mut data = self.raft.data_metrics();
-        data.wait_for(|m| m.last_applied.is_some_and(|l| l.index >= index))
-            .await
-            .map(|_| ())
-            .map_err(|_| ReplicaError::Stopped)
-    }
-
-    /// Replicates `batch` as one entry: through raft here when this member leads, otherwise
-    /// through the leader. Returns the entry's index when it was forwarded (this member has
-    /// not necessarily applied it yet) and what applying it returned.
-    async fn replicate(&self, batch: Batch) -> Result<(Option<u64>, Applied), ReplicaError> {
-        match self.forward_or_here(ForwardRequest::Propose(batch)).await? {
-            Ok(ForwardResponse::Proposed { index, applied }) => Ok((Some(index), applied)),
-            Ok(other) => Err(unexpected_answer(other)),
-            Err(ForwardRequest::Propose(batch)) => {
-                let r = self.raft.client_write(batch).await.map_err(|e| match e {
-                    // Deposed between the check and the write, or a membership change in the
-                    // way: the client may retry.
-                    RaftError::APIError(_) => ReplicaError::LeaderChanged,
-                    RaftError::Fatal(_) => ReplicaError::Stopped,
-                })?;
-                Ok((None, r.data))
-            }
-            Err(_) => unreachable!("forward_or_here gives back the request it was given"),
-        }
-    }
-
-    /// One ReadIndex round: returns once this member has applied everything committed before
-    /// the round began.
-    async fn read_index(&self) -> Result<(), ReplicaError> {
-        match self.forward_or_here(ForwardRequest::ReadIndex).await? {
-            Ok(ForwardResponse::ReadIndex { index }) => self.applied(index).await,
-            Ok(other) => Err(unexpected_answer(other)),
-            Err(_) => {
-                let read = self.read_policy().leader_read_index(&self.raft).await?;
-                self.applied(read).await
-            }
-        }
-    }
-}
-
-/// Resolves once this member knows a leader other than `from` (itself included).
-async fn leader_moved(raft: &Raft, from: NodeId) {
-    let mut metrics = raft.metrics();
-    loop {
-        if metrics
-            .borrow_and_update()
-            .current_leader
-            .is_some_and(|l| l != from)
-        {
-            return;
-        }
-        if metrics.changed().await.is_err() {
-            return std::future::pending().await;
-        }
-    }
-}
-
-/// How a leader confirms a read index: see [`ReadPolicy::leader_read_index`].
-#[derive(Clone, Copy, Debug)]
-pub struct ReadPolicy {
-    /// How long a read may wait for a confirmed round (the request timeout).
-    pub timeout: Duration,
-    pub election_timeout_ms: u64,
-}
-
-impl ReadPolicy {
-    /// The leader's read index, confirmed by a quorum. openraft confirms with one heartbeat
-    /// round whose every AppendEntries is bounded by one heartbeat interval, which a loaded
-    /// follower misses now and then; a round that missed its quorum is tried again until
-    /// `timeout`, as etcd retries a ReadIndex round until its request times out. A leader that
-    /// has heard from no quorum for an election timeout answers "no leader" at once (see
-    /// [`lost_quorum`]).
-    ///
-    /// openraft's read index is the larger of its commit index and the first entry of this
-    /// leadership; a leader restored at start-up (openraft 0.9 restarts a leader whose vote was
-    /// committed) knows neither until a new entry commits, so the index is at least every entry
-    /// in its log when the round started. This holds for the leader's own reads and for those
-    /// followers forward to it: before, only the former had it, and after all members lost
-    /// power a follower served linearizable reads from before writes that had completed
-    /// (found by the robustness suite's power cuts).
-    pub(crate) async fn leader_read_index(&self, raft: &Raft) -> Result<u64, ReplicaError> {
-        let deadline = tokio::time::Instant::now() + self.timeout;
-        let last = raft.metrics().borrow().last_log_index.unwrap_or(0);
-        loop {
-            match raft.get_read_log_id().await {
-                Ok((read, _)) => return Ok(read.map_or(0, |l| l.index).max(last)),
-                Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_)))
-                    if tokio::time::Instant::now() + READ_INDEX_RETRY < deadline =>
-                {
-                    if lost_quorum(&raft.metrics().borrow(), self.election_timeout_ms) {
-                        return Err(ReplicaError::NoLeader);
-                    }
-                    tracing::debug!("a ReadIndex round missed its quorum; trying again");
-                    tokio::time::sleep(READ_INDEX_RETRY).await;
-                }
-                Err(e) => return Err(read_error(e)),
-            }
-        }
-    }
-}
-
-fn unexpected_answer(r: ForwardResponse) -> ReplicaError {
-    tracing::error!(answer = ?r, "the leader answered a forwarded request with another kind");
-    ReplicaError::Timeout
-}
-
-/// The error for "another member leads (or none does)".
-pub(crate) fn not_leader(leader: Option<NodeId>) -> ReplicaError {
-    match leader {
-        Some(l) => ReplicaError::NotLeader(Some(l)),
-        None => ReplicaError::NoLeader,
-    }
-}
-
-/// The error for a failed ReadIndex round.
-pub(crate) fn read_error(
-    e: RaftError<NodeId, CheckIsLeaderError<NodeId, MemberNode>>,
-) -> ReplicaError {
-    match e {
-        RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)) => not_leader(f.leader_id),
-        RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_)) => ReplicaError::Timeout,
-        RaftError::Fatal(_) => ReplicaError::Stopped,
-    }
-}
-
-/// Batched ReadIndex: every read waiting when a round starts is served by that round's single
-/// ReadIndex question (to raft here, or to the leader). A read joins only a round that starts
-/// after it was asked, so the round's read index covers every write that completed before the
-/// read began.
-async fn read_barriers(shared: Arc<Shared>, mut rx: tokio::sync::mpsc::Receiver<ReadWaiter>) {
-    while let Some(first) = rx.recv().await {
-        let mut waiters = vec![first];
-        while let Ok(w) = rx.try_recv() {
-            waiters.push(w);
-        }
-        let result = shared.read_index().await;
-        for w in waiters {
-            let _ = w.send(result.clone());
-        }
-    }
-}
+type Shared = Member<TypeConfig>;
 
 /// What a proposer hands back: the entry's index when it was forwarded, and the command's result.
 type ProposalResult = Result<(Option<u64>, CommandResult), ReplicaError>;
@@ -308,7 +58,7 @@ async fn proposer(shared: Arc<Shared>, mut rx: tokio::sync::mpsc::Receiver<Propo
         }
         let (cmds, replies): (Vec<Command>, Vec<_>) =
             batch.into_iter().map(|p| (p.cmd, p.reply)).unzip();
-        match shared.replicate(Batch(cmds)).await {
+        match shared.replicate(Batch(cmds).encode()).await {
             Ok((index, applied)) => {
                 assert_eq!(
                     applied.0.len(),
@@ -338,55 +88,8 @@ async fn commit_on_restore(raft: Raft, me: NodeId) {
         .metrics(|m| m.current_leader.is_some(), "a leader is known")
         .await;
     if known.is_ok_and(|m| m.current_leader == Some(me) && m.state == ServerState::Leader) {
-        if let Err(e) = raft.client_write(Batch(Vec::new())).await {
+        if let Err(e) = raft.client_write(Batch(Vec::new()).encode()).await {
             tracing::debug!(error = %e, "the start-up entry was not committed");
-        }
-    }
-}
-
-/// Records this member's attributes (name, peer and client URLs) in the membership once a leader
-/// is known, as etcd's members publish theirs: a new cluster starts knowing only peer URLs, the
-/// same on every member. Retries until it succeeds or the member stops.
-async fn publish(shared: Arc<Shared>, me: MemberNode) {
-    let mut metrics = shared.raft.metrics();
-    let mut retry = tokio::time::interval(PUBLISH_RETRY);
-    loop {
-        let (leader, current, known) = {
-            let m = metrics.borrow_and_update();
-            let membership = m.membership_config.membership();
-            let current = membership.get_node(&shared.member_id).cloned();
-            let known = membership.nodes().next().is_some();
-            (m.current_leader, current, known)
-        };
-        match current {
-            // Not (or no longer) a member of a known membership: nothing to publish.
-            None if known => return,
-            // Already recorded.
-            Some(n) if n == me => return,
-            Some(_) if leader.is_some() => {
-                let req = ForwardRequest::SetNode(shared.member_id, me.clone());
-                let result = match shared.forward_or_here(req).await {
-                    Ok(Ok(_)) => Ok(()),
-                    Ok(Err(req)) => serve_forward(&shared.raft, shared.read_policy(), req)
-                        .await
-                        .map(|_| ()),
-                    Err(e) => Err(e),
-                };
-                match result {
-                    Ok(()) => {
-                        tracing::info!(member = %me, "published this member's attributes");
-                        return;
-                    }
-                    Err(e) => tracing::debug!(error = %e, "publishing attributes; will retry"),
-                }
-                retry.tick().await;
-            }
-            // No leader yet, or the membership is not loaded yet.
-            _ => {
-                if metrics.changed().await.is_err() {
-                    return;
-                }
-            }
         }
     }
 }
@@ -415,40 +118,13 @@ pub struct ReplicaConfig {
     pub forward_timeout: Duration,
 }
 
-/// Why a request could not be replicated. Each maps to one etcd error at the gRPC edge.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
-pub enum ReplicaError {
-    #[error("no leader")]
-    NoLeader,
-    /// Another member leads; the request must go there.
-    #[error("not leader (leader is {0:?})")]
-    NotLeader(Option<NodeId>),
-    #[error("leader changed")]
-    LeaderChanged,
-    #[error("server stopped")]
-    Stopped,
-    #[error("request timed out")]
-    Timeout,
-}
-
-/// Raft-level facts for `Status` and the metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ReplicaStatus {
-    pub leader: Option<NodeId>,
-    pub term: u64,
-    pub last_log_index: u64,
-    pub applied_index: u64,
-    pub is_leader: bool,
-    pub is_learner: bool,
-}
-
 /// A running member.
 pub struct Replica {
     raft: Raft,
     shared: Arc<Shared>,
     proposals: tokio::sync::mpsc::Sender<Proposal>,
     reads: tokio::sync::mpsc::Sender<ReadWaiter>,
-    log_stats: Arc<crate::log_store::LogStats>,
+    log_stats: Arc<raft::log_store::LogStats>,
     store: Arc<Store>,
     config: ReplicaConfig,
 }
@@ -474,8 +150,8 @@ impl Replica {
              version no longer reads; move the data away and start from an empty data dir",
             config.data_dir.display()
         );
-        let disk_full = Arc::<crate::disk::DiskFull>::default();
-        let log = LogStore::open(&dir.join("wal"), Arc::clone(&disk_full))?;
+        let disk_full = Arc::<raft::disk::DiskFull>::default();
+        let log = LogStore::<TypeConfig>::open(&dir.join("wal"), Arc::clone(&disk_full))?;
         let log_stats = log.stats();
         let sm = StateMachine::new(Arc::clone(&store), listener, disk_full)?;
         let raft_config = Config {
@@ -495,11 +171,20 @@ impl Replica {
         }
         .validate()?;
         let channels = Arc::new(Channels::default());
+        let (engagement_publisher, engagement) = engagement::channel();
         let network = Network {
             cluster_id: config.cluster_id,
             channels: Arc::clone(&channels),
+            engagement,
+            from_witness: false,
         };
         let raft = Raft::new(config.member_id, Arc::new(raft_config), network, log, sm).await?;
+        let engage_after = Duration::from_millis(config.election_timeout_ms / 3);
+        tokio::spawn(engagement::drive(
+            raft.clone(),
+            engagement::Policy::new(engage_after),
+            engagement_publisher,
+        ));
         if config.bootstrap && !raft.is_initialized().await? {
             tracing::info!(
                 members = config.initial_members.len(),
@@ -533,7 +218,7 @@ impl Replica {
     }
 
     /// How much the raft log's durable commits have covered so far (group commit).
-    pub fn log_stats(&self) -> &crate::log_store::LogStats {
+    pub fn log_stats(&self) -> &raft::log_store::LogStats {
         &self.log_stats
     }
 
@@ -556,11 +241,13 @@ impl Replica {
     }
 
     /// The peer-facing gRPC service of this member.
-    pub fn peer_service(&self) -> PeerService {
+    pub fn peer_service(&self) -> PeerService<TypeConfig> {
         PeerService {
             raft: self.raft.clone(),
             cluster_id: self.config.cluster_id,
             read_policy: self.shared.read_policy(),
+            on_data_floor: None,
+            witness: false,
         }
     }
 
@@ -587,7 +274,7 @@ impl Replica {
         let wait = Duration::from_millis(2 * self.config.election_timeout_ms);
         let route = self
             .shared
-            .route(None, tokio::time::Instant::now() + wait)
+            .route(false, None, tokio::time::Instant::now() + wait)
             .await?;
         Ok(route.map(|(_, channel)| channel))
     }
@@ -672,36 +359,5 @@ impl Replica {
         }
         self.store.sync()?;
         Ok(())
-    }
-}
-
-/// Whether this member leads but has not heard from a quorum for an election timeout. etcd's raft
-/// (CheckQuorum) steps down then; openraft 0.9 stays leader, so tandem reports no leader (and
-/// refuses proposals) instead, which is what a client of etcd sees.
-fn lost_quorum(m: &openraft::RaftMetrics<NodeId, MemberNode>, election_timeout_ms: u64) -> bool {
-    let membership = m.membership_config.membership();
-    let others = membership.voter_ids().any(|v| v != m.id);
-    m.state == ServerState::Leader
-        && others
-        && m.millis_since_quorum_ack
-            .is_some_and(|ms| ms > election_timeout_ms)
-}
-
-fn status_of(
-    m: &openraft::RaftMetrics<NodeId, MemberNode>,
-    election_timeout_ms: u64,
-) -> ReplicaStatus {
-    let leader = if lost_quorum(m, election_timeout_ms) {
-        None
-    } else {
-        m.current_leader
-    };
-    ReplicaStatus {
-        leader,
-        term: m.current_term,
-        last_log_index: m.last_log_index.unwrap_or(0),
-        applied_index: m.last_applied.map_or(0, |l| l.index),
-        is_leader: m.state == ServerState::Leader,
-        is_learner: m.state == ServerState::Learner,
     }
 }

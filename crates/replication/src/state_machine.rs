@@ -19,7 +19,8 @@ use openraft::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::codec;
+use raft::codec;
+
 use crate::types::{
     Applied, Batch, Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
@@ -48,10 +49,27 @@ pub struct AppliedState {
     pub membership: StoredMembership,
 }
 
+/// The applied state as the pre-witness tandem stored it (members without a role).
+#[derive(Deserialize)]
+struct AppliedStateV1 {
+    last_applied: Option<LogId>,
+    membership: openraft::StoredMembership<u64, codec::MemberNodeV1>,
+}
+
+impl codec::Stored for AppliedState {
+    fn from_v1(body: &[u8]) -> Result<Self, codec::CodecError> {
+        let v1: AppliedStateV1 = postcard::from_bytes(body)?;
+        Ok(AppliedState {
+            last_applied: v1.last_applied,
+            membership: codec::stored_membership_from_v1(v1.membership),
+        })
+    }
+}
+
 pub struct StateMachine {
     store: Arc<Store>,
     listener: Arc<dyn ApplyListener>,
-    disk_full: Arc<crate::disk::DiskFull>,
+    disk_full: Arc<raft::disk::DiskFull>,
     state: AppliedState,
     since_durable: usize,
     since_durable_bytes: usize,
@@ -79,10 +97,10 @@ impl StateMachine {
     pub fn new(
         store: Arc<Store>,
         listener: Arc<dyn ApplyListener>,
-        disk_full: Arc<crate::disk::DiskFull>,
+        disk_full: Arc<raft::disk::DiskFull>,
     ) -> anyhow::Result<Self> {
         let state = match store.meta(META_APPLIED)? {
-            Some(b) => codec::decode(&b)?,
+            Some(b) => codec::decode_stored(&b)?,
             None => AppliedState::default(),
         };
         Ok(Self {
@@ -118,7 +136,7 @@ impl SnapshotBuilder {
             .sync()
             .map_err(|e| snap_err(ErrorVerb::Write, e))?;
         let applied: AppliedState = match meta_bytes {
-            Some(b) => codec::decode(&b).map_err(|e| snap_err(ErrorVerb::Read, e))?,
+            Some(b) => codec::decode_stored(&b).map_err(|e| snap_err(ErrorVerb::Read, e))?,
             None => AppliedState::default(),
         };
         let snapshot_id = match applied.last_applied {
@@ -165,7 +183,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         for e in entries {
             self.state.last_applied = Some(e.log_id);
             match e.payload {
-                EntryPayload::Normal(Batch(batch)) => {
+                EntryPayload::Normal(payload) => {
+                    // An entry that does not decode is a broken invariant (it was checked
+                    // when written, and every record carries a checksum): stop applying.
+                    let Batch(batch) = Batch::decode(&payload).map_err(|err| {
+                        tracing::error!(entry = %e.log_id, error = %err, "an entry's batch does not decode");
+                        sm_err(ErrorVerb::Read, format!("entry {}: {err}", e.log_id))
+                    })?;
                     sizes.push(batch.len());
                     cmds.extend(batch);
                 }

@@ -7,9 +7,10 @@ use mvcc::{Command, PutRequest};
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
 use openraft::testing::{StoreBuilder, Suite};
 use openraft::{CommittedLeaderId, EntryPayload, LogId};
-use replication::log_store::LogStore;
 use replication::state_machine::StateMachine;
 use replication::types::{Batch, Entry, StorageError, TypeConfig};
+
+type LogStore = raft::log_store::LogStore<TypeConfig>;
 use replication::{ApplyListener, Replica};
 
 struct Quiet;
@@ -43,7 +44,7 @@ fn openraft_storage_suite() {
 fn entry(index: u64, cmd: Command) -> Entry {
     Entry {
         log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
-        payload: EntryPayload::Normal(Batch(vec![cmd])),
+        payload: EntryPayload::Normal(Batch(vec![cmd]).encode()),
     }
 }
 

@@ -63,6 +63,10 @@ pub struct Flags {
     /// Initial cluster configuration for bootstrapping ("name=peerURL,...").
     #[arg(long, env = "ETCD_INITIAL_CLUSTER")]
     pub initial_cluster: Option<String>,
+    /// The member of --initial-cluster that is the witness: a voter with no key-value data and
+    /// no client API (tandem's flag; the same on every member).
+    #[arg(long, env = "TANDEM_INITIAL_CLUSTER_WITNESS")]
+    pub initial_cluster_witness: Option<String>,
     /// Initial cluster state ("new" or "existing").
     #[arg(long, env = "ETCD_INITIAL_CLUSTER_STATE", default_value = "new")]
     pub initial_cluster_state: String,
@@ -212,6 +216,8 @@ pub struct Config {
     pub member_id: u64,
     pub cluster_id: u64,
     pub initial_members: BTreeMap<u64, MemberNode>,
+    /// This member is the witness (`--initial-cluster-witness` names it).
+    pub is_witness: bool,
     /// This member as it describes itself to the others (with its client URLs).
     pub self_node: MemberNode,
     pub bootstrap: bool,
@@ -263,6 +269,20 @@ pub fn cluster_id(member_ids: impl Iterator<Item = u64>) -> u64 {
     let mut ids: Vec<[u8; 8]> = member_ids.map(u64::to_be_bytes).collect();
     ids.sort_unstable();
     hash_id(ids.iter().map(|b| b.as_slice()))
+}
+
+/// The cluster id of a cluster with a witness: etcd's hash of the member ids, followed by the
+/// witness's id, so that members that disagree about which one is the witness are different
+/// clusters and refuse each other's messages.
+pub fn cluster_id_with_witness(member_ids: impl Iterator<Item = u64>, witness: u64) -> u64 {
+    let mut ids: Vec<[u8; 8]> = member_ids.map(u64::to_be_bytes).collect();
+    ids.sort_unstable();
+    let w = witness.to_be_bytes();
+    hash_id(
+        ids.iter()
+            .map(|b| b.as_slice())
+            .chain([b"witness".as_slice(), w.as_slice()]),
+    )
 }
 
 /// Parses a Go-style duration ("10m", "5s", "1h30m", "500ms") or a bare number of `unit`s.
@@ -392,6 +412,23 @@ impl Flags {
         // only what all of them know (names and peer URLs); each member publishes its client
         // URLs once a leader is known. A single member knows its own from the start.
         let sole_member = by_name.len() == 1;
+        let witness = self
+            .initial_cluster_witness
+            .as_deref()
+            .filter(|w| !w.is_empty());
+        if let Some(w) = witness {
+            if !by_name.contains_key(w) {
+                bail!(
+                    "--initial-cluster-witness={w}: no member of --initial-cluster is named {w:?} \
+                     (members: {})",
+                    by_name.keys().cloned().collect::<Vec<_>>().join(", ")
+                );
+            }
+            if by_name.len() < 2 {
+                bail!("--initial-cluster-witness={w}: a cluster needs a data member besides the witness");
+            }
+        }
+        let is_witness = witness == Some(self.name.as_str());
         let mut initial_members = BTreeMap::new();
         for (name, urls) in &by_name {
             let id = member_id(urls, token);
@@ -406,13 +443,20 @@ impl Flags {
                     name: name.clone(),
                     peer_urls: urls.clone(),
                     client_urls,
+                    witness: witness == Some(name.as_str()),
                 },
             );
         }
         let self_node = MemberNode {
             name: self.name.clone(),
             peer_urls: own_urls.clone(),
-            client_urls: advertise_client_urls.clone(),
+            // The witness serves no client: it publishes no client URLs.
+            client_urls: if is_witness {
+                Vec::new()
+            } else {
+                advertise_client_urls.clone()
+            },
+            witness: is_witness,
         };
         let bootstrap = match self.initial_cluster_state.as_str() {
             "new" => true,
@@ -453,8 +497,15 @@ impl Flags {
             peer_urls: split_urls(&self.listen_peer_urls),
             advertise_peer_urls,
             member_id,
-            cluster_id: cluster_id(initial_members.keys().copied()),
+            cluster_id: match witness {
+                Some(w) => {
+                    let wid = self::member_id(&by_name[w], token);
+                    cluster_id_with_witness(initial_members.keys().copied(), wid)
+                }
+                None => cluster_id(initial_members.keys().copied()),
+            },
             initial_members,
+            is_witness,
             self_node,
             bootstrap,
             quota_backend_bytes: if self.quota_backend_bytes <= 0 {

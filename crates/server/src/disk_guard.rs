@@ -15,7 +15,7 @@ use crate::node::Node;
 
 /// Free bytes below which writes are refused: room for the next raft log segment plus as much
 /// again for the keyspace file's growth.
-pub const RESERVE_BYTES: u64 = 2 * replication::wal::SEGMENT_BYTES;
+pub const RESERVE_BYTES: u64 = 2 * raft::wal::SEGMENT_BYTES;
 /// Free bytes above which a raised alarm clears.
 pub const RESUME_BYTES: u64 = RESERVE_BYTES + 32 * 1024 * 1024;
 /// How often free space is read.

@@ -32,7 +32,7 @@ use etcd_api::etcdserverpb::{
     lease_server::LeaseServer, maintenance_server::MaintenanceServer, watch_server::WatchServer,
 };
 use etcd_api::tandempb::leader_lease_server::LeaderLeaseServer;
-use etcd_api::tandempb::raft_peer_server::RaftPeerServer;
+use raft::tandempb::raft_peer_server::RaftPeerServer;
 use replication::{Replica, ReplicaConfig};
 use tokio::net::TcpListener;
 

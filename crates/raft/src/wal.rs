@@ -41,7 +41,7 @@ use std::sync::Arc;
 use anyhow::{bail, ensure, Context, Result};
 
 use crate::codec;
-use crate::types::{Entry, LogId, Vote};
+use crate::types::{Entry, LogId, Types, Vote};
 
 const SEGMENT_MAGIC: &[u8; 8] = b"TNDMWAL\0";
 const STATE_MAGIC: &[u8; 8] = b"TNDMSTAT";
@@ -138,7 +138,7 @@ pub struct RecordLoc {
 
 impl RecordLoc {
     /// Reads and decodes the entry.
-    pub fn read(&self) -> Result<Entry> {
+    pub fn read<C: Types>(&self) -> Result<Entry<C>> {
         let mut buf = vec![0u8; self.len as usize];
         self.file
             .read_exact_at(&mut buf, self.offset)
@@ -149,7 +149,7 @@ impl RecordLoc {
                     self.log_id, self.len, self.offset
                 )
             })?;
-        let entry: Entry = codec::decode(&buf)?;
+        let entry: Entry<C> = codec::decode_stored(&buf)?;
         ensure!(
             entry.log_id == self.log_id,
             "raft log record at {} holds {:?}, expected {:?}",
@@ -167,6 +167,13 @@ pub struct WalState {
     pub vote: Option<Vote>,
     pub purged: Option<LogId>,
     pub committed: Option<LogId>,
+}
+
+impl codec::Stored for WalState {
+    /// Unchanged since version 1.
+    fn from_v1(body: &[u8]) -> std::result::Result<Self, codec::CodecError> {
+        Ok(postcard::from_bytes(body)?)
+    }
 }
 
 struct Segment {
@@ -302,8 +309,8 @@ fn durable_marks(buf: &[u8]) -> (Option<u64>, usize) {
 
 /// What is at one offset of a segment.
 enum Slot {
-    /// An intact record: its entry and payload length.
-    Record(Entry, u32),
+    /// An intact record: its entry's id and payload length.
+    Record(LogId, u32),
     /// Zeros, or no room for another record: the written part ends here if nothing follows.
     End,
     /// Not an intact record: what is wrong, and how many bytes the damaged record claims (its
@@ -348,8 +355,8 @@ fn read_slot(file: &File, format: Format, offset: u64, capacity: u64) -> Result<
     if !end_ok || crc32fast::hash(payload) != crc {
         return bad("record fails its checksum", extent);
     }
-    match codec::decode(payload) {
-        Ok(entry) => Ok(Slot::Record(entry, len)),
+    match codec::entry_log_id(payload) {
+        Ok(log_id) => Ok(Slot::Record(log_id, len)),
         Err(e) => bad(&format!("record does not decode: {e:#}"), extent),
     }
 }
@@ -502,10 +509,10 @@ impl Wal {
         let mut expected = first_index;
         let bad = loop {
             match read_slot(&file, format, offset, capacity)? {
-                Slot::Record(entry, len) if entry.log_id.index == expected => {
-                    self.check_continues(&entry.log_id)?;
+                Slot::Record(log_id, len) if log_id.index == expected => {
+                    self.check_continues(&log_id)?;
                     self.locs.push_back(RecordLoc {
-                        log_id: entry.log_id,
+                        log_id,
                         file: Arc::clone(&file),
                         offset: offset + format.header_bytes(),
                         len,
@@ -514,9 +521,9 @@ impl Wal {
                     expected += 1;
                 }
                 // An intact record out of sequence was written whole: never a torn write.
-                Slot::Record(entry, _) => {
+                Slot::Record(log_id, _) => {
                     break Some((
-                        format!("entry {} where {expected} belongs", entry.log_id.index),
+                        format!("entry {} where {expected} belongs", log_id.index),
                         None,
                     ))
                 }
@@ -663,7 +670,7 @@ impl Wal {
     /// Writes `entry` after the last one (durable at the next `sync`); its location. An entry
     /// at or below the last index replaces it and everything after (raft's log matching: a
     /// different entry at an index invalidates the rest), as an explicit `truncate` would.
-    pub fn append(&mut self, entry: &Entry) -> Result<RecordLoc> {
+    pub fn append<C: Types>(&mut self, entry: &Entry<C>) -> Result<RecordLoc> {
         if self
             .locs
             .back()
@@ -945,7 +952,7 @@ fn read_state(dir: &Path) -> Result<WalState> {
     if crc32fast::hash(payload) != word(&bytes, 12) {
         return Err(damaged("it fails its checksum".to_string()));
     }
-    codec::decode(payload).map_err(|e| damaged(format!("{e:#}")))
+    codec::decode_stored(payload).map_err(|e| damaged(format!("{e:#}")))
 }
 
 #[cfg(test)]
@@ -953,17 +960,17 @@ mod tests {
     use openraft::{CommittedLeaderId, EntryPayload};
 
     use super::*;
-    use crate::types::Batch;
+    use crate::types::test_types::Test;
+    use crate::types::Payload;
+
+    type Entry = crate::types::Entry<Test>;
 
     fn entry(term: u64, index: u64, bytes: usize) -> Entry {
-        let cmd = mvcc::Command::Put(mvcc::PutRequest {
-            key: format!("k{index}").into_bytes(),
-            value: vec![b'v'; bytes],
-            ..Default::default()
-        });
+        let mut data = format!("k{index}").into_bytes();
+        data.resize(data.len() + bytes, b'v');
         Entry {
             log_id: LogId::new(CommittedLeaderId::new(term, 1), index),
-            payload: EntryPayload::Normal(Batch(vec![cmd])),
+            payload: EntryPayload::Normal(Payload::Data(data)),
         }
     }
 

@@ -28,7 +28,7 @@ use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{ErrorSubject, ErrorVerb, RaftLogReader, StorageIOError};
 use tokio::sync::oneshot;
 
-use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
+use crate::types::{Entry, LogId, StorageError, Types, Vote};
 use crate::wal::{RecordLoc, Wal};
 
 /// The most jobs one flush takes, so one group's size stays bounded.
@@ -38,8 +38,8 @@ const CACHE_ENTRIES_MAX: usize = 1024;
 /// The most bytes (encoded size) of durable entries kept in memory.
 const CACHE_BYTES_MAX: usize = 4 * 1024 * 1024;
 
-enum Job {
-    Append(Vec<Entry>, LogFlushed<TypeConfig>),
+enum Job<C: Types> {
+    Append(Vec<Entry<C>>, LogFlushed<C>),
     Truncate(u64, oneshot::Sender<Result<(), String>>),
     Purge(LogId, oneshot::Sender<Result<(), String>>),
     Vote(Vote, oneshot::Sender<Result<(), String>>),
@@ -60,15 +60,15 @@ pub struct LogStats {
 
 /// Entries in memory: every one not yet durable, and recent durable ones.
 #[derive(Default)]
-struct Cache {
-    entries: BTreeMap<u64, Entry>,
+struct Cache<C: Types> {
+    entries: BTreeMap<u64, Entry<C>>,
     /// Encoded size of the cached entries that are durable, by index.
     durable_bytes: BTreeMap<u64, usize>,
     durable_total: usize,
 }
 
-impl Cache {
-    fn mark_durable(&mut self, entries: &[Entry], locs: &[RecordLoc]) {
+impl<C: Types> Cache<C> {
+    fn mark_durable(&mut self, entries: &[Entry<C>], locs: &[RecordLoc]) {
         for (e, loc) in entries.iter().zip(locs) {
             if self
                 .entries
@@ -104,17 +104,17 @@ impl Cache {
     }
 }
 
-struct Shared {
+struct Shared<C: Types> {
     wal: Mutex<Wal>,
-    cache: Mutex<Cache>,
+    cache: Mutex<Cache<C>>,
     stats: Arc<LogStats>,
-    jobs: mpsc::Sender<Job>,
+    jobs: mpsc::Sender<Job<C>>,
 }
 
 /// The raft log store; cheap to clone (readers share it).
 #[derive(Clone)]
-pub struct LogStore {
-    shared: Arc<Shared>,
+pub struct LogStore<C: Types> {
+    shared: Arc<Shared<C>>,
 }
 
 fn io_err(subject: ErrorSubject<u64>, verb: ErrorVerb, e: impl ToString) -> StorageError {
@@ -129,7 +129,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-impl LogStore {
+impl<C: Types> LogStore<C> {
     /// Opens (or creates) the log in the directory `dir`, recovers it, and starts its writer
     /// thread; a write failing on a full disk is noted in `disk_full`.
     pub fn open(dir: &Path, disk_full: Arc<crate::disk::DiskFull>) -> anyhow::Result<Self> {
@@ -156,7 +156,7 @@ impl LogStore {
         Arc::clone(&self.shared.stats)
     }
 
-    fn submit(&self, job: Job) -> Result<(), StorageError> {
+    fn submit(&self, job: Job<C>) -> Result<(), StorageError> {
         self.shared
             .jobs
             .send(job)
@@ -165,7 +165,7 @@ impl LogStore {
 
     async fn submit_wait(
         &self,
-        make: impl FnOnce(oneshot::Sender<Result<(), String>>) -> Job,
+        make: impl FnOnce(oneshot::Sender<Result<(), String>>) -> Job<C>,
         subject: ErrorSubject<u64>,
     ) -> Result<(), StorageError> {
         let (tx, rx) = oneshot::channel();
@@ -178,9 +178,9 @@ impl LogStore {
     }
 }
 
-impl Shared {
+impl<C: Types> Shared<C> {
     /// The writer thread: one flush per group of queued jobs.
-    fn run(self: Arc<Self>, rx: mpsc::Receiver<Job>) {
+    fn run(self: Arc<Self>, rx: mpsc::Receiver<Job<C>>) {
         while let Ok(first) = rx.recv() {
             let mut jobs = vec![first];
             while jobs.len() < GROUP_JOBS_MAX {
@@ -210,7 +210,7 @@ impl Shared {
     }
 
     /// Carries out the jobs in order and flushes once; the locations of the appended entries.
-    fn write(&self, jobs: &[Job]) -> anyhow::Result<Vec<RecordLoc>> {
+    fn write(&self, jobs: &[Job<C>]) -> anyhow::Result<Vec<RecordLoc>> {
         let mut locs = Vec::new();
         let pending = {
             let mut wal = lock(&self.wal);
@@ -235,7 +235,7 @@ impl Shared {
         Ok(locs)
     }
 
-    fn complete(&self, jobs: Vec<Job>, result: Result<Vec<RecordLoc>, String>) {
+    fn complete(&self, jobs: Vec<Job<C>>, result: Result<Vec<RecordLoc>, String>) {
         let mut locs = result.as_deref().unwrap_or_default();
         for job in jobs {
             match job {
@@ -259,12 +259,12 @@ impl Shared {
     }
 }
 
-impl RaftLogReader<TypeConfig> for LogStore {
+impl<C: Types> RaftLogReader<C> for LogStore<C> {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
         &mut self,
         range: RB,
-    ) -> Result<Vec<Entry>, StorageError> {
-        let mut out: BTreeMap<u64, Entry> = lock(&self.shared.cache)
+    ) -> Result<Vec<Entry<C>>, StorageError> {
+        let mut out: BTreeMap<u64, Entry<C>> = lock(&self.shared.cache)
             .entries
             .range(range.clone())
             .map(|(i, e)| (*i, e.clone()))
@@ -284,10 +284,10 @@ impl RaftLogReader<TypeConfig> for LogStore {
     }
 }
 
-impl RaftLogStorage<TypeConfig> for LogStore {
+impl<C: Types> RaftLogStorage<C> for LogStore<C> {
     type LogReader = Self;
 
-    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+    async fn get_log_state(&mut self) -> Result<LogState<C>, StorageError> {
         let cached_last = lock(&self.shared.cache)
             .entries
             .values()
@@ -328,16 +328,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(lock(&self.shared.wal).state().committed)
     }
 
-    async fn append<I>(
-        &mut self,
-        entries: I,
-        callback: LogFlushed<TypeConfig>,
-    ) -> Result<(), StorageError>
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<C>) -> Result<(), StorageError>
     where
-        I: IntoIterator<Item = Entry> + Send,
+        I: IntoIterator<Item = Entry<C>> + Send,
         I::IntoIter: Send,
     {
-        let entries: Vec<Entry> = entries.into_iter().collect();
+        let entries: Vec<Entry<C>> = entries.into_iter().collect();
         {
             let mut cache = lock(&self.shared.cache);
             for e in &entries {

@@ -9,9 +9,9 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use etcd_api::tandempb::raft_peer_client::RaftPeerClient;
-use etcd_api::tandempb::raft_peer_server::RaftPeer;
-use etcd_api::tandempb::RaftMessage;
+use crate::tandempb::raft_peer_client::RaftPeerClient;
+use crate::tandempb::raft_peer_server::RaftPeer;
+use crate::tandempb::RaftMessage;
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
 };
@@ -25,8 +25,8 @@ use serde::Serialize;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::codec;
-use crate::types::{Applied, Batch, MemberNode, NodeId, Raft, TypeConfig};
-use crate::ReplicaError;
+use crate::member::{not_leader, ReadPolicy, ReplicaError};
+use crate::types::{MemberNode, NodeId, Payload, Types};
 
 /// How long to wait for a peer's TCP connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -61,9 +61,13 @@ impl Channels {
 pub struct Network {
     pub cluster_id: u64,
     pub channels: std::sync::Arc<Channels>,
+    /// Whether the witness counts now, and which entries every data node holds (W3).
+    pub engagement: crate::engagement::Handle,
+    /// This member is the witness: it has no keyspace, so it never sends a snapshot.
+    pub from_witness: bool,
 }
 
-impl RaftNetworkFactory<TypeConfig> for Network {
+impl<C: Types> RaftNetworkFactory<C> for Network {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: NodeId, node: &MemberNode) -> PeerClient {
@@ -71,6 +75,8 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             target,
             cluster_id: self.cluster_id,
             channel: self.channels.to(node),
+            to_witness: node.witness.then(|| self.engagement.clone()),
+            from_witness: self.from_witness,
         }
     }
 }
@@ -78,26 +84,30 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 /// What a member that does not lead asks of the leader.
 #[derive(Debug, Serialize, serde::Deserialize)]
 pub enum ForwardRequest {
-    /// Replicate these commands as one entry.
-    Propose(Batch),
+    /// Replicate this payload as one entry.
+    Propose(Payload),
     /// The index a linearizable read must wait for (ReadIndex).
     ReadIndex,
     /// Record this member's attributes (name and URLs) in the membership.
     SetNode(NodeId, MemberNode),
+    /// From a witness that leads: this data node is caught up and should stand for election
+    /// now, so leadership returns to a data node (openraft 0.9 has no leadership transfer).
+    Campaign,
 }
 
 /// The leader's answer to a [`ForwardRequest`].
 #[derive(Debug, Serialize, serde::Deserialize)]
-pub enum ForwardResponse {
+pub enum ForwardResponse<R> {
     /// The entry's log index and what applying it returned.
     Proposed {
         index: u64,
-        applied: Applied,
+        applied: R,
     },
     ReadIndex {
         index: u64,
     },
     NodeSet,
+    Campaigning,
 }
 
 /// Why a forwarded request failed.
@@ -129,15 +139,16 @@ fn never_connected(s: &tonic::Status) -> bool {
 /// Sends `req` to the leader over `channel` and waits at most `timeout` for the answer. A
 /// failure after connecting is a timeout to the client: whether the leader received the request
 /// is unknown, as in etcd when a forwarded proposal is lost.
-pub async fn forward(
+pub async fn forward<R: DeserializeOwned>(
     channel: Channel,
     cluster_id: u64,
     req: &ForwardRequest,
     timeout: Duration,
-) -> Result<ForwardResponse, ForwardFailure> {
+) -> Result<ForwardResponse<R>, ForwardFailure> {
     let mut request = tonic::Request::new(RaftMessage {
         cluster_id,
         payload: codec::encode(req).into(),
+        data_floor: 0,
     });
     request.set_timeout(timeout);
     let reply = RaftPeerClient::new(channel)
@@ -150,8 +161,8 @@ pub async fn forward(
             tracing::debug!(status = %s, "forwarding to the leader failed");
             ForwardFailure::Failed(ReplicaError::Timeout)
         })?;
-    let answer: Result<ForwardResponse, ReplicaError> = codec::decode(&reply.into_inner().payload)
-        .map_err(|e| {
+    let answer: Result<ForwardResponse<R>, ReplicaError> =
+        codec::decode(&reply.into_inner().payload).map_err(|e| {
             tracing::warn!(error = %e, "undecodable answer from the leader");
             ForwardFailure::Failed(ReplicaError::Timeout)
         })?;
@@ -163,6 +174,9 @@ pub struct PeerClient {
     target: NodeId,
     cluster_id: u64,
     channel: Option<Channel>,
+    /// Set when the peer is the witness: what it may be sent depends on the engagement.
+    to_witness: Option<crate::engagement::Handle>,
+    from_witness: bool,
 }
 
 type RpcResult<T, E> = Result<T, RPCError<NodeId, MemberNode, RaftError<NodeId, E>>>;
@@ -172,6 +186,7 @@ impl PeerClient {
         &mut self,
         kind: Kind,
         req: &Req,
+        data_floor: u64,
         option: &RPCOption,
     ) -> RpcResult<Resp, E>
     where
@@ -188,6 +203,7 @@ impl PeerClient {
         let mut request = tonic::Request::new(RaftMessage {
             cluster_id: self.cluster_id,
             payload: codec::encode(req).into(),
+            data_floor,
         });
         request.set_timeout(option.hard_ttl());
         let reply = match kind {
@@ -213,21 +229,66 @@ enum Kind {
     Snapshot,
 }
 
-impl RaftNetwork<TypeConfig> for PeerClient {
+impl<C: Types> RaftNetwork<C> for PeerClient {
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
+        mut rpc: AppendEntriesRequest<C>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>, openraft::error::Infallible> {
-        self.call(Kind::Append, &rpc, &option).await
+        let Some(engagement) = self.to_witness.clone() else {
+            // A data node gets every payload: an elided one here would lose data.
+            if let Some(e) = rpc
+                .entries
+                .iter()
+                .find(|e| matches!(e.payload, openraft::EntryPayload::Normal(Payload::Elided)))
+            {
+                let e = std::io::Error::other(format!(
+                    "this member holds only the id of entry {}, which member {:x} lacks",
+                    e.log_id, self.target
+                ));
+                return Err(RPCError::Network(NetworkError::new(&e)));
+            }
+            return self.call(Kind::Append, &rpc, 0, &option).await;
+        };
+        // The witness: shaped by the engagement (W3), see `engagement::Shape`.
+        let shape = engagement
+            .shape(&rpc.entries, rpc.prev_log_id, option.soft_ttl() / 2)
+            .await;
+        rpc.entries.truncate(shape.keep);
+        for e in &mut rpc.entries {
+            if e.log_id.index <= shape.data_floor {
+                if let openraft::EntryPayload::Normal(p) = &mut e.payload {
+                    *p = Payload::Elided;
+                }
+            }
+        }
+        let sent_last = rpc.entries.last().map(|e| e.log_id).or(rpc.prev_log_id);
+        let resp: AppendEntriesResponse<NodeId> = self
+            .call(Kind::Append, &rpc, shape.data_floor, &option)
+            .await?;
+        Ok(match resp {
+            AppendEntriesResponse::Success if shape.held_back => {
+                AppendEntriesResponse::PartialSuccess(sent_last)
+            }
+            other => other,
+        })
     }
 
     async fn install_snapshot(
         &mut self,
-        rpc: InstallSnapshotRequest<TypeConfig>,
+        rpc: InstallSnapshotRequest<C>,
         option: RPCOption,
     ) -> RpcResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
-        self.call(Kind::Snapshot, &rpc, &option).await
+        if self.from_witness {
+            // The data node needs entries this witness has purged: only a data node's snapshot
+            // can catch it up (the witness's holds no keyspace). Never send one.
+            let e = std::io::Error::other(format!(
+                "member {:x} needs a snapshot, which a witness cannot give",
+                self.target
+            ));
+            return Err(RPCError::Unreachable(Unreachable::new(&e)));
+        }
+        self.call(Kind::Snapshot, &rpc, 0, &option).await
     }
 
     async fn vote(
@@ -235,36 +296,39 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> RpcResult<VoteResponse<NodeId>, openraft::error::Infallible> {
-        self.call(Kind::Vote, &rpc, &option).await
+        self.call(Kind::Vote, &rpc, 0, &option).await
     }
 }
 
-/// The service side: hands peers' messages to the local raft.
-pub struct PeerService {
-    pub raft: Raft,
+/// What a member does with what its peers send: the raft messages go to openraft; an
+/// AppendEntries request's data floor is reported to `on_data_floor` (the witness purges what
+/// every data node holds); a forwarded request goes to `forwarded`.
+pub struct PeerService<C: Types> {
+    pub raft: openraft::Raft<C>,
     pub cluster_id: u64,
-    pub read_policy: crate::replica::ReadPolicy,
+    pub read_policy: ReadPolicy,
+    pub on_data_floor: Option<std::sync::Arc<dyn Fn(u64) + Send + Sync>>,
+    /// This member is the witness: it takes no proposals, even while it leads.
+    pub witness: bool,
 }
 
 /// Carries out a forwarded request on this member, which should be the leader.
-pub(crate) async fn serve_forward(
-    raft: &Raft,
-    read_policy: crate::replica::ReadPolicy,
+pub async fn serve_forward<C: Types>(
+    raft: &openraft::Raft<C>,
+    read_policy: ReadPolicy,
     req: ForwardRequest,
-) -> Result<ForwardResponse, ReplicaError> {
+) -> Result<ForwardResponse<C::R>, ReplicaError> {
     use openraft::error::ClientWriteError;
     let write_error = |e: RaftError<NodeId, ClientWriteError<NodeId, MemberNode>>| match e {
-        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
-            crate::replica::not_leader(f.leader_id)
-        }
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => not_leader(f.leader_id),
         RaftError::APIError(ClientWriteError::ChangeMembershipError(_)) => {
             ReplicaError::LeaderChanged
         }
         RaftError::Fatal(_) => ReplicaError::Stopped,
     };
     match req {
-        ForwardRequest::Propose(batch) => {
-            let r = raft.client_write(batch).await.map_err(write_error)?;
+        ForwardRequest::Propose(payload) => {
+            let r = raft.client_write(payload).await.map_err(write_error)?;
             Ok(ForwardResponse::Proposed {
                 index: r.log_id.index,
                 applied: r.data,
@@ -280,10 +344,18 @@ pub(crate) async fn serve_forward(
                 .map_err(write_error)?;
             Ok(ForwardResponse::NodeSet)
         }
+        ForwardRequest::Campaign => {
+            tracing::info!("the witness leads and this member is caught up: standing for election");
+            raft.trigger()
+                .elect()
+                .await
+                .map_err(|_| ReplicaError::Stopped)?;
+            Ok(ForwardResponse::Campaigning)
+        }
     }
 }
 
-impl PeerService {
+impl<C: Types> PeerService<C> {
     fn open<T: DeserializeOwned>(&self, m: &RaftMessage) -> Result<T, tonic::Status> {
         if m.cluster_id != self.cluster_id {
             return Err(tonic::Status::failed_precondition(format!(
@@ -298,18 +370,24 @@ impl PeerService {
         tonic::Response::new(RaftMessage {
             cluster_id: self.cluster_id,
             payload: codec::encode(v).into(),
+            data_floor: 0,
         })
     }
 }
 
 #[tonic::async_trait]
-impl RaftPeer for PeerService {
+impl<C: Types> RaftPeer for PeerService<C> {
     async fn append_entries(
         &self,
         request: tonic::Request<RaftMessage>,
     ) -> Result<tonic::Response<RaftMessage>, tonic::Status> {
-        let req: AppendEntriesRequest<TypeConfig> = self.open(request.get_ref())?;
-        Ok(self.reply(&self.raft.append_entries(req).await))
+        let req: AppendEntriesRequest<C> = self.open(request.get_ref())?;
+        let floor = request.get_ref().data_floor;
+        let resp = self.raft.append_entries(req).await;
+        if let (Some(f), true) = (&self.on_data_floor, resp.is_ok()) {
+            f(floor);
+        }
+        Ok(self.reply(&resp))
     }
 
     async fn vote(
@@ -324,7 +402,7 @@ impl RaftPeer for PeerService {
         &self,
         request: tonic::Request<RaftMessage>,
     ) -> Result<tonic::Response<RaftMessage>, tonic::Status> {
-        let req: InstallSnapshotRequest<TypeConfig> = self.open(request.get_ref())?;
+        let req: InstallSnapshotRequest<C> = self.open(request.get_ref())?;
         Ok(self.reply(&self.raft.install_snapshot(req).await))
     }
 
@@ -333,6 +411,10 @@ impl RaftPeer for PeerService {
         request: tonic::Request<RaftMessage>,
     ) -> Result<tonic::Response<RaftMessage>, tonic::Status> {
         let req: ForwardRequest = self.open(request.get_ref())?;
+        if self.witness && matches!(req, ForwardRequest::Propose(_)) {
+            let refused: Result<ForwardResponse<C::R>, ReplicaError> = Err(ReplicaError::NoLeader);
+            return Ok(self.reply(&refused));
+        }
         Ok(self.reply(&serve_forward(&self.raft, self.read_policy, req).await))
     }
 }

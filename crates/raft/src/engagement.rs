@@ -1,0 +1,378 @@
+//! Witness engagement (two-node design, W3): while both data nodes are healthy a write commits
+//! on the two of them and the witness sees little more than heartbeats; the witness is engaged
+//! (its acknowledgement counts) only while a data node falls behind, and disengaged once that
+//! node keeps up again. Were the witness always counted, it would run ahead of a slightly slower
+//! data node, refuse that node's vote, and a plain leader crash would stall the cluster.
+//!
+//! The leader enforces it in its transport to the witness: not engaged, the witness is sent only
+//! entries every data node already holds and that are committed (the *data floor*), as ids
+//! without payloads, so its acknowledgements never complete a quorum the data nodes have not;
+//! engaged, it is sent everything, payloads included above the floor, so it can hand them to a
+//! data node that missed them (W4).
+//!
+//! [`Policy`] is the decision, a pure state machine (observations in, state out) tested by
+//! tables; [`drive`] feeds it from the leader's raft metrics; [`Handle::shape`] applies it to
+//! one AppendEntries request.
+
+use std::time::Duration;
+
+use openraft::ServerState;
+
+use crate::types::{Entry, LogId, Metrics, NodeId, Types};
+
+/// How often the driver looks at the leader's replication progress.
+pub const TICK: Duration = Duration::from_millis(20);
+/// Consecutive prompt catch-ups of the data followers before the witness is disengaged.
+const PROMPT_STREAK_MIN: u32 = 3;
+
+/// What the leader tells its transport to the witness.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct State {
+    /// The witness's acknowledgements count: it is sent every entry.
+    pub engaged: bool,
+    /// Every entry at or below this index is held by every data node and committed.
+    pub data_floor: u64,
+}
+
+/// One look at the leader's progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Observation {
+    pub now_ms: u64,
+    /// This member leads (only a leader replicates).
+    pub leading: bool,
+    pub last_index: u64,
+    /// The leader's applied index (everything at or below it is committed).
+    pub applied: u64,
+    /// The lowest index every data follower is known to hold; `None` when there is none (a
+    /// single data node with a witness: the witness always counts).
+    pub data_matched: Option<u64>,
+}
+
+/// The engagement decision.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// How long a data follower may leave an entry unacknowledged before the witness counts.
+    engage_after_ms: u64,
+    /// The entry the data followers are waiting to acknowledge, and since when.
+    pending: Option<(u64, u64)>,
+    engaged: bool,
+    prompt_streak: u32,
+}
+
+impl Policy {
+    pub fn new(engage_after: Duration) -> Self {
+        Policy {
+            engage_after_ms: engage_after.as_millis() as u64,
+            pending: None,
+            engaged: false,
+            prompt_streak: 0,
+        }
+    }
+
+    pub fn observe(&mut self, o: Observation) -> State {
+        if !o.leading {
+            *self = Policy::new(Duration::from_millis(self.engage_after_ms));
+            return State::default();
+        }
+        let Some(matched) = o.data_matched else {
+            self.engaged = true;
+            return State {
+                engaged: true,
+                data_floor: 0,
+            };
+        };
+        if let Some((index, since)) = self.pending {
+            if matched >= index {
+                // Acknowledged: promptly (within half the engagement delay) or not.
+                let prompt = o.now_ms.saturating_sub(since) * 2 <= self.engage_after_ms;
+                self.prompt_streak = if prompt { self.prompt_streak + 1 } else { 0 };
+                self.pending = None;
+            }
+        }
+        if matched >= o.last_index {
+            self.pending = None;
+        } else if self.pending.is_none() {
+            self.pending = Some((o.last_index, o.now_ms));
+        }
+        if let Some((_, since)) = self.pending {
+            if o.now_ms.saturating_sub(since) >= self.engage_after_ms {
+                if !self.engaged {
+                    tracing::info!(
+                        behind_index = matched,
+                        last_index = o.last_index,
+                        "a data follower is not keeping up; the witness is engaged"
+                    );
+                }
+                self.engaged = true;
+                self.prompt_streak = 0;
+            }
+        }
+        let caught_up = matched >= o.last_index || self.prompt_streak >= PROMPT_STREAK_MIN;
+        if self.engaged && caught_up {
+            tracing::info!(
+                matched,
+                "the data followers keep up again; the witness is disengaged"
+            );
+            self.engaged = false;
+            self.prompt_streak = 0;
+        }
+        State {
+            engaged: self.engaged,
+            data_floor: matched.min(o.applied),
+        }
+    }
+}
+
+/// What to send the witness of one AppendEntries request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shape {
+    /// How many of the request's entries to send (a prefix).
+    pub keep: usize,
+    pub data_floor: u64,
+    /// Some entries were held back: the witness's success is a partial one.
+    pub held_back: bool,
+}
+
+/// The prefix of `indexes` the witness may be sent in `state`.
+pub fn shape_now(state: State, indexes: impl Iterator<Item = u64>) -> usize {
+    if state.engaged {
+        return indexes.count();
+    }
+    indexes.take_while(|i| *i <= state.data_floor).count()
+}
+
+/// The transport's view of the engagement (one per member; cheap to clone).
+#[derive(Debug, Clone)]
+pub struct Handle {
+    rx: tokio::sync::watch::Receiver<State>,
+}
+
+/// The driver's side of a [`Handle`].
+pub struct Publisher {
+    tx: tokio::sync::watch::Sender<State>,
+}
+
+/// A handle and its publisher, starting disengaged with nothing known.
+pub fn channel() -> (Publisher, Handle) {
+    let (tx, rx) = tokio::sync::watch::channel(State::default());
+    (Publisher { tx }, Handle { rx })
+}
+
+impl Handle {
+    pub fn state(&self) -> State {
+        *self.rx.borrow()
+    }
+
+    /// How much of a request with these entries the witness is sent. When none of them may go
+    /// yet, waits (at most `max_wait`) for the data floor to reach them or for the witness to be
+    /// engaged, so the witness's replication stream is paced by the data followers' instead of
+    /// spinning; then sends what it may (possibly nothing: a heartbeat).
+    pub async fn shape<C: Types>(
+        &self,
+        entries: &[Entry<C>],
+        _prev: Option<LogId>,
+        max_wait: Duration,
+    ) -> Shape {
+        let mut rx = self.rx.clone();
+        let deadline = tokio::time::Instant::now() + max_wait;
+        loop {
+            let state = *rx.borrow_and_update();
+            let keep = shape_now(state, entries.iter().map(|e| e.log_id.index));
+            let give_up = keep > 0 || entries.is_empty() || tokio::time::Instant::now() >= deadline;
+            if give_up {
+                return Shape {
+                    keep,
+                    data_floor: state.data_floor,
+                    held_back: keep < entries.len(),
+                };
+            }
+            if tokio::time::timeout_at(deadline, rx.changed())
+                .await
+                .is_ok_and(|r| r.is_err())
+            {
+                // The driver stopped (the member is shutting down): send what may go.
+                tokio::time::sleep_until(deadline).await;
+            }
+        }
+    }
+}
+
+/// The lowest index every data follower of the leader whose metrics are `m` is known to hold;
+/// `None` when it has no data follower.
+pub fn data_matched(m: &Metrics) -> Option<u64> {
+    let membership = m.membership_config.membership();
+    let replication = m.replication.as_ref();
+    let mut lowest = None;
+    for id in membership.voter_ids().filter(|v| *v != m.id) {
+        if membership.get_node(&id).is_some_and(|n| n.witness) {
+            continue;
+        }
+        let matched = replication
+            .and_then(|r| r.get(&id))
+            .and_then(|l| l.map(|l| l.index))
+            .unwrap_or(0);
+        lowest = Some(lowest.map_or(matched, |l: u64| l.min(matched)));
+    }
+    lowest
+}
+
+/// Feeds the policy from `raft`'s metrics every [`TICK`] until the member stops.
+pub async fn drive<C: Types>(raft: openraft::Raft<C>, mut policy: Policy, publisher: Publisher) {
+    let started = tokio::time::Instant::now();
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let metrics = raft.metrics();
+    loop {
+        tick.tick().await;
+        let o = {
+            let m = metrics.borrow();
+            Observation {
+                now_ms: started.elapsed().as_millis() as u64,
+                leading: m.state == ServerState::Leader,
+                last_index: m.last_log_index.unwrap_or(0),
+                applied: m.last_applied.map_or(0, |l| l.index),
+                data_matched: data_matched(&m),
+            }
+        };
+        let state = policy.observe(o);
+        publisher.tx.send_if_modified(|cur| {
+            let changed = *cur != state;
+            *cur = state;
+            changed
+        });
+        if publisher.tx.is_closed() || metrics.has_changed().is_err() {
+            return;
+        }
+    }
+}
+
+/// Which member ids of `m`'s membership are witnesses.
+pub fn witnesses(m: &Metrics) -> Vec<NodeId> {
+    m.membership_config
+        .membership()
+        .nodes()
+        .filter(|(_, n)| n.witness)
+        .map(|(id, _)| *id)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ENGAGE_AFTER: Duration = Duration::from_millis(300);
+
+    fn obs(now_ms: u64, last_index: u64, matched: u64) -> Observation {
+        Observation {
+            now_ms,
+            leading: true,
+            last_index,
+            applied: last_index,
+            data_matched: Some(matched),
+        }
+    }
+
+    /// Runs the policy over a table of (observation, expected engaged, expected floor).
+    fn table(rows: &[(Observation, bool, u64)]) {
+        let mut p = Policy::new(ENGAGE_AFTER);
+        for (i, (o, engaged, floor)) in rows.iter().enumerate() {
+            let s = p.observe(*o);
+            assert_eq!(
+                (s.engaged, s.data_floor),
+                (*engaged, *floor),
+                "row {i}: {o:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_healthy_follower_never_engages_the_witness() {
+        table(&[
+            (obs(0, 10, 10), false, 10),
+            (obs(20, 12, 10), false, 10),
+            (obs(40, 15, 12), false, 12),
+            (obs(60, 18, 15), false, 15),
+            (obs(400, 30, 29), false, 29),
+            (obs(420, 30, 30), false, 30),
+        ]);
+    }
+
+    #[test]
+    fn a_silent_follower_engages_the_witness_after_the_delay() {
+        table(&[
+            (obs(0, 10, 10), false, 10),
+            (obs(20, 11, 10), false, 10),
+            (obs(200, 14, 10), false, 10),
+            (obs(319, 20, 10), false, 10),
+            (obs(320, 20, 10), true, 10),
+            (obs(2000, 500, 10), true, 10),
+        ]);
+    }
+
+    #[test]
+    fn the_witness_disengages_once_the_follower_catches_up() {
+        table(&[
+            (obs(0, 11, 10), false, 10),
+            (obs(400, 20, 10), true, 10),
+            // Catching up slowly keeps it engaged.
+            (obs(600, 30, 20), true, 20),
+            (obs(800, 40, 30), true, 30),
+            // All caught up: disengaged.
+            (obs(820, 40, 40), false, 40),
+        ]);
+    }
+
+    #[test]
+    fn under_steady_load_prompt_acknowledgements_disengage_it() {
+        table(&[
+            (obs(0, 11, 10), false, 10),
+            (obs(400, 20, 10), true, 10),
+            (obs(420, 22, 20), true, 20),
+            (obs(440, 24, 22), true, 22),
+            (obs(460, 26, 24), true, 24),
+            // Third prompt catch-up in a row, still one entry behind: disengaged.
+            (obs(480, 28, 26), false, 26),
+        ]);
+    }
+
+    #[test]
+    fn the_floor_never_passes_what_is_committed() {
+        let mut o = obs(0, 20, 20);
+        o.applied = 15;
+        table(&[(o, false, 15)]);
+    }
+
+    #[test]
+    fn without_a_data_follower_the_witness_always_counts() {
+        let mut o = obs(0, 20, 0);
+        o.data_matched = None;
+        table(&[(o, true, 0)]);
+    }
+
+    #[test]
+    fn a_member_that_does_not_lead_forgets_everything() {
+        let mut follower = obs(500, 20, 10);
+        follower.leading = false;
+        table(&[
+            (obs(0, 11, 10), false, 10),
+            (obs(400, 20, 10), true, 10),
+            (follower, false, 0),
+            (obs(520, 21, 10), false, 10),
+        ]);
+    }
+
+    #[test]
+    fn disengaged_the_witness_gets_only_what_every_data_node_holds() {
+        let off = State {
+            engaged: false,
+            data_floor: 12,
+        };
+        assert_eq!(shape_now(off, 10..=15), 3);
+        assert_eq!(shape_now(off, 13..=15), 0);
+        let on = State {
+            engaged: true,
+            data_floor: 12,
+        };
+        assert_eq!(shape_now(on, 13..=15), 3);
+    }
+}

@@ -1,0 +1,373 @@
+//! What every member shares, data node or witness: the raft handle and the way to the leader.
+//! Routing a request to the leader (waiting out elections), forwarding, the ReadIndex round
+//! (batched), publishing the member's own attributes, and its status. Nothing here knows what a
+//! payload means.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{CheckIsLeaderError, RaftError};
+use openraft::ServerState;
+use serde::{Deserialize, Serialize};
+
+use crate::network::{
+    self, serve_forward, Channels, ForwardFailure, ForwardRequest, ForwardResponse,
+};
+use crate::policy::leader_loss::lost_quorum;
+use crate::types::{MemberNode, NodeId, Payload, Types};
+
+/// How often a member retries publishing its attributes while that fails.
+const PUBLISH_RETRY: Duration = Duration::from_millis(500);
+/// The pause before a ReadIndex round that missed its quorum is tried again.
+const READ_INDEX_RETRY: Duration = Duration::from_millis(50);
+
+pub type ReadWaiter = tokio::sync::oneshot::Sender<Result<(), ReplicaError>>;
+
+/// What every task of a member shares: raft, and the way to the leader.
+pub struct Member<C: Types> {
+    pub raft: openraft::Raft<C>,
+    pub member_id: NodeId,
+    pub cluster_id: u64,
+    pub channels: Arc<Channels>,
+    /// How long a forwarded request may take.
+    pub forward_timeout: Duration,
+    pub election_timeout_ms: u64,
+}
+
+impl<C: Types> Member<C> {
+    /// Where a request that needs the leader goes: `None` when this member leads, else the
+    /// leader and the channel to it. While no leader is known (an election), or the leader is
+    /// `unreachable` (a connection to it just failed), waits for another, until `deadline`. A
+    /// leader that has lost its quorum refuses (see [`lost_quorum`]).
+    pub async fn route(
+        &self,
+        for_proposal: bool,
+        unreachable: Option<NodeId>,
+        deadline: tokio::time::Instant,
+    ) -> Result<Option<(NodeId, tonic::transport::Channel)>, ReplicaError> {
+        let mut metrics = self.raft.metrics();
+        loop {
+            {
+                let m = metrics.borrow_and_update();
+                if m.state == ServerState::Leader {
+                    if lost_quorum(&m, self.election_timeout_ms) {
+                        return Err(ReplicaError::NoLeader);
+                    }
+                    return Ok(None);
+                }
+                // A witness that leads takes no proposals: they wait for it to hand over.
+                let membership = m.membership_config.membership();
+                let witness = |l: &NodeId| membership.get_node(l).is_some_and(|n| n.witness);
+                let leader = m.current_leader.filter(|l| {
+                    *l != self.member_id && Some(*l) != unreachable && !(for_proposal && witness(l))
+                });
+                if let Some(l) = leader {
+                    let node = membership.get_node(&l).cloned();
+                    let channel = node.and_then(|n| self.channels.to(&n));
+                    return channel.map(|c| Some((l, c))).ok_or(ReplicaError::NoLeader);
+                }
+            }
+            match tokio::time::timeout_at(deadline, metrics.changed()).await {
+                Err(_) => return Err(ReplicaError::NoLeader),
+                Ok(Err(_)) => return Err(ReplicaError::Stopped),
+                Ok(Ok(())) => {}
+            }
+        }
+    }
+
+    /// Sends `req` to the leader, or gives it back (`Err(req)`) when this member leads. Waits
+    /// for an election to end (at most two election timeouts), and when the leader cannot be
+    /// connected to (it died; nothing was sent), for the next one (within the forward timeout).
+    pub async fn forward_or_here(
+        &self,
+        req: ForwardRequest,
+    ) -> Result<Result<ForwardResponse<C::R>, ForwardRequest>, ReplicaError> {
+        let start = tokio::time::Instant::now();
+        let mut deadline = start + Duration::from_millis(2 * self.election_timeout_ms);
+        let mut unreachable = None;
+        loop {
+            let for_proposal = matches!(req, ForwardRequest::Propose(_));
+            let Some((leader, channel)) = self.route(for_proposal, unreachable, deadline).await?
+            else {
+                return Ok(Err(req));
+            };
+            let timeout = (start + self.forward_timeout)
+                .saturating_duration_since(tokio::time::Instant::now());
+            let sent = tokio::select! {
+                r = network::forward(channel, self.cluster_id, &req, timeout) => Some(r),
+                () = leader_moved(&self.raft, leader) => None,
+            };
+            let Some(sent) = sent else {
+                // Another member leads now: the request to the old leader (paused, or cut off)
+                // would hang until its timeout and hold up every proposal behind it. A read or
+                // a node record is asked again of the new leader; a proposal may have been
+                // appended by the old leader, so it is not sent twice: its clients are told
+                // the leader changed (an indeterminate outcome, as a timeout is).
+                tracing::debug!(from = %format!("{leader:x}"), "leader changed during a forwarded request");
+                if let ForwardRequest::Propose(_) = req {
+                    return Err(ReplicaError::LeaderChanged);
+                }
+                continue;
+            };
+            match sent {
+                Ok(r) => return Ok(Ok(r)),
+                Err(ForwardFailure::Failed(e)) => return Err(e),
+                Err(ForwardFailure::NotSent) => {
+                    tracing::debug!(leader = %format!("{leader:x}"), "leader unreachable; waiting for the next");
+                    unreachable = Some(leader);
+                    deadline = start + self.forward_timeout;
+                }
+            }
+        }
+    }
+
+    pub fn read_policy(&self) -> ReadPolicy {
+        ReadPolicy {
+            timeout: self.forward_timeout,
+            election_timeout_ms: self.election_timeout_ms,
+        }
+    }
+
+    /// Waits until this member has applied the entry at `index`.
+    pub async fn applied(&self, index: u64) -> Result<(), ReplicaError> {
+        let mut data = self.raft.data_metrics();
+        data.wait_for(|m| m.last_applied.is_some_and(|l| l.index >= index))
+            .await
+            .map(|_| ())
+            .map_err(|_| ReplicaError::Stopped)
+    }
+
+    /// Replicates `payload` as one entry: through raft here when this member leads, otherwise
+    /// through the leader. Returns the entry's index when it was forwarded (this member has
+    /// not necessarily applied it yet) and what applying it returned.
+    pub async fn replicate(&self, payload: Payload) -> Result<(Option<u64>, C::R), ReplicaError> {
+        match self
+            .forward_or_here(ForwardRequest::Propose(payload))
+            .await?
+        {
+            Ok(ForwardResponse::Proposed { index, applied }) => Ok((Some(index), applied)),
+            Ok(other) => Err(unexpected_answer(other)),
+            Err(ForwardRequest::Propose(payload)) => {
+                let r = self.raft.client_write(payload).await.map_err(|e| match e {
+                    // Deposed between the check and the write, or a membership change in the
+                    // way: the client may retry.
+                    RaftError::APIError(_) => ReplicaError::LeaderChanged,
+                    RaftError::Fatal(_) => ReplicaError::Stopped,
+                })?;
+                Ok((None, r.data))
+            }
+            Err(_) => unreachable!("forward_or_here gives back the request it was given"),
+        }
+    }
+
+    /// One ReadIndex round: returns once this member has applied everything committed before
+    /// the round began.
+    pub async fn read_index(&self) -> Result<(), ReplicaError> {
+        match self.forward_or_here(ForwardRequest::ReadIndex).await? {
+            Ok(ForwardResponse::ReadIndex { index }) => self.applied(index).await,
+            Ok(other) => Err(unexpected_answer(other)),
+            Err(_) => {
+                let read = self.read_policy().leader_read_index(&self.raft).await?;
+                self.applied(read).await
+            }
+        }
+    }
+}
+
+/// Resolves once this member knows a leader other than `from` (itself included).
+async fn leader_moved<C: Types>(raft: &openraft::Raft<C>, from: NodeId) {
+    let mut metrics = raft.metrics();
+    loop {
+        if metrics
+            .borrow_and_update()
+            .current_leader
+            .is_some_and(|l| l != from)
+        {
+            return;
+        }
+        if metrics.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+    }
+}
+
+/// How a leader confirms a read index: see [`ReadPolicy::leader_read_index`].
+#[derive(Clone, Copy, Debug)]
+pub struct ReadPolicy {
+    /// How long a read may wait for a confirmed round (the request timeout).
+    pub timeout: Duration,
+    pub election_timeout_ms: u64,
+}
+
+impl ReadPolicy {
+    /// The leader's read index, confirmed by a quorum. openraft confirms with one heartbeat
+    /// round whose every AppendEntries is bounded by one heartbeat interval, which a loaded
+    /// follower misses now and then; a round that missed its quorum is tried again until
+    /// `timeout`, as etcd retries a ReadIndex round until its request times out. A leader that
+    /// has heard from no quorum for an election timeout answers "no leader" at once (see
+    /// [`lost_quorum`]).
+    ///
+    /// openraft's read index is the larger of its commit index and the first entry of this
+    /// leadership; a leader restored at start-up (openraft 0.9 restarts a leader whose vote was
+    /// committed) knows neither until a new entry commits, so the index is at least every entry
+    /// in its log when the round started. This holds for the leader's own reads and for those
+    /// followers forward to it: before, only the former had it, and after all members lost
+    /// power a follower served linearizable reads from before writes that had completed
+    /// (found by the robustness suite's power cuts).
+    pub async fn leader_read_index<C: Types>(
+        &self,
+        raft: &openraft::Raft<C>,
+    ) -> Result<u64, ReplicaError> {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let last = raft.metrics().borrow().last_log_index.unwrap_or(0);
+        loop {
+            match raft.get_read_log_id().await {
+                Ok((read, _)) => return Ok(read.map_or(0, |l| l.index).max(last)),
+                Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_)))
+                    if tokio::time::Instant::now() + READ_INDEX_RETRY < deadline =>
+                {
+                    if lost_quorum(&raft.metrics().borrow(), self.election_timeout_ms) {
+                        return Err(ReplicaError::NoLeader);
+                    }
+                    tracing::debug!("a ReadIndex round missed its quorum; trying again");
+                    tokio::time::sleep(READ_INDEX_RETRY).await;
+                }
+                Err(e) => return Err(read_error(e)),
+            }
+        }
+    }
+}
+
+fn unexpected_answer<R: std::fmt::Debug>(r: ForwardResponse<R>) -> ReplicaError {
+    tracing::error!(answer = ?r, "the leader answered a forwarded request with another kind");
+    ReplicaError::Timeout
+}
+
+/// The error for "another member leads (or none does)".
+pub fn not_leader(leader: Option<NodeId>) -> ReplicaError {
+    match leader {
+        Some(l) => ReplicaError::NotLeader(Some(l)),
+        None => ReplicaError::NoLeader,
+    }
+}
+
+/// The error for a failed ReadIndex round.
+pub fn read_error(e: RaftError<NodeId, CheckIsLeaderError<NodeId, MemberNode>>) -> ReplicaError {
+    match e {
+        RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)) => not_leader(f.leader_id),
+        RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_)) => ReplicaError::Timeout,
+        RaftError::Fatal(_) => ReplicaError::Stopped,
+    }
+}
+
+/// Batched ReadIndex: every read waiting when a round starts is served by that round's single
+/// ReadIndex question (to raft here, or to the leader). A read joins only a round that starts
+/// after it was asked, so the round's read index covers every write that completed before the
+/// read began.
+pub async fn read_barriers<C: Types>(
+    shared: Arc<Member<C>>,
+    mut rx: tokio::sync::mpsc::Receiver<ReadWaiter>,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut waiters = vec![first];
+        while let Ok(w) = rx.try_recv() {
+            waiters.push(w);
+        }
+        let result = shared.read_index().await;
+        for w in waiters {
+            let _ = w.send(result.clone());
+        }
+    }
+}
+
+/// Records this member's attributes (name, peer and client URLs) in the membership once a leader
+/// is known, as etcd's members publish theirs: a new cluster starts knowing only peer URLs, the
+/// same on every member. Retries until it succeeds or the member stops.
+pub async fn publish<C: Types>(shared: Arc<Member<C>>, me: MemberNode) {
+    let mut metrics = shared.raft.metrics();
+    let mut retry = tokio::time::interval(PUBLISH_RETRY);
+    loop {
+        let (leader, current, known) = {
+            let m = metrics.borrow_and_update();
+            let membership = m.membership_config.membership();
+            let current = membership.get_node(&shared.member_id).cloned();
+            let known = membership.nodes().next().is_some();
+            (m.current_leader, current, known)
+        };
+        match current {
+            // Not (or no longer) a member of a known membership: nothing to publish.
+            None if known => return,
+            // Already recorded.
+            Some(n) if n == me => return,
+            Some(_) if leader.is_some() => {
+                let req = ForwardRequest::SetNode(shared.member_id, me.clone());
+                let result = match shared.forward_or_here(req).await {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err(req)) => serve_forward(&shared.raft, shared.read_policy(), req)
+                        .await
+                        .map(|_| ()),
+                    Err(e) => Err(e),
+                };
+                match result {
+                    Ok(()) => {
+                        tracing::info!(member = %me, "published this member's attributes");
+                        return;
+                    }
+                    Err(e) => tracing::debug!(error = %e, "publishing attributes; will retry"),
+                }
+                retry.tick().await;
+            }
+            // No leader yet, or the membership is not loaded yet.
+            _ => {
+                if metrics.changed().await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Why a request could not be replicated. Each maps to one etcd error at the gRPC edge.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+pub enum ReplicaError {
+    #[error("no leader")]
+    NoLeader,
+    /// Another member leads; the request must go there.
+    #[error("not leader (leader is {0:?})")]
+    NotLeader(Option<NodeId>),
+    #[error("leader changed")]
+    LeaderChanged,
+    #[error("server stopped")]
+    Stopped,
+    #[error("request timed out")]
+    Timeout,
+}
+
+/// Raft-level facts for `Status` and the metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplicaStatus {
+    pub leader: Option<NodeId>,
+    pub term: u64,
+    pub last_log_index: u64,
+    pub applied_index: u64,
+    pub is_leader: bool,
+    pub is_learner: bool,
+}
+
+/// This member's status as its raft metrics `m` show it; a leader that lost its quorum reports
+/// no leader.
+pub fn status_of(m: &crate::types::Metrics, election_timeout_ms: u64) -> ReplicaStatus {
+    let leader = if lost_quorum(m, election_timeout_ms) {
+        None
+    } else {
+        m.current_leader
+    };
+    ReplicaStatus {
+        leader,
+        term: m.current_term,
+        last_log_index: m.last_log_index.unwrap_or(0),
+        applied_index: m.last_applied.map_or(0, |l| l.index),
+        is_leader: m.state == ServerState::Leader,
+        is_learner: m.state == ServerState::Learner,
+    }
+}

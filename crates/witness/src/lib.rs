@@ -1,0 +1,268 @@
+//! The witness: the third voter of two data nodes (`../shared/docs/two-node-design.md`). It
+//! votes, and persists the id of every entry it acknowledges (fdatasynced before it answers,
+//! W1) through the same log store as the data nodes; it applies nothing and holds no key-value
+//! data (W2); the data leader sends it payloads only while a data node falls behind (W3, see
+//! `raft::engagement`), and it keeps those until every data node holds them, so that after a
+//! double failure it can lead briefly, ship them to the returning data node and hand
+//! leadership over (W4, `raft::policy::handoff`).
+//!
+//! Architecture invariant: this crate links neither `mvcc` nor `etcd-api` (a tidy test checks
+//! the dependency graph transitively).
+
+// openraft's traits fix the error type (`StorageError`, 224 bytes); helpers return it as is.
+#![allow(clippy::result_large_err)]
+
+pub mod state_machine;
+pub mod types;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::{Config, ServerState, SnapshotPolicy};
+use raft::engagement;
+use raft::log_store::LogStore;
+use raft::member::{publish, status_of};
+use raft::network::{self as net, Channels, ForwardRequest, Network, PeerService};
+use raft::policy::handoff::{self, Handoff};
+use raft::types::{MemberNode, NodeId};
+use raft::{Member, ReadPolicy, ReplicaStatus};
+
+use crate::state_machine::WitnessStateMachine;
+use crate::types::{Raft, WitnessConfig};
+
+/// How often the witness looks at its leadership (hand-off) and its log (purging).
+const TICK: Duration = Duration::from_millis(50);
+/// How often a caught-up data node is asked again to stand for election.
+const HANDOFF_RETRY: Duration = Duration::from_millis(500);
+/// Entries the data floor must pass the last purge by before the log is purged again.
+const PURGE_EVERY_ENTRIES: u64 = 1_000;
+
+/// How a witness is set up; the server fills it from etcd's flags.
+#[derive(Debug, Clone)]
+pub struct WitnessOptions {
+    pub data_dir: PathBuf,
+    pub member_id: NodeId,
+    pub cluster_id: u64,
+    pub initial_members: BTreeMap<NodeId, MemberNode>,
+    pub self_node: MemberNode,
+    pub bootstrap: bool,
+    pub heartbeat_interval_ms: u64,
+    pub election_timeout_ms: u64,
+    pub forward_timeout: Duration,
+}
+
+/// A running witness.
+pub struct Witness {
+    raft: Raft,
+    member: Arc<Member<WitnessConfig>>,
+    data_floor: Arc<AtomicU64>,
+    options: WitnessOptions,
+}
+
+impl Witness {
+    pub async fn open(options: WitnessOptions) -> anyhow::Result<Self> {
+        let dir = options.data_dir.join("member");
+        std::fs::create_dir_all(&dir)?;
+        let log = LogStore::<WitnessConfig>::open(&dir.join("wal"), Arc::default())?;
+        let sm = WitnessStateMachine::open(&dir)?;
+        let e = options.election_timeout_ms;
+        let raft_config = Config {
+            cluster_name: format!("{:x}", options.cluster_id),
+            heartbeat_interval: options.heartbeat_interval_ms,
+            // Later than the data nodes' ([E/2, E)): a data node with the whole log wins first,
+            // and the witness stands only when none can (W4).
+            election_timeout_min: e,
+            election_timeout_max: e + e / 2,
+            // Snapshots and purges follow the data floor only (see `purge`): an entry a data
+            // node lacks must stay in the log, payload and all.
+            snapshot_policy: SnapshotPolicy::Never,
+            max_in_snapshot_log_to_keep: u64::MAX,
+            ..Default::default()
+        }
+        .validate()?;
+        let channels = Arc::new(Channels::default());
+        // The witness never replicates to a witness; its engagement stays idle.
+        let (_publisher, engagement) = engagement::channel();
+        let network = Network {
+            cluster_id: options.cluster_id,
+            channels: Arc::clone(&channels),
+            engagement,
+            from_witness: true,
+        };
+        let raft = Raft::new(options.member_id, Arc::new(raft_config), network, log, sm).await?;
+        if options.bootstrap && !raft.is_initialized().await? {
+            tracing::info!(
+                members = options.initial_members.len(),
+                "bootstrapping a new cluster as its witness"
+            );
+            raft.initialize(options.initial_members.clone()).await?;
+        }
+        let member = Arc::new(Member {
+            raft: raft.clone(),
+            member_id: options.member_id,
+            cluster_id: options.cluster_id,
+            channels,
+            forward_timeout: options.forward_timeout,
+            election_timeout_ms: options.election_timeout_ms,
+        });
+        let data_floor = Arc::new(AtomicU64::new(0));
+        tokio::spawn(publish(Arc::clone(&member), options.self_node.clone()));
+        tokio::spawn(hand_off(
+            Arc::clone(&member),
+            Handoff::new(e + e / 2, HANDOFF_RETRY.as_millis() as u64),
+        ));
+        tokio::spawn(purge(raft.clone(), Arc::clone(&data_floor)));
+        Ok(Witness {
+            raft,
+            member,
+            data_floor,
+            options,
+        })
+    }
+
+    /// The peer-facing gRPC service of the witness.
+    pub fn peer_service(&self) -> PeerService<WitnessConfig> {
+        let floor = Arc::clone(&self.data_floor);
+        PeerService {
+            raft: self.raft.clone(),
+            cluster_id: self.options.cluster_id,
+            read_policy: self.member.read_policy(),
+            on_data_floor: Some(Arc::new(move |f| {
+                floor.fetch_max(f, Ordering::Relaxed);
+            })),
+            witness: true,
+        }
+    }
+
+    pub fn read_policy(&self) -> ReadPolicy {
+        self.member.read_policy()
+    }
+
+    pub fn member_id(&self) -> NodeId {
+        self.options.member_id
+    }
+
+    pub fn status(&self) -> ReplicaStatus {
+        status_of(
+            &self.raft.metrics().borrow(),
+            self.options.election_timeout_ms,
+        )
+    }
+
+    /// The members, with whether each is a learner.
+    pub fn members(&self) -> Vec<(NodeId, MemberNode, bool)> {
+        let m = self.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        let voters: std::collections::BTreeSet<NodeId> = membership.voter_ids().collect();
+        membership
+            .nodes()
+            .map(|(id, n)| (*id, n.clone(), !voters.contains(id)))
+            .collect()
+    }
+
+    /// Entries in the witness's log (what it keeps on disk, ids mostly).
+    pub fn log_entries(&self) -> u64 {
+        let m = self.raft.metrics().borrow().clone();
+        let last = m.last_log_index.unwrap_or(0);
+        let purged = m.purged.map_or(0, |p| p.index);
+        last.saturating_sub(purged)
+    }
+
+    /// The highest index every data node is known to hold.
+    pub fn data_floor(&self) -> u64 {
+        self.data_floor.load(Ordering::Relaxed)
+    }
+
+    pub async fn shutdown(&self) -> anyhow::Result<()> {
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft shutdown");
+        }
+        Ok(())
+    }
+}
+
+/// While the witness leads, asks a caught-up data node to stand for election (W4).
+async fn hand_off(member: Arc<Member<WitnessConfig>>, mut policy: Handoff) {
+    let started = tokio::time::Instant::now();
+    let metrics = member.raft.metrics();
+    let mut tick = tokio::time::interval(TICK);
+    loop {
+        tick.tick().await;
+        if metrics.has_changed().is_err() {
+            return;
+        }
+        let (o, nodes) = {
+            let m = metrics.borrow();
+            let membership = m.membership_config.membership();
+            let replication = m.replication.as_ref();
+            let data_matched = membership
+                .voter_ids()
+                .filter(|id| membership.get_node(id).is_some_and(|n| !n.witness))
+                .map(|id| {
+                    let matched = replication
+                        .and_then(|r| r.get(&id))
+                        .and_then(|l| l.map(|l| l.index))
+                        .unwrap_or(0);
+                    (id, matched)
+                })
+                .collect();
+            let o = handoff::Observation {
+                now_ms: started.elapsed().as_millis() as u64,
+                leading: m.state == ServerState::Leader,
+                last_index: m.last_log_index.unwrap_or(0),
+                data_matched,
+            };
+            (
+                o,
+                membership
+                    .nodes()
+                    .map(|(i, n)| (*i, n.clone()))
+                    .collect::<BTreeMap<_, _>>(),
+            )
+        };
+        let Some(target) = policy.observe(&o) else {
+            continue;
+        };
+        let Some(channel) = nodes.get(&target).and_then(|n| member.channels.to(n)) else {
+            continue;
+        };
+        tracing::info!(to = %format!("{target:x}"), "handing leadership to a caught-up data node");
+        let asked = net::forward::<()>(
+            channel,
+            member.cluster_id,
+            &ForwardRequest::Campaign,
+            HANDOFF_RETRY,
+        )
+        .await;
+        if let Err(e) = asked {
+            tracing::debug!(error = ?e, "asking a data node to stand for election");
+        }
+    }
+}
+
+/// Purges the witness's log up to the data floor: what every data node holds and is committed
+/// is no longer needed here (its ids included: the snapshot's last log id stands for them).
+async fn purge(raft: Raft, floor: Arc<AtomicU64>) {
+    let mut tick = tokio::time::interval(TICK * 20);
+    let mut purged = 0;
+    loop {
+        tick.tick().await;
+        let f = floor.load(Ordering::Relaxed);
+        if f < purged + PURGE_EVERY_ENTRIES {
+            continue;
+        }
+        let applied = raft.metrics().borrow().last_applied.map_or(0, |l| l.index);
+        if applied < f {
+            continue;
+        }
+        // The snapshot is at the applied index (at or above the floor); the purge stops at
+        // the floor, so entries above it keep their payloads.
+        if raft.trigger().snapshot().await.is_err() || raft.trigger().purge_log(f).await.is_err() {
+            return;
+        }
+        purged = f;
+    }
+}
