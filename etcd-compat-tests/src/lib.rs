@@ -188,7 +188,22 @@ pub struct Server {
     host: String,
 }
 
+/// The flag naming a tandem cluster's witness.
+pub const WITNESS_FLAG: &str = "--initial-cluster-witness";
+
 impl Server {
+    /// Replaces the flags the next start gives the server (beyond its URLs and name).
+    pub fn set_flags(&mut self, extra: &[&str]) {
+        self.extra = extra.iter().map(|s| s.to_string()).collect();
+    }
+
+    /// Whether this member is its cluster's witness (named by [`WITNESS_FLAG`] in its flags).
+    pub fn is_witness(&self) -> bool {
+        self.extra
+            .windows(2)
+            .any(|w| w[0] == WITNESS_FLAG && w[1] == self.name)
+    }
+
     pub fn start(kind: Kind) -> Result<Self> {
         Self::start_with(kind, &[])
     }
@@ -535,16 +550,29 @@ impl Cluster {
         Ok(())
     }
 
-    /// Every member's client URL, comma-separated (for `--endpoints`).
+    /// Every data member's client URL, comma-separated (for `--endpoints`; a witness serves no
+    /// client).
     pub fn endpoints(&self) -> String {
-        let urls: Vec<String> = self.members.iter().map(Server::url).collect();
+        let urls: Vec<String> = self.data_members().map(|i| self.members[i].url()).collect();
         urls.join(",")
     }
 
-    /// The index of the member that leads, as the running members report it (all must agree).
+    /// The indexes of the members that hold the keyspace (all but a witness).
+    pub fn data_members(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..self.members.len()).filter(|i| !self.members[*i].is_witness())
+    }
+
+    /// The index of the witness, if the cluster has one.
+    pub fn witness(&self) -> Option<usize> {
+        (0..self.members.len()).find(|i| self.members[*i].is_witness())
+    }
+
+    /// The index of the member that leads, as the running data members report it (all must
+    /// agree; a witness that leads is not counted: it hands leadership on).
     pub async fn leader(&self) -> Result<usize> {
         let mut leader_id = None;
-        for m in self.members.iter().filter(|m| m.child.is_some()) {
+        let running = |m: &&Server| m.child.is_some() && !m.is_witness();
+        for m in self.members.iter().filter(running) {
             let mut c = m.client().await?;
             let st = c.status().await?;
             if st.leader() == 0 || leader_id.is_some_and(|l| l != st.leader()) {
@@ -554,7 +582,7 @@ impl Cluster {
         }
         let leader_id = leader_id.context("no running member")?;
         for (i, m) in self.members.iter().enumerate() {
-            if m.child.is_some() {
+            if running(&m) {
                 let mut c = m.client().await?;
                 let st = c.status().await?;
                 if st.header().map(|h| h.member_id()) == Some(leader_id) {

@@ -26,7 +26,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::codec;
 use crate::member::{not_leader, ReadPolicy, ReplicaError};
-use crate::types::{MemberNode, NodeId, Payload, Types};
+use crate::types::{Entry, MemberNode, NodeId, Payload, Types};
 
 /// How long to wait for a peer's TCP connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -236,19 +236,39 @@ impl<C: Types> RaftNetwork<C> for PeerClient {
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>, openraft::error::Infallible> {
         let Some(engagement) = self.to_witness.clone() else {
-            // A data node gets every payload: an elided one here would lose data.
-            if let Some(e) = rpc
-                .entries
-                .iter()
-                .find(|e| matches!(e.payload, openraft::EntryPayload::Normal(Payload::Elided)))
-            {
-                let e = std::io::Error::other(format!(
-                    "this member holds only the id of entry {}, which member {:x} lacks",
-                    e.log_id, self.target
-                ));
-                return Err(RPCError::Network(NetworkError::new(&e)));
-            }
-            return self.call(Kind::Append, &rpc, 0, &option).await;
+            let elided =
+                |e: &Entry<C>| matches!(e.payload, openraft::EntryPayload::Normal(Payload::Elided));
+            let Some(last_elided) = rpc.entries.iter().rposition(elided) else {
+                return self.call(Kind::Append, &rpc, 0, &option).await;
+            };
+            // A witness that leads holds only the ids of entries every data node had. openraft
+            // may still send them (it probes from an old index), so ask first whether the data
+            // node holds the last of them: if it does, it holds all of them (log matching), and
+            // it has matched up to there.
+            let id = rpc.entries[last_elided].log_id;
+            let probe = AppendEntriesRequest::<C> {
+                vote: rpc.vote,
+                prev_log_id: Some(id),
+                leader_commit: rpc.leader_commit,
+                entries: Vec::new(),
+            };
+            let resp: AppendEntriesResponse<NodeId> =
+                self.call(Kind::Append, &probe, 0, &option).await?;
+            return match resp {
+                AppendEntriesResponse::Success => {
+                    Ok(AppendEntriesResponse::PartialSuccess(Some(id)))
+                }
+                AppendEntriesResponse::Conflict | AppendEntriesResponse::PartialSuccess(_) => {
+                    // It lacks an entry whose payload only the data nodes had: sending the id
+                    // alone would lose data. Never; the replication stays stuck, visibly.
+                    let e = std::io::Error::other(format!(
+                        "this member holds only the id of entry {id}, which member {:x} lacks",
+                        self.target
+                    ));
+                    Err(RPCError::Network(NetworkError::new(&e)))
+                }
+                other => Ok(other),
+            };
         };
         // The witness: shaped by the engagement (W3), see `engagement::Shape`.
         let shape = engagement

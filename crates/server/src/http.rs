@@ -158,8 +158,13 @@ async fn readyz(State(node): State<Arc<Node>>, Query(q): Params) -> impl IntoRes
 }
 
 async fn version(State(node): State<Arc<Node>>) -> impl IntoResponse {
+    version_body(&node.config.server_version)
+}
+
+/// `/version` as etcd answers it, plus tandem's own version.
+pub(crate) fn version_body(server_version: &str) -> impl IntoResponse {
     let body = serde_json::json!({
-        "etcdserver": node.config.server_version,
+        "etcdserver": server_version,
         "etcdcluster": crate::config::DEFAULT_CLUSTER_VERSION,
         "storage": crate::maintenance::STORAGE_VERSION,
         "tandem": env!("CARGO_PKG_VERSION"),
@@ -170,7 +175,7 @@ async fn version(State(node): State<Arc<Node>>) -> impl IntoResponse {
 
 /// prometheus-client appends a period to every help text; etcd's texts are given verbatim
 /// (some end with one, some do not), so the added period is taken off again.
-fn verbatim_help(encoded: &str) -> String {
+pub(crate) fn verbatim_help(encoded: &str) -> String {
     let mut out = String::with_capacity(encoded.len());
     for line in encoded.lines() {
         let line = match line.starts_with("# HELP ") {
@@ -183,18 +188,40 @@ fn verbatim_help(encoded: &str) -> String {
     out
 }
 
-fn gauge(registry: &mut Registry, name: &str, help: &str, value: i64) {
+pub(crate) fn gauge(registry: &mut Registry, name: &str, help: &str, value: i64) {
     let g: Gauge = Gauge::default();
     g.set(value);
     registry.register(name, help, g);
 }
 
 /// A gauge of 1 with one label, as etcd reports versions.
-fn labelled(registry: &mut Registry, name: &str, help: &str, label: &str, value: &str) {
+pub(crate) fn labelled(registry: &mut Registry, name: &str, help: &str, label: &str, value: &str) {
     let f: Family<Vec<(String, String)>, Gauge> = Family::default();
     f.get_or_create(&vec![(label.to_string(), value.to_string())])
         .set(1);
     registry.register(name, help, f);
+}
+
+/// The Prometheus text of `registry`, with etcd's help texts.
+pub(crate) fn render(registry: &Registry) -> axum::response::Response {
+    let mut encoded = String::new();
+    if encode(&mut encoded, registry).is_err() {
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            [(header::CONTENT_TYPE, "text/plain")],
+            String::new(),
+        )
+            .into_response();
+    }
+    (
+        StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        verbatim_help(&encoded),
+    )
+        .into_response()
 }
 
 /// Metrics are read from the node's state at scrape time, under etcd's names.
@@ -318,20 +345,5 @@ async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
         "cluster_version",
         crate::config::DEFAULT_CLUSTER_VERSION,
     );
-    let mut encoded = String::new();
-    if encode(&mut encoded, &registry).is_err() {
-        return (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            [(header::CONTENT_TYPE, "text/plain")],
-            String::new(),
-        );
-    }
-    (
-        StatusCode::OK,
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        verbatim_help(&encoded),
-    )
+    render(&registry)
 }

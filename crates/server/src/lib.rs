@@ -21,6 +21,7 @@ pub mod maintenance;
 pub mod mutants;
 pub mod node;
 pub mod watch;
+pub mod witness_node;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -46,7 +47,7 @@ const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 /// Accepted connections with Nagle's algorithm off: gRPC writes a response's headers and data
 /// separately, and with Nagle on the second write waits for the client's delayed ACK (~40 ms).
 /// (tonic's own `tcp_nodelay` applies only to listeners it binds itself.)
-fn incoming(listener: TcpListener) -> tonic::transport::server::TcpIncoming {
+pub(crate) fn incoming(listener: TcpListener) -> tonic::transport::server::TcpIncoming {
     tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
@@ -82,6 +83,9 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let config = identity::settle(config)?;
+    if config.is_witness {
+        return witness_node::run(config, client_listeners, peer_listeners, shutdown).await;
+    }
     let store = Replica::open_store(&config.data_dir)?;
     let hub = watch::WatchHub::new(Arc::clone(&store));
     let replica_config = ReplicaConfig {

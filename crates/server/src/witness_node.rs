@@ -1,0 +1,211 @@
+//! A member started as the witness (`--initial-cluster-witness` names it): the `witness` crate's
+//! voter on the peer port, with `/health`, `/version` and `/metrics` there and on any client
+//! URL, and every gRPC request on a client URL answered `Unavailable` with the data members to
+//! use instead (scripts that start every member alike give the witness client URLs too).
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use prometheus_client::registry::Registry;
+use raft::tandempb::raft_peer_server::RaftPeerServer;
+use tokio::net::TcpListener;
+use witness::{Witness, WitnessOptions};
+
+use crate::config::Config;
+use crate::http::{gauge, labelled, render, version_body};
+
+struct WitnessNode {
+    config: Config,
+    witness: Witness,
+}
+
+/// Runs the witness until `shutdown` completes.
+pub async fn run(
+    config: Config,
+    client_listeners: Vec<TcpListener>,
+    peer_listeners: Vec<TcpListener>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let options = WitnessOptions {
+        data_dir: config.data_dir.clone(),
+        member_id: config.member_id,
+        cluster_id: config.cluster_id,
+        initial_members: config.initial_members.clone(),
+        self_node: config.self_node.clone(),
+        bootstrap: config.bootstrap,
+        heartbeat_interval_ms: config.heartbeat_interval_ms,
+        election_timeout_ms: config.election_timeout_ms,
+        forward_timeout: crate::node::request_timeout(config.election_timeout_ms),
+    };
+    let witness = Witness::open(options).await?;
+    let node = Arc::new(WitnessNode { config, witness });
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let mut servers = Vec::new();
+    for listener in client_listeners {
+        tracing::info!(address = %listener.local_addr()?, "serving the witness's HTTP endpoints; gRPC clients are sent to the data members");
+        let routes = tonic::service::Routes::from(http_routes(&node, true));
+        let server = tonic::transport::Server::builder()
+            .accept_http1(true)
+            .add_routes(routes)
+            .serve_with_incoming_shutdown(crate::incoming(listener), stopped());
+        servers.push(tokio::spawn(server));
+    }
+    for listener in peer_listeners {
+        tracing::info!(address = %listener.local_addr()?, "serving peer traffic (witness)");
+        let routes = tonic::service::Routes::from(http_routes(&node, false)).add_service(
+            RaftPeerServer::new(node.witness.peer_service()).max_decoding_message_size(64 << 20),
+        );
+        let server = tonic::transport::Server::builder()
+            .accept_http1(true)
+            .tcp_nodelay(true)
+            .add_routes(routes)
+            .serve_with_incoming_shutdown(crate::incoming(listener), stopped());
+        servers.push(tokio::spawn(server));
+    }
+    tracing::info!(
+        name = %node.config.name,
+        member_id = %format!("{:x}", node.config.member_id),
+        cluster_id = %format!("{:x}", node.config.cluster_id),
+        "ready: this member is the witness (no key-value data, no client API)"
+    );
+    stopped().await;
+    tracing::info!("shutting down");
+    for s in servers {
+        if let Ok(Err(e)) = s.await {
+            tracing::warn!(error = %e, "server stopped with an error");
+        }
+    }
+    node.witness.shutdown().await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// The HTTP endpoints; on a client URL (`clients`) everything else is answered as [`not_here`].
+fn http_routes(node: &Arc<WitnessNode>, clients: bool) -> Router {
+    let router = Router::new()
+        .route("/health", get(health))
+        .route("/version", get(version))
+        .route("/metrics", get(metrics));
+    let router = match clients {
+        true => router.fallback(not_here),
+        false => router,
+    };
+    router.with_state(Arc::clone(node))
+}
+
+/// The data members a client should use instead, as "name (client URLs)".
+fn data_members(node: &WitnessNode) -> String {
+    let members: Vec<String> = node
+        .witness
+        .members()
+        .into_iter()
+        .filter(|(_, n, _)| !n.witness)
+        .map(|(_, n, _)| match n.client_urls.is_empty() {
+            true => n.name,
+            false => format!("{} ({})", n.name, n.client_urls.join(",")),
+        })
+        .collect();
+    members.join(", ")
+}
+
+/// Any gRPC request on a client URL: `Unavailable`, naming the data members.
+async fn not_here(State(node): State<Arc<WitnessNode>>) -> axum::response::Response {
+    tonic::Status::unavailable(format!(
+        "this member ({}) is the cluster's witness: it holds no key-value data and serves no \
+         client; use a data member: {}",
+        node.config.name,
+        data_members(&node)
+    ))
+    .into_http()
+}
+
+async fn health(State(node): State<Arc<WitnessNode>>) -> impl IntoResponse {
+    let (status, body) = match node.witness.status().leader {
+        Some(_) => (
+            axum::http::StatusCode::OK,
+            r#"{"health":"true","reason":""}"#,
+        ),
+        None => (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            r#"{"health":"false","reason":"RAFT NO LEADER"}"#,
+        ),
+    };
+    (
+        status,
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+}
+
+async fn version(State(node): State<Arc<WitnessNode>>) -> impl IntoResponse {
+    version_body(&node.config.server_version)
+}
+
+async fn metrics(State(node): State<Arc<WitnessNode>>) -> impl IntoResponse {
+    let mut registry = Registry::default();
+    let raft = node.witness.status();
+    gauge(
+        &mut registry,
+        "etcd_server_has_leader",
+        "Whether or not a leader exists. 1 is existence, 0 is not.",
+        i64::from(raft.leader.is_some()),
+    );
+    gauge(
+        &mut registry,
+        "etcd_server_is_leader",
+        "Whether or not this member is a leader. 1 if is, 0 otherwise.",
+        i64::from(raft.is_leader),
+    );
+    gauge(
+        &mut registry,
+        "etcd_server_is_learner",
+        "Whether or not this member is a learner. 1 if is, 0 otherwise.",
+        i64::from(raft.is_learner),
+    );
+    gauge(
+        &mut registry,
+        "tandem_raft_term",
+        "The current raft term.",
+        raft.term as i64,
+    );
+    gauge(
+        &mut registry,
+        "tandem_server_is_witness",
+        "Whether this member is the witness (no key-value data). 1 if is, 0 otherwise.",
+        1,
+    );
+    gauge(
+        &mut registry,
+        "tandem_witness_log_entries",
+        "Entries in the witness's raft log (ids, and payloads a data node lacks).",
+        node.witness.log_entries() as i64,
+    );
+    gauge(
+        &mut registry,
+        "tandem_witness_data_floor",
+        "The highest log index every data node is known to hold.",
+        node.witness.data_floor() as i64,
+    );
+    labelled(
+        &mut registry,
+        "etcd_server_version",
+        "Which version is running. 1 for 'server_version' label with current version.",
+        "server_version",
+        &node.config.server_version,
+    );
+    render(&registry)
+}

@@ -1,0 +1,271 @@
+//! Two data nodes and a witness (`../shared/docs/two-node-design.md`), on real processes: either
+//! data node can be lost and the other keeps taking writes with the witness (S1, S2), losing the
+//! witness changes nothing (S3), a data node that returns after the other died gets what it
+//! missed from the witness (S9), the witness holds no keyspace and serves no client, and a
+//! witness's data dir is never taken for another role or another cluster.
+
+use std::time::{Duration, Instant};
+
+use etcd_client::GetOptions;
+use etcd_compat_tests::{wait_until, Cluster, Kind, Server, WITNESS_FLAG};
+
+const WAIT: Duration = Duration::from_secs(30);
+const WITNESS: [&str; 2] = [WITNESS_FLAG, "m3"];
+
+async fn client(url: &str) -> etcd_client::Client {
+    let opts = etcd_client::ConnectOptions::new().with_timeout(Duration::from_secs(5));
+    etcd_client::Client::connect([url], Some(opts))
+        .await
+        .expect("connect")
+}
+
+/// Puts `key` through `url` until it is acknowledged (a try may fail while a leader is being
+/// elected; every value is unique, so a retried put that did happen is harmless), and returns
+/// how long it took.
+async fn put_acknowledged(url: &str, key: &str) -> Duration {
+    let started = Instant::now();
+    loop {
+        let mut c = client(url).await;
+        match c.put(key, format!("value of {key}"), None).await {
+            Ok(_) => return started.elapsed(),
+            Err(e) => {
+                assert!(started.elapsed() < WAIT, "put {key} through {url}: {e}");
+                tracing_free_pause().await;
+            }
+        }
+    }
+}
+
+/// The pause between two tries of a client that got an error (as etcd's clients back off).
+async fn tracing_free_pause() {
+    tokio::time::sleep(Duration::from_millis(100)).await; // a client's retry back-off
+}
+
+/// Every key in `keys` can be read, linearizably, through `url`.
+async fn assert_all_present(url: &str, keys: &[String]) {
+    let mut c = client(url).await;
+    let got = c
+        .get("w/", Some(GetOptions::new().with_prefix()))
+        .await
+        .expect("linearizable range");
+    let present: std::collections::BTreeSet<String> = got
+        .kvs()
+        .iter()
+        .map(|kv| kv.key_str().expect("utf-8").to_string())
+        .collect();
+    for k in keys {
+        assert!(present.contains(k), "acknowledged {k} missing on {url}");
+    }
+}
+
+fn start() -> Cluster {
+    let cluster = Cluster::start(Kind::Tandem, 3, &WITNESS).expect("two data nodes and a witness");
+    assert_eq!(cluster.witness(), Some(2));
+    cluster
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn either_data_node_or_the_witness_can_be_lost() {
+    let mut cluster = start();
+    let leader = cluster.wait_leader(WAIT).await.expect("a data node leads");
+    let follower = 1 - leader;
+    let urls: Vec<String> = cluster.members.iter().map(Server::url).collect();
+    let mut acked = Vec::new();
+    for i in 0..5 {
+        let k = format!("w/before-{i}");
+        put_acknowledged(&urls[leader], &k).await;
+        acked.push(k);
+    }
+
+    // S1: the follower crashes; the leader goes on with the witness.
+    cluster.members[follower].stop("KILL").expect("kill");
+    for i in 0..5 {
+        let k = format!("w/s1-{i}");
+        let took = put_acknowledged(&urls[leader], &k).await;
+        eprintln!("S1: {k} acknowledged after {took:?}");
+        acked.push(k);
+    }
+    cluster.members[follower].restart().expect("restart");
+    cluster.wait_healthy(follower).expect("healthy");
+    assert_all_present(&urls[follower], &acked).await;
+
+    // S3: the witness crashes; nothing changes for the data nodes.
+    cluster.members[2].stop("KILL").expect("kill the witness");
+    for (i, url) in [&urls[leader], &urls[follower]].iter().enumerate() {
+        let k = format!("w/s3-{i}");
+        let took = put_acknowledged(url, &k).await;
+        assert!(took < Duration::from_secs(5), "S3: {k} took {took:?}");
+        acked.push(k);
+    }
+    cluster.members[2].restart().expect("restart the witness");
+    cluster.wait_healthy(2).expect("witness healthy");
+
+    // S2: the leader crashes; the follower leads and writes resume through it.
+    cluster.members[leader]
+        .stop("KILL")
+        .expect("kill the leader");
+    let k = "w/s2-0".to_string();
+    let took = put_acknowledged(&urls[follower], &k).await;
+    eprintln!("S2: first write after the leader's crash acknowledged after {took:?}");
+    acked.push(k);
+    assert_eq!(
+        cluster.wait_leader(WAIT).await.expect("a leader"),
+        follower,
+        "the surviving data node leads"
+    );
+    cluster.members[leader].restart().expect("restart");
+    cluster.wait_healthy(leader).expect("healthy");
+    for m in cluster.data_members() {
+        assert_all_present(&urls[m], &acked).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_returning_data_node_gets_what_it_missed_from_the_witness() {
+    // S9: B is down while A commits with the witness; then A dies and B returns. Only the
+    // witness holds those writes: it must lead, hand them to B, and hand leadership to B.
+    let mut cluster = start();
+    let a = cluster.wait_leader(WAIT).await.expect("a data node leads");
+    let b = 1 - a;
+    let urls: Vec<String> = cluster.members.iter().map(Server::url).collect();
+    cluster.members[b].stop("KILL").expect("kill B");
+    let mut acked = Vec::new();
+    for i in 0..20 {
+        let k = format!("w/s9-{i:02}");
+        put_acknowledged(&urls[a], &k).await;
+        acked.push(k);
+    }
+    cluster.members[a].stop("KILL").expect("kill A");
+    cluster.members[b].restart().expect("restart B");
+    let started = Instant::now();
+    if let Err(e) = cluster.wait_healthy(b) {
+        for m in &cluster.members {
+            eprintln!("==== {}\n{}", m.name(), m.log());
+        }
+        panic!("B healthy: {e:#}");
+    }
+    assert_all_present(&urls[b], &acked).await;
+    let k = "w/s9-after".to_string();
+    put_acknowledged(&urls[b], &k).await;
+    eprintln!(
+        "S9: B serves and takes writes after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        cluster.wait_leader(WAIT).await.expect("a leader"),
+        b,
+        "leadership belongs on the data node"
+    );
+    acked.push(k);
+    cluster.members[a].restart().expect("restart A");
+    cluster.wait_healthy(a).expect("A healthy");
+    assert_all_present(&urls[a], &acked).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_witness_holds_no_keyspace_and_serves_no_client() {
+    let cluster = start();
+    let data = cluster.members[0].url();
+    for i in 0..50 {
+        put_acknowledged(&data, &format!("w/k{i}")).await;
+    }
+    let w = &cluster.members[2];
+    // gRPC on its client URL: Unavailable, naming the data members.
+    let mut c = etcd_client::Client::connect([w.url()], None)
+        .await
+        .expect("connect");
+    let err = c
+        .get("w/k0", None)
+        .await
+        .expect_err("the witness serves no KV");
+    let text = err.to_string();
+    assert!(
+        text.contains("unavailable") && text.contains("witness") && text.contains("m1"),
+        "{text}"
+    );
+    assert!(text.contains("m2"), "{text}");
+    // HTTP endpoints.
+    let (code, body) = etcd_compat_tests::http_get(&format!("{}/health", w.url())).expect("health");
+    assert_eq!(
+        (code, body.as_str()),
+        (200, r#"{"health":"true","reason":""}"#)
+    );
+    let (_, version) = etcd_compat_tests::http_get(&format!("{}/version", w.url())).expect("v");
+    assert!(version.contains("etcdserver"), "{version}");
+    let floor = || -> u64 {
+        let (_, m) = etcd_compat_tests::http_get(&format!("{}/metrics", w.url())).expect("m");
+        assert!(m.contains("tandem_server_is_witness 1"), "{m}");
+        m.lines()
+            .find_map(|l| l.strip_prefix("tandem_witness_data_floor "))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("data floor metric")
+    };
+    wait_until("the witness to learn the data floor", WAIT, || {
+        floor() >= 50
+    })
+    .expect("the data nodes tell the witness what they hold");
+    // Member list through a data node shows the witness, with no client URL.
+    let members = client(&data)
+        .await
+        .member_list()
+        .await
+        .expect("member list");
+    let witness = members
+        .members()
+        .iter()
+        .find(|m| m.name() == "m3")
+        .expect("the witness is a member");
+    assert!(witness.client_urls().is_empty());
+    assert!(!witness.is_learner());
+    // No keyspace on its disk.
+    let member_dir = w.data_dir().join("member");
+    assert!(member_dir.join("wal").exists());
+    assert!(
+        !member_dir.join("tandem.db").exists(),
+        "a witness holds no keyspace"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_witness_data_dir_is_never_taken_for_another_role_or_cluster() {
+    let mut cluster = start();
+    let w = &mut cluster.members[2];
+    w.stop("TERM").expect("stop the witness");
+    // Started without the witness flag, it would be a data member: refused.
+    w.set_flags(&[]);
+    let (status, log) = w
+        .restart_refused(WAIT)
+        .expect("start")
+        .expect("refused at start-up");
+    assert!(!status.success());
+    assert!(
+        log.contains("belongs to the witness") && log.contains("a data member"),
+        "{log}"
+    );
+    // Named as the witness of another cluster (another token): refused.
+    w.set_flags(&[WITNESS_FLAG, "m3", "--initial-cluster-token", "another"]);
+    let (_, log) = w
+        .restart_refused(WAIT)
+        .expect("start")
+        .expect("refused at start-up");
+    assert!(
+        log.contains("a witness is never reused for another cluster"),
+        "{log}"
+    );
+    // A data member's dir started as the witness: refused.
+    let d = &mut cluster.members[0];
+    d.stop("TERM").expect("stop m1");
+    d.set_flags(&[WITNESS_FLAG, "m1"]);
+    let (_, log) = d
+        .restart_refused(WAIT)
+        .expect("start")
+        .expect("refused at start-up");
+    assert!(log.contains("belongs to a data member"), "{log}");
+    // A witness that is not a member: refused.
+    let refused = Server::start_with(Kind::Tandem, &[WITNESS_FLAG, "nosuch"]);
+    let err = format!("{:#}", refused.err().expect("refused"));
+    assert!(
+        err.contains("no member of --initial-cluster is named"),
+        "{err}"
+    );
+}
