@@ -14,68 +14,118 @@ fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// The dependency names in a crate's `[dependencies]` section.
-fn dependencies(krate: &str) -> Vec<String> {
-    let text = std::fs::read_to_string(root().join("crates").join(krate).join("Cargo.toml"))
-        .expect("Cargo.toml");
-    let mut in_deps = false;
-    let mut out = Vec::new();
-    for line in text.lines() {
-        let line = line.trim();
-        if line.starts_with('[') {
-            in_deps = line == "[dependencies]";
-            continue;
-        }
-        if in_deps {
-            if let Some((name, _)) = line.split_once('=') {
-                out.push(
-                    name.trim()
-                        .split('.')
-                        .next()
-                        .unwrap_or_default()
-                        .to_string(),
-                );
+/// Every package each workspace crate links (normal and build dependencies, transitively; dev
+/// dependencies left out), by package name, from `cargo metadata`.
+fn linked() -> std::collections::BTreeMap<String, std::collections::BTreeSet<String>> {
+    use std::collections::{BTreeMap, BTreeSet};
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = std::process::Command::new(cargo)
+        .args(["metadata", "--format-version", "1"])
+        .current_dir(root())
+        .output()
+        .expect("cargo metadata");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let meta: serde_json::Value = serde_json::from_slice(&out.stdout).expect("metadata json");
+    let name_of: BTreeMap<&str, &str> = meta["packages"]
+        .as_array()
+        .expect("packages")
+        .iter()
+        .map(|p| {
+            (
+                p["id"].as_str().expect("id"),
+                p["name"].as_str().expect("name"),
+            )
+        })
+        .collect();
+    let mut deps: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for node in meta["resolve"]["nodes"].as_array().expect("resolve") {
+        let id = node["id"].as_str().expect("id");
+        let linked = node["deps"].as_array().expect("deps").iter().filter(|d| {
+            d["dep_kinds"]
+                .as_array()
+                .expect("kinds")
+                .iter()
+                .any(|k| k["kind"].as_str() != Some("dev"))
+        });
+        deps.insert(
+            id,
+            linked.map(|d| d["pkg"].as_str().expect("pkg")).collect(),
+        );
+    }
+    let mut out = BTreeMap::new();
+    for member in meta["workspace_members"].as_array().expect("members") {
+        let start = member.as_str().expect("member");
+        let mut seen = BTreeSet::new();
+        let mut todo = vec![start];
+        while let Some(id) = todo.pop() {
+            for d in deps.get(id).into_iter().flatten() {
+                if seen.insert(*d) {
+                    todo.push(d);
+                }
             }
         }
+        out.insert(
+            name_of[start].to_string(),
+            seen.iter().map(|id| name_of[id].to_string()).collect(),
+        );
     }
     out
 }
 
 #[test]
 fn dependency_directions() {
-    let mvcc = dependencies("mvcc");
-    for banned in [
-        "tokio",
-        "tonic",
-        "prost",
-        "openraft",
-        "etcd-api",
-        "replication",
-        "server",
-    ] {
-        assert!(
-            !mvcc.iter().any(|d| d == banned),
-            "mvcc must not depend on {banned}"
-        );
-    }
-    let replication = dependencies("replication");
-    assert!(
-        !replication.iter().any(|d| d == "server"),
-        "replication must not depend on server"
-    );
-    let ctl = dependencies("ctl");
-    for banned in ["mvcc", "replication", "server", "openraft"] {
-        assert!(
-            !ctl.iter().any(|d| d == banned),
-            "ctl talks to members over the API only, not {banned}"
-        );
-    }
-    let api = dependencies("etcd-api");
-    for banned in ["mvcc", "replication", "server", "openraft"] {
-        assert!(
-            !api.iter().any(|d| d == banned),
-            "etcd-api must not depend on {banned}"
-        );
+    let linked = linked();
+    let rules: [(&str, &[&str], &str); 6] = [
+        (
+            "mvcc",
+            &[
+                "tokio",
+                "tonic",
+                "prost",
+                "openraft",
+                "etcd-api",
+                "raft",
+                "replication",
+                "server",
+            ],
+            "mvcc is synchronous storage: no runtime, no network, none of our upper layers",
+        ),
+        (
+            "raft",
+            &["mvcc", "etcd-api", "replication", "server", "witness"],
+            "the raft layer carries opaque payloads: no key-value data, none of etcd's API",
+        ),
+        (
+            "witness",
+            &["mvcc", "etcd-api", "replication", "server"],
+            "the witness holds no key-value data and links none of etcd's API",
+        ),
+        (
+            "replication",
+            &["server"],
+            "replication is below the server",
+        ),
+        (
+            "ctl",
+            &["mvcc", "raft", "replication", "server", "openraft"],
+            "ctl talks to members over the API only",
+        ),
+        (
+            "etcd-api",
+            &["mvcc", "raft", "replication", "server", "openraft"],
+            "etcd-api is the wire contract, no logic",
+        ),
+    ];
+    for (krate, banned, why) in rules {
+        let links = linked
+            .get(krate)
+            .unwrap_or_else(|| panic!("no crate {krate}"));
+        let found: Vec<&&str> = banned.iter().filter(|b| links.contains(**b)).collect();
+        assert!(found.is_empty(), "{krate} links {found:?} ({why})");
     }
 }
 

@@ -75,6 +75,42 @@ fn scenarios(seconds: u64) -> Vec<Scenario> {
             env: Vec::new(),
         });
     }
+    // Two data nodes and a witness (m3), with the two-node design's scenario numbers.
+    let witness = [
+        ("no fault", Fault::None),
+        ("S1 SIGKILL the follower", Fault::KillFollower),
+        ("S2 SIGKILL the leader", Fault::KillLeader),
+        ("S3 SIGKILL the witness", Fault::KillWitness),
+        ("S5 partition the leader", Fault::PartitionLeader),
+        (
+            "S9 SIGKILL the follower, then the leader",
+            Fault::KillFollowerThenLeader,
+        ),
+        ("S10 power cut on every member", Fault::PowerCut),
+        ("S15/S16 clock jumps and skew", Fault::ClockJumps),
+        ("S17 SIGSTOP the leader", Fault::PauseLeader),
+        ("S18 drop what the leader sends", Fault::OneWayFromLeader),
+        ("S19 flap the leader's links", Fault::FlapLeader),
+    ];
+    for (what, fault) in witness {
+        out.push(Scenario {
+            name: format!("2 data + witness, {what}"),
+            kind: Kind::Tandem,
+            members: 3,
+            fault,
+            duration: Duration::from_secs(seconds),
+            every: Duration::from_secs(if fault == Fault::KillFollowerThenLeader {
+                15
+            } else {
+                6
+            }),
+            down: Duration::from_millis(2500),
+            workload: Default::default(),
+            fault_count: None,
+            flags: vec![etcd_compat_tests::WITNESS_FLAG.into(), "m3".into()],
+            env: Vec::new(),
+        });
+    }
     out
 }
 

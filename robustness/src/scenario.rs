@@ -56,6 +56,12 @@ pub enum Fault {
     /// Restart the leader under strace so that a later fdatasync fails with EIO; after `down`,
     /// restart it without. It must stop acknowledging writes at the failure (S13).
     FsyncEioLeader,
+    /// SIGKILL the witness, restart it after `down` (S3).
+    KillWitness,
+    /// S9: SIGKILL the data follower B; after `down` (the leader A commits with the witness)
+    /// SIGKILL A and restart B, which must get what it missed from the witness; once B serves,
+    /// restart A.
+    KillFollowerThenLeader,
 }
 
 impl Fault {
@@ -72,6 +78,8 @@ impl Fault {
             Fault::PowerCut => "power cut on every member",
             Fault::ClockJumps => "wall-clock jumps and skew on the leader",
             Fault::DiskFullLeader => "the leader's disk fills up",
+            Fault::KillWitness => "SIGKILL the witness",
+            Fault::KillFollowerThenLeader => "SIGKILL the follower, then the leader",
         }
     }
 
@@ -131,9 +139,16 @@ fn is_write(op: &history::Op) -> bool {
     )
 }
 
+/// A data member other than `leader` (the follower a fault hits).
+fn follower_of(cluster: &Cluster, leader: usize) -> usize {
+    let data: Vec<usize> = cluster.data_members().collect();
+    let at = data.iter().position(|i| *i == leader).unwrap_or(0);
+    data[(at + 1) % data.len()]
+}
+
 async fn term(cluster: &Cluster) -> u64 {
     let mut best = 0;
-    for m in &cluster.members {
+    for m in cluster.data_members().map(|i| &cluster.members[i]) {
         if let Ok(mut c) = workload::connect(&[m.url()]).await {
             if let Ok(Ok(st)) = tokio::time::timeout(Duration::from_secs(2), c.status()).await {
                 best = best.max(st.raft_term());
@@ -188,12 +203,29 @@ async fn inject(cluster: &mut Cluster, rig: &mut Rig, s: &Scenario, rec: &Record
             let i = if s.fault == Fault::KillLeader || s.members == 1 {
                 leader
             } else {
-                (leader + 1) % s.members
+                follower_of(cluster, leader)
             };
             cluster.members[i].stop("KILL")?;
             tokio::time::sleep(s.down).await; // the fault's duration
             cluster.members[i].restart()?;
             cluster.wait_healthy(i)?;
+        }
+        Fault::KillWitness => {
+            let w = cluster.witness().context("the cluster has no witness")?;
+            cluster.members[w].stop("KILL")?;
+            tokio::time::sleep(s.down).await; // the fault's duration
+            cluster.members[w].restart()?;
+            cluster.wait_healthy(w)?;
+        }
+        Fault::KillFollowerThenLeader => {
+            let b = follower_of(cluster, leader);
+            cluster.members[b].stop("KILL")?;
+            tokio::time::sleep(s.down).await; // the leader commits with the witness meanwhile
+            cluster.members[leader].stop("KILL")?;
+            cluster.members[b].restart()?;
+            cluster.wait_healthy(b)?;
+            cluster.members[leader].restart()?;
+            cluster.wait_healthy(leader)?;
         }
         Fault::PauseLeader => {
             let pid = cluster.members[leader].pid();
@@ -343,7 +375,10 @@ pub async fn run(s: &Scenario) -> Result<Summary> {
     };
     let mut cluster =
         Cluster::start_prepared(s.kind, s.members, &flags, rig.net.as_ref(), &mut prepare)?;
-    let endpoints: Vec<String> = cluster.members.iter().map(|m| m.url()).collect();
+    let endpoints: Vec<String> = cluster
+        .data_members()
+        .map(|i| cluster.members[i].url())
+        .collect();
     let term_before = term(&cluster).await;
     let rec = Recorder::new();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -418,7 +453,7 @@ async fn final_revision(cluster: &Cluster) -> Result<i64> {
         cluster.wait_healthy(i)?;
     }
     let mut last = 0;
-    for m in &cluster.members {
+    for m in cluster.data_members().map(|i| &cluster.members[i]) {
         let mut c = workload::connect(&[m.url()]).await?;
         let r = c.get(workload::KEY_PREFIX, None).await?;
         last = last.max(r.header().map_or(0, |h| h.revision()));
@@ -439,7 +474,7 @@ async fn finish(
     let lines = rec.lines();
     let (ops, watches) = history::split(&lines);
     let mut truths = Vec::new();
-    for m in &cluster.members {
+    for m in cluster.data_members().map(|i| &cluster.members[i]) {
         truths.push(workload::read_truth(&m.url(), last).await?);
     }
     let (_, mut report) = check::check(&ops, &watches, &truths[0], last);
@@ -555,7 +590,7 @@ const NO_SPACE: &str = "etcdserver: mvcc: database space exceeded";
 /// I5: every member's HashKV at the same revision is equal.
 async fn check_hashes(cluster: &Cluster, rev: i64, report: &mut Report) {
     let mut hashes = Vec::new();
-    for m in &cluster.members {
+    for m in cluster.data_members().map(|i| &cluster.members[i]) {
         let h = match workload::connect(&[m.url()]).await {
             Ok(mut c) => c.hash_kv(rev).await.map(|r| r.hash()).ok(),
             Err(_) => None,

@@ -291,3 +291,77 @@ async fn three_members_leader_disk_full() {
     ))
     .await;
 }
+
+/// Two data nodes and a witness (members m1, m2; m3 the witness): the two-node design's
+/// scenarios, each with the history checked.
+fn witness_scenario(name: &str, fault: Fault) -> Scenario {
+    let mut s = scenario(&format!("2 data + witness, {name}"), Kind::Tandem, 3, fault);
+    s.flags = vec![
+        etcd_compat_tests::WITNESS_FLAG.to_string(),
+        "m3".to_string(),
+    ];
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn witness_without_faults() {
+    run(witness_scenario("no fault", Fault::None)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn witness_s1_follower_killed() {
+    run(witness_scenario("S1 follower SIGKILL", Fault::KillFollower)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn witness_s2_leader_killed() {
+    run(witness_scenario("S2 leader SIGKILL", Fault::KillLeader)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn witness_s3_witness_killed() {
+    run(witness_scenario("S3 witness SIGKILL", Fault::KillWitness)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn witness_s9_follower_then_leader_killed() {
+    let mut s = witness_scenario(
+        "S9 follower, then leader SIGKILL",
+        Fault::KillFollowerThenLeader,
+    );
+    s.fault_count = Some(1);
+    run(s).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn witness_s17_leader_paused() {
+    run(witness_scenario("S17 leader SIGSTOP", Fault::PauseLeader)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn witness_s5_leader_partitioned() {
+    run(witness_scenario(
+        "S5 leader partitioned",
+        Fault::PartitionLeader,
+    ))
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn witness_s18_one_way_from_leader() {
+    run(witness_scenario(
+        "S18 one way from leader",
+        Fault::OneWayFromLeader,
+    ))
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn witness_s19_flapping_leader_links() {
+    run(witness_scenario("S19 flapping links", Fault::FlapLeader)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn witness_s10_power_cut() {
+    run(witness_scenario("S10 power cut", Fault::PowerCut)).await;
+}
