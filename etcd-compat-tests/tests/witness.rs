@@ -269,3 +269,41 @@ async fn a_witness_data_dir_is_never_taken_for_another_role_or_cluster() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wiped_witness_cannot_rejoin_under_its_old_identity() {
+    // W5: a witness whose data dir was wiped would vote with an empty log, and a data node
+    // missing acknowledged writes could win with it. Its peers know its data dir's incarnation.
+    let mut cluster = start();
+    let data = cluster.members[0].url();
+    put_acknowledged(&data, "w/before-wipe").await;
+    let w = &mut cluster.members[2];
+    w.stop("KILL").expect("kill the witness");
+    let dir = w.data_dir();
+    std::fs::remove_dir_all(&dir).expect("wipe");
+    std::fs::create_dir_all(&dir).expect("empty data dir");
+    let (status, log) = w
+        .restart_refused(WAIT)
+        .expect("start")
+        .expect("refused at start-up");
+    assert!(!status.success());
+    assert!(
+        log.contains("refusing to start") && log.contains("has a new data dir"),
+        "{log}"
+    );
+    let left: Vec<_> = std::fs::read_dir(&dir).expect("dir").collect();
+    assert!(
+        left.is_empty(),
+        "nothing written on a refused start: {left:?}"
+    );
+    // A member started with flags that describe another cluster is refused too.
+    let d = &mut cluster.members[2];
+    d.set_flags(&[WITNESS_FLAG, "m3", "--initial-cluster-token", "other"]);
+    let (_, log) = d
+        .restart_refused(WAIT)
+        .expect("start")
+        .expect("refused at start-up");
+    assert!(log.contains("cluster id mismatch"), "{log}");
+    // The data nodes go on.
+    put_acknowledged(&data, "w/after-wipe").await;
+}

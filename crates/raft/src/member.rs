@@ -32,6 +32,7 @@ pub struct Member<C: Types> {
     /// How long a forwarded request may take.
     pub forward_timeout: Duration,
     pub election_timeout_ms: u64,
+    pub incarnations: Arc<crate::incarnation::Incarnations>,
 }
 
 impl<C: Types> Member<C> {
@@ -94,7 +95,7 @@ impl<C: Types> Member<C> {
             let timeout = (start + self.forward_timeout)
                 .saturating_duration_since(tokio::time::Instant::now());
             let sent = tokio::select! {
-                r = network::forward(channel, self.cluster_id, &req, timeout) => Some(r),
+                r = network::forward(channel, self.cluster_id, &self.incarnations, &req, timeout) => Some(r),
                 () = leader_moved(&self.raft, leader) => None,
             };
             let Some(sent) = sent else {

@@ -24,7 +24,10 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::transport::{Channel, Endpoint};
 
+use std::sync::Arc;
+
 use crate::codec;
+use crate::incarnation::Incarnations;
 use crate::member::{not_leader, ReadPolicy, ReplicaError};
 use crate::types::{Entry, MemberNode, NodeId, Payload, Types};
 
@@ -65,6 +68,7 @@ pub struct Network {
     pub engagement: crate::engagement::Handle,
     /// This member is the witness: it has no keyspace, so it never sends a snapshot.
     pub from_witness: bool,
+    pub incarnations: Arc<Incarnations>,
 }
 
 impl<C: Types> RaftNetworkFactory<C> for Network {
@@ -77,6 +81,7 @@ impl<C: Types> RaftNetworkFactory<C> for Network {
             channel: self.channels.to(node),
             to_witness: node.witness.then(|| self.engagement.clone()),
             from_witness: self.from_witness,
+            incarnations: Arc::clone(&self.incarnations),
         }
     }
 }
@@ -93,6 +98,9 @@ pub enum ForwardRequest {
     /// From a witness that leads: this data node is caught up and should stand for election
     /// now, so leadership returns to a data node (openraft 0.9 has no leadership transfer).
     Campaign,
+    /// From a member starting on a new data dir: whether its peers know it by another
+    /// incarnation (W5). The answer is the check every message gets.
+    Hello,
 }
 
 /// The leader's answer to a [`ForwardRequest`].
@@ -108,6 +116,7 @@ pub enum ForwardResponse<R> {
     },
     NodeSet,
     Campaigning,
+    Hello,
 }
 
 /// Why a forwarded request failed.
@@ -117,6 +126,18 @@ pub enum ForwardFailure {
     /// it may be sent again (to the next leader).
     NotSent,
     Failed(ReplicaError),
+}
+
+/// A message of this member: `payload` with the cluster id, this member's id and incarnation.
+fn message(cluster_id: u64, me: &Incarnations, payload: Vec<u8>, data_floor: u64) -> RaftMessage {
+    let (sender, incarnation) = me.mine();
+    RaftMessage {
+        cluster_id,
+        payload: payload.into(),
+        data_floor,
+        sender,
+        incarnation,
+    }
 }
 
 /// Whether `s` reports a connection that could not be made (so nothing was sent).
@@ -142,14 +163,11 @@ fn never_connected(s: &tonic::Status) -> bool {
 pub async fn forward<R: DeserializeOwned>(
     channel: Channel,
     cluster_id: u64,
+    me: &Incarnations,
     req: &ForwardRequest,
     timeout: Duration,
 ) -> Result<ForwardResponse<R>, ForwardFailure> {
-    let mut request = tonic::Request::new(RaftMessage {
-        cluster_id,
-        payload: codec::encode(req).into(),
-        data_floor: 0,
-    });
+    let mut request = tonic::Request::new(message(cluster_id, me, codec::encode(req), 0));
     request.set_timeout(timeout);
     let reply = RaftPeerClient::new(channel)
         .forward(request)
@@ -161,8 +179,13 @@ pub async fn forward<R: DeserializeOwned>(
             tracing::debug!(status = %s, "forwarding to the leader failed");
             ForwardFailure::Failed(ReplicaError::Timeout)
         })?;
+    let reply = reply.into_inner();
+    if let Err(e) = me.check(reply.sender, reply.incarnation) {
+        tracing::warn!(error = %e, "ignoring an answer from another incarnation of a member");
+        return Err(ForwardFailure::Failed(ReplicaError::Timeout));
+    }
     let answer: Result<ForwardResponse<R>, ReplicaError> =
-        codec::decode(&reply.into_inner().payload).map_err(|e| {
+        codec::decode(&reply.payload).map_err(|e| {
             tracing::warn!(error = %e, "undecodable answer from the leader");
             ForwardFailure::Failed(ReplicaError::Timeout)
         })?;
@@ -177,6 +200,7 @@ pub struct PeerClient {
     /// Set when the peer is the witness: what it may be sent depends on the engagement.
     to_witness: Option<crate::engagement::Handle>,
     from_witness: bool,
+    incarnations: Arc<Incarnations>,
 }
 
 type RpcResult<T, E> = Result<T, RPCError<NodeId, MemberNode, RaftError<NodeId, E>>>;
@@ -200,11 +224,12 @@ impl PeerClient {
             return Err(RPCError::Unreachable(Unreachable::new(&e)));
         };
         let mut client = RaftPeerClient::new(channel);
-        let mut request = tonic::Request::new(RaftMessage {
-            cluster_id: self.cluster_id,
-            payload: codec::encode(req).into(),
+        let mut request = tonic::Request::new(message(
+            self.cluster_id,
+            &self.incarnations,
+            codec::encode(req),
             data_floor,
-        });
+        ));
         request.set_timeout(option.hard_ttl());
         let reply = match kind {
             Kind::Append => client.append_entries(request).await,
@@ -215,9 +240,16 @@ impl PeerClient {
             tonic::Code::Unavailable => RPCError::Unreachable(Unreachable::new(&s)),
             _ => RPCError::Network(NetworkError::new(&s)),
         })?;
+        let reply = reply.into_inner();
+        if let Err(e) = self.incarnations.check(reply.sender, reply.incarnation) {
+            // A wiped member's vote or acknowledgement must not count (W5).
+            tracing::warn!(error = %e, "ignoring an answer from another incarnation of a member");
+            return Err(RPCError::Network(NetworkError::new(
+                &std::io::Error::other(e),
+            )));
+        }
         let decoded: Result<Resp, RaftError<NodeId, E>> =
-            codec::decode(&reply.into_inner().payload)
-                .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+            codec::decode(&reply.payload).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         decoded.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 }
@@ -330,6 +362,7 @@ pub struct PeerService<C: Types> {
     pub on_data_floor: Option<std::sync::Arc<dyn Fn(u64) + Send + Sync>>,
     /// This member is the witness: it takes no proposals, even while it leads.
     pub witness: bool,
+    pub incarnations: Arc<Incarnations>,
 }
 
 /// Carries out a forwarded request on this member, which should be the leader.
@@ -364,6 +397,7 @@ pub async fn serve_forward<C: Types>(
                 .map_err(write_error)?;
             Ok(ForwardResponse::NodeSet)
         }
+        ForwardRequest::Hello => Ok(ForwardResponse::Hello),
         ForwardRequest::Campaign => {
             tracing::info!("the witness leads and this member is caught up: standing for election");
             raft.trigger()
@@ -379,19 +413,25 @@ impl<C: Types> PeerService<C> {
     fn open<T: DeserializeOwned>(&self, m: &RaftMessage) -> Result<T, tonic::Status> {
         if m.cluster_id != self.cluster_id {
             return Err(tonic::Status::failed_precondition(format!(
-                "cluster id mismatch: message of {:x}, this member is in {:x}",
+                "cluster id mismatch: a message of cluster {:x} reached a member of cluster {:x}; \
+                 --initial-cluster, --initial-cluster-token and --initial-cluster-witness must be \
+                 the same on every member",
                 m.cluster_id, self.cluster_id
             )));
         }
+        self.incarnations
+            .check(m.sender, m.incarnation)
+            .map_err(tonic::Status::failed_precondition)?;
         codec::decode(&m.payload).map_err(|e| tonic::Status::invalid_argument(e.to_string()))
     }
 
     fn reply<T: Serialize>(&self, v: &T) -> tonic::Response<RaftMessage> {
-        tonic::Response::new(RaftMessage {
-            cluster_id: self.cluster_id,
-            payload: codec::encode(v).into(),
-            data_floor: 0,
-        })
+        tonic::Response::new(message(
+            self.cluster_id,
+            &self.incarnations,
+            codec::encode(v),
+            0,
+        ))
     }
 }
 
@@ -437,4 +477,37 @@ impl<C: Types> RaftPeer for PeerService<C> {
         }
         Ok(self.reply(&serve_forward(&self.raft, self.read_policy, req).await))
     }
+}
+
+/// Before a member starts on a new data dir: asks each peer at `peer_urls` whether it knows
+/// this member by another incarnation, and returns the refusal of the first that does. Peers
+/// that cannot be reached within `timeout` are skipped (a new cluster starts together); their
+/// messages are checked anyway.
+pub async fn greet(
+    peer_urls: &[String],
+    cluster_id: u64,
+    me: &Incarnations,
+    timeout: Duration,
+) -> Result<(), String> {
+    for url in peer_urls {
+        let Ok(endpoint) = Endpoint::from_shared(url.clone()) else {
+            continue;
+        };
+        let channel = endpoint.connect_timeout(CONNECT_TIMEOUT).connect_lazy();
+        let mut request = tonic::Request::new(message(
+            cluster_id,
+            me,
+            codec::encode(&ForwardRequest::Hello),
+            0,
+        ));
+        request.set_timeout(timeout);
+        match RaftPeerClient::new(channel).forward(request).await {
+            Err(s) if s.code() == tonic::Code::FailedPrecondition => {
+                return Err(format!("{url} refuses this member: {}", s.message()));
+            }
+            Err(s) => tracing::debug!(peer = %url, status = %s, "greeting a peer"),
+            Ok(_) => {}
+        }
+    }
+    Ok(())
 }

@@ -11,6 +11,7 @@ use std::time::Duration;
 use mvcc::{Command, Store};
 use openraft::{Config, ServerState, SnapshotPolicy};
 use raft::engagement;
+use raft::incarnation::Incarnations;
 use raft::log_store::LogStore;
 use raft::member::{publish, read_barriers, status_of, ReadWaiter};
 use raft::network::{Channels, Network, PeerService};
@@ -116,6 +117,8 @@ pub struct ReplicaConfig {
     pub snapshot_catchup_entries: u64,
     /// How long a request forwarded to the leader may take.
     pub forward_timeout: Duration,
+    /// The incarnation of this member's data dir (W5, `raft::incarnation`).
+    pub incarnation: u64,
 }
 
 /// A running member.
@@ -171,12 +174,18 @@ impl Replica {
         }
         .validate()?;
         let channels = Arc::new(Channels::default());
+        let incarnations = Arc::new(Incarnations::open(
+            &dir,
+            config.member_id,
+            config.incarnation,
+        )?);
         let (engagement_publisher, engagement) = engagement::channel();
         let network = Network {
             cluster_id: config.cluster_id,
             channels: Arc::clone(&channels),
             engagement,
             from_witness: false,
+            incarnations: Arc::clone(&incarnations),
         };
         let raft = Raft::new(config.member_id, Arc::new(raft_config), network, log, sm).await?;
         let engage_after = Duration::from_millis(config.election_timeout_ms / 3);
@@ -199,6 +208,7 @@ impl Replica {
             channels,
             forward_timeout: config.forward_timeout,
             election_timeout_ms: config.election_timeout_ms,
+            incarnations,
         });
         let (proposals, rx) = tokio::sync::mpsc::channel(PROPOSAL_QUEUE_MAX);
         tokio::spawn(proposer(Arc::clone(&shared), rx));
@@ -248,6 +258,7 @@ impl Replica {
             read_policy: self.shared.read_policy(),
             on_data_floor: None,
             witness: false,
+            incarnations: Arc::clone(&self.shared.incarnations),
         }
     }
 

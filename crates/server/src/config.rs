@@ -218,6 +218,8 @@ pub struct Config {
     pub initial_members: BTreeMap<u64, MemberNode>,
     /// This member is the witness (`--initial-cluster-witness` names it).
     pub is_witness: bool,
+    /// The incarnation of the data dir (`identity::settle` sets it).
+    pub incarnation: u64,
     /// This member as it describes itself to the others (with its client URLs).
     pub self_node: MemberNode,
     pub bootstrap: bool,
@@ -506,6 +508,7 @@ impl Flags {
             },
             initial_members,
             is_witness,
+            incarnation: 0,
             self_node,
             bootstrap,
             quota_backend_bytes: if self.quota_backend_bytes <= 0 {

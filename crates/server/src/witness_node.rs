@@ -40,6 +40,7 @@ pub async fn run(
         heartbeat_interval_ms: config.heartbeat_interval_ms,
         election_timeout_ms: config.election_timeout_ms,
         forward_timeout: crate::node::request_timeout(config.election_timeout_ms),
+        incarnation: config.incarnation,
     };
     let witness = Witness::open(options).await?;
     let node = Arc::new(WitnessNode { config, witness });

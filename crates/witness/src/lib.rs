@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use openraft::{Config, ServerState, SnapshotPolicy};
 use raft::engagement;
+use raft::incarnation::Incarnations;
 use raft::log_store::LogStore;
 use raft::member::{publish, status_of};
 use raft::network::{self as net, Channels, ForwardRequest, Network, PeerService};
@@ -52,6 +53,8 @@ pub struct WitnessOptions {
     pub heartbeat_interval_ms: u64,
     pub election_timeout_ms: u64,
     pub forward_timeout: Duration,
+    /// The incarnation of this member's data dir (W5, `raft::incarnation`).
+    pub incarnation: u64,
 }
 
 /// A running witness.
@@ -84,6 +87,11 @@ impl Witness {
         }
         .validate()?;
         let channels = Arc::new(Channels::default());
+        let incarnations = Arc::new(Incarnations::open(
+            &dir,
+            options.member_id,
+            options.incarnation,
+        )?);
         // The witness never replicates to a witness; its engagement stays idle.
         let (_publisher, engagement) = engagement::channel();
         let network = Network {
@@ -91,6 +99,7 @@ impl Witness {
             channels: Arc::clone(&channels),
             engagement,
             from_witness: true,
+            incarnations: Arc::clone(&incarnations),
         };
         let raft = Raft::new(options.member_id, Arc::new(raft_config), network, log, sm).await?;
         if options.bootstrap && !raft.is_initialized().await? {
@@ -107,6 +116,7 @@ impl Witness {
             channels,
             forward_timeout: options.forward_timeout,
             election_timeout_ms: options.election_timeout_ms,
+            incarnations,
         });
         let data_floor = Arc::new(AtomicU64::new(0));
         tokio::spawn(publish(Arc::clone(&member), options.self_node.clone()));
@@ -134,6 +144,7 @@ impl Witness {
                 floor.fetch_max(f, Ordering::Relaxed);
             })),
             witness: true,
+            incarnations: Arc::clone(&self.member.incarnations),
         }
     }
 
@@ -233,6 +244,7 @@ async fn hand_off(member: Arc<Member<WitnessConfig>>, mut policy: Handoff) {
         let asked = net::forward::<()>(
             channel,
             member.cluster_id,
+            &member.incarnations,
             &ForwardRequest::Campaign,
             HANDOFF_RETRY,
         )
