@@ -30,15 +30,45 @@ async fn put_acknowledged(url: &str, key: &str) -> Duration {
             Ok(_) => return started.elapsed(),
             Err(e) => {
                 assert!(started.elapsed() < WAIT, "put {key} through {url}: {e}");
-                tracing_free_pause().await;
+                retry_pause().await;
             }
         }
     }
 }
 
 /// The pause between two tries of a client that got an error (as etcd's clients back off).
-async fn tracing_free_pause() {
+async fn retry_pause() {
     tokio::time::sleep(Duration::from_millis(100)).await; // a client's retry back-off
+}
+
+/// Waits until both data members list their client URLs (each publishes its own).
+async fn wait_published(url: &str) {
+    let started = Instant::now();
+    loop {
+        let members = client(url).await.member_list().await.expect("member list");
+        let published = members
+            .members()
+            .iter()
+            .filter(|m| !m.client_urls().is_empty())
+            .count();
+        if published == 2 {
+            return;
+        }
+        assert!(
+            started.elapsed() < WAIT,
+            "data members did not publish their URLs"
+        );
+        retry_pause().await;
+    }
+}
+
+/// The value of the metric line starting with `name` on the member at `url`.
+fn metric(url: &str, name: &str) -> f64 {
+    let (_, body) = etcd_compat_tests::http_get(&format!("{url}/metrics")).expect("metrics");
+    body.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no metric {name} in\n{body}"))
 }
 
 /// Every key in `keys` can be read, linearizably, through `url`.
@@ -85,9 +115,28 @@ async fn either_data_node_or_the_witness_can_be_lost() {
         eprintln!("S1: {k} acknowledged after {took:?}");
         acked.push(k);
     }
+    // The leader shows the witness engaged and how far the follower lags.
+    let engaged = metric(&urls[leader], "tandem_witness_engaged");
+    assert_eq!(
+        engaged, 1.0,
+        "the witness counts while the follower is down"
+    );
+    let follower_name = cluster.members[follower].name().to_string();
+    let lag = metric(
+        &urls[leader],
+        &format!("tandem_follower_lag_entries{{member=\"{follower_name}\"}}"),
+    );
+    assert!(
+        lag >= 1.0,
+        "the follower lags by the writes it missed: {lag}"
+    );
     cluster.members[follower].restart().expect("restart");
     cluster.wait_healthy(follower).expect("healthy");
     assert_all_present(&urls[follower], &acked).await;
+    wait_until("the witness to be disengaged", WAIT, || {
+        metric(&urls[leader], "tandem_witness_engaged") == 0.0
+    })
+    .expect("disengaged once the follower caught up");
 
     // S3: the witness crashes; nothing changes for the data nodes.
     cluster.members[2].stop("KILL").expect("kill the witness");
@@ -217,6 +266,42 @@ async fn the_witness_holds_no_keyspace_and_serves_no_client() {
         .expect("the witness is a member");
     assert!(witness.client_urls().is_empty());
     assert!(!witness.is_learner());
+    let role = format!(
+        "tandem_member_role{{member=\"m3\",id=\"{:x}\",role=\"witness\"}}",
+        witness.id()
+    );
+    assert_eq!(metric(&data, &role), 1.0);
+    // tandem-ctl status: one line a member, the witness's through its peer URL. (Members publish
+    // their client URLs once a leader is known, as etcd's do: wait for both.)
+    wait_published(&data).await;
+    let ctl = etcd_compat_tests::tandem_bin().with_file_name("tandem-ctl");
+    let out = std::process::Command::new(&ctl)
+        .args(["status", "--endpoints", &cluster.endpoints()])
+        .output()
+        .expect("tandem-ctl status");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = text.lines().filter(|l| l.starts_with('m')).collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("m3") && l.contains(" witness ")),
+        "{text}"
+    );
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l.contains(" data ") && l.contains(" leader "))
+            .count(),
+        1,
+        "{text}"
+    );
+    assert!(text.contains("witness engaged: no"), "{text}");
     // No keyspace on its disk.
     let member_dir = w.data_dir().join("member");
     assert!(member_dir.join("wal").exists());

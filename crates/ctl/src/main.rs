@@ -1,8 +1,10 @@
-//! `tandem-ctl`: the operator CLI. Its first command is `bench`, a load generator modelled on
-//! etcd's `tools/benchmark`, so tandem and etcd are measured by the same tool. It speaks only the
-//! etcd v3 API (`etcd-api`) and works against any etcd-compatible endpoint.
+//! `tandem-ctl`: the operator CLI. `bench` is a load generator modelled on etcd's
+//! `tools/benchmark`, so tandem and etcd are measured by the same tool; `status` prints the
+//! cluster's state, one line a member (the witness included). It speaks only the etcd v3 API
+//! (`etcd-api`) and the members' HTTP endpoints.
 
 mod bench;
+mod status;
 
 use clap::Parser;
 
@@ -15,6 +17,8 @@ use clap::Parser;
 enum Cli {
     /// Measure a server: throughput, latency percentiles, errors by code.
     Bench(bench::Args),
+    /// The cluster's state, one line a member: role, leader, term, index, lag.
+    Status(status::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -23,5 +27,6 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     match Cli::parse() {
         Cli::Bench(args) => runtime.block_on(bench::run(args)),
+        Cli::Status(args) => runtime.block_on(status::run(args)),
     }
 }

@@ -141,26 +141,78 @@ pub fn shape_now(state: State, indexes: impl Iterator<Item = u64>) -> usize {
     indexes.take_while(|i| *i <= state.data_floor).count()
 }
 
+/// How far one follower of the leader is behind.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FollowerLag {
+    pub member: NodeId,
+    /// Entries the leader has and the follower is not known to hold.
+    pub entries: u64,
+    /// How long the oldest of them has been in the leader's log (0 when caught up).
+    pub seconds: f64,
+}
+
+/// The most samples of the leader's last index kept for [`FollowerLag::seconds`] (a minute).
+const LAG_SAMPLES_MAX: usize = 3_000;
+
+/// When the leader's log reached each index, sampled every tick.
+#[derive(Debug, Default)]
+struct Arrivals {
+    samples: std::collections::VecDeque<(u64, u64)>,
+}
+
+impl Arrivals {
+    fn note(&mut self, last_index: u64, now_ms: u64) {
+        if self.samples.back().is_none_or(|(i, _)| *i < last_index) {
+            self.samples.push_back((last_index, now_ms));
+        }
+        while self.samples.len() > LAG_SAMPLES_MAX {
+            self.samples.pop_front();
+        }
+    }
+
+    /// How long ago the first entry after `matched` arrived (at most the oldest sample's age).
+    fn age_after(&self, matched: u64, now_ms: u64) -> u64 {
+        self.samples
+            .iter()
+            .find(|(i, _)| *i > matched)
+            .map_or(0, |(_, t)| now_ms.saturating_sub(*t))
+    }
+}
+
 /// The transport's view of the engagement (one per member; cheap to clone).
 #[derive(Debug, Clone)]
 pub struct Handle {
     rx: tokio::sync::watch::Receiver<State>,
+    lags: std::sync::Arc<std::sync::Mutex<Vec<FollowerLag>>>,
 }
 
 /// The driver's side of a [`Handle`].
 pub struct Publisher {
     tx: tokio::sync::watch::Sender<State>,
+    lags: std::sync::Arc<std::sync::Mutex<Vec<FollowerLag>>>,
 }
 
 /// A handle and its publisher, starting disengaged with nothing known.
 pub fn channel() -> (Publisher, Handle) {
     let (tx, rx) = tokio::sync::watch::channel(State::default());
-    (Publisher { tx }, Handle { rx })
+    let lags = std::sync::Arc::default();
+    (
+        Publisher {
+            tx,
+            lags: std::sync::Arc::clone(&lags),
+        },
+        Handle { rx, lags },
+    )
 }
 
 impl Handle {
     pub fn state(&self) -> State {
         *self.rx.borrow()
+    }
+
+    /// How far each follower is behind (empty unless this member leads).
+    pub fn lags(&self) -> Vec<FollowerLag> {
+        self.lags.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// How much of a request with these entries the witness is sent. When none of them may go
@@ -222,14 +274,33 @@ pub async fn drive<C: Types>(raft: openraft::Raft<C>, mut policy: Policy, publis
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let metrics = raft.metrics();
+    let mut arrivals = Arrivals::default();
     loop {
         tick.tick().await;
         let o = {
             let m = metrics.borrow();
+            let now_ms = started.elapsed().as_millis() as u64;
+            let last_index = m.last_log_index.unwrap_or(0);
+            arrivals.note(last_index, now_ms);
+            let lags: Vec<FollowerLag> = m
+                .replication
+                .iter()
+                .flatten()
+                .filter(|(id, _)| **id != m.id)
+                .map(|(id, l)| {
+                    let matched = l.map_or(0, |l| l.index);
+                    FollowerLag {
+                        member: *id,
+                        entries: last_index.saturating_sub(matched),
+                        seconds: arrivals.age_after(matched, now_ms) as f64 / 1000.0,
+                    }
+                })
+                .collect();
+            *publisher.lags.lock().unwrap_or_else(|e| e.into_inner()) = lags;
             Observation {
-                now_ms: started.elapsed().as_millis() as u64,
+                now_ms,
                 leading: m.state == ServerState::Leader,
-                last_index: m.last_log_index.unwrap_or(0),
+                last_index,
                 applied: m.last_applied.map_or(0, |l| l.index),
                 data_matched: data_matched(&m),
             }
@@ -359,6 +430,22 @@ mod tests {
             (follower, false, 0),
             (obs(520, 21, 10), false, 10),
         ]);
+    }
+
+    #[test]
+    fn a_follower_lags_by_the_age_of_the_oldest_entry_it_lacks() {
+        let mut a = Arrivals::default();
+        a.note(10, 0);
+        a.note(10, 20);
+        a.note(15, 40);
+        a.note(20, 60);
+        assert_eq!(a.age_after(20, 100), 0, "caught up");
+        assert_eq!(
+            a.age_after(12, 100),
+            60,
+            "lacks 13..: arrived by the sample at 40 ms"
+        );
+        assert_eq!(a.age_after(5, 100), 100);
     }
 
     #[test]

@@ -286,7 +286,11 @@ pub async fn read_barriers<C: Types>(
 /// same on every member. Retries until it succeeds or the member stops.
 pub async fn publish<C: Types>(shared: Arc<Member<C>>, me: MemberNode) {
     let mut metrics = shared.raft.metrics();
-    let mut retry = tokio::time::interval(PUBLISH_RETRY);
+    // Members of a new cluster publish at once and refuse each other's concurrent change
+    // ("already undergoing a configuration change"); an offset of their own keeps their
+    // retries from meeting again and again.
+    let offset = Duration::from_millis(shared.member_id % PUBLISH_RETRY.as_millis() as u64);
+    let mut retry = tokio::time::interval(PUBLISH_RETRY + offset);
     loop {
         let (leader, current, known) = {
             let m = metrics.borrow_and_update();

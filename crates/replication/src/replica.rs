@@ -130,6 +130,7 @@ pub struct Replica {
     log_stats: Arc<raft::log_store::LogStats>,
     store: Arc<Store>,
     config: ReplicaConfig,
+    engagement: engagement::Handle,
 }
 
 impl Replica {
@@ -183,7 +184,7 @@ impl Replica {
         let network = Network {
             cluster_id: config.cluster_id,
             channels: Arc::clone(&channels),
-            engagement,
+            engagement: engagement.clone(),
             from_witness: false,
             incarnations: Arc::clone(&incarnations),
         };
@@ -224,6 +225,7 @@ impl Replica {
             log_stats,
             store,
             config,
+            engagement,
         })
     }
 
@@ -302,6 +304,16 @@ impl Replica {
             .await
             .map_err(|_| ReplicaError::Stopped)?;
         rx.await.map_err(|_| ReplicaError::Stopped)?
+    }
+
+    /// Whether the witness counts now (this member leads and a data follower is behind).
+    pub fn witness_engaged(&self) -> bool {
+        self.engagement.state().engaged
+    }
+
+    /// How far each follower is behind this member (empty unless it leads).
+    pub fn follower_lags(&self) -> Vec<engagement::FollowerLag> {
+        self.engagement.lags()
     }
 
     pub fn status(&self) -> ReplicaStatus {

@@ -224,6 +224,73 @@ pub(crate) fn render(registry: &Registry) -> axum::response::Response {
         .into_response()
 }
 
+/// tandem's own: every member's role, whether the witness is engaged, how far each follower
+/// lags (entries, and the age of the oldest entry it lacks).
+fn two_node_metrics(registry: &mut Registry, node: &Node) {
+    gauge(
+        registry,
+        "tandem_server_is_witness",
+        "Whether this member is the witness (no key-value data). 1 if is, 0 otherwise.",
+        0,
+    );
+    let roles: Family<Vec<(String, String)>, Gauge> = Family::default();
+    let names: HashMap<u64, String> = node
+        .replica
+        .members()
+        .into_iter()
+        .map(|(id, n, learner)| {
+            let role = match (n.witness, learner) {
+                (true, _) => "witness",
+                (false, true) => "learner",
+                (false, false) => "data",
+            };
+            roles
+                .get_or_create(&vec![
+                    ("member".to_string(), n.name.clone()),
+                    ("id".to_string(), format!("{id:x}")),
+                    ("role".to_string(), role.to_string()),
+                ])
+                .set(1);
+            (id, n.name)
+        })
+        .collect();
+    registry.register(
+        "tandem_member_role",
+        "Each member of the cluster and its role (data, witness or learner); always 1.",
+        roles,
+    );
+    gauge(
+        registry,
+        "tandem_witness_engaged",
+        "Whether the witness's acknowledgements count now (this member leads and a data follower is behind). 1 if so.",
+        i64::from(node.replica.witness_engaged()),
+    );
+    let entries: Family<Vec<(String, String)>, Gauge> = Family::default();
+    let seconds: Family<Vec<(String, String)>, Gauge<f64, std::sync::atomic::AtomicU64>> =
+        Family::default();
+    for lag in node.replica.follower_lags() {
+        let label = vec![(
+            "member".to_string(),
+            names
+                .get(&lag.member)
+                .cloned()
+                .unwrap_or_else(|| format!("{:x}", lag.member)),
+        )];
+        entries.get_or_create(&label).set(lag.entries as i64);
+        seconds.get_or_create(&label).set(lag.seconds);
+    }
+    registry.register(
+        "tandem_follower_lag_entries",
+        "On the leader: log entries each follower is not known to hold.",
+        entries,
+    );
+    registry.register(
+        "tandem_follower_lag_seconds",
+        "On the leader: how long the oldest entry each follower lacks has been in the log.",
+        seconds,
+    );
+}
+
 /// Metrics are read from the node's state at scrape time, under etcd's names.
 async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
     let mut registry = Registry::default();
@@ -331,6 +398,7 @@ async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
         "Time spent in durable commits of the raft log.",
         load(&log.commit_micros),
     );
+    two_node_metrics(&mut registry, &node);
     labelled(
         &mut registry,
         "etcd_server_version",
