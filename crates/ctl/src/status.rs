@@ -108,10 +108,12 @@ async fn line(m: &Member, leader_lags: &HashMap<String, f64>) -> String {
     match metrics(peer).await {
         Ok(mm) if mm.get("tandem_server_is_witness") == Some(&1.0) => {
             let get = |k: &str| mm.get(k).copied().unwrap_or(0.0);
-            let state = match (get("etcd_server_is_leader"), get("etcd_server_has_leader")) {
-                (l, _) if l == 1.0 => "leader",
-                (_, h) if h == 1.0 => "follower",
-                _ => "no-leader",
+            let state = if get("etcd_server_is_leader") == 1.0 {
+                "leader"
+            } else if get("etcd_server_has_leader") == 1.0 {
+                "follower"
+            } else {
+                "no-leader"
             };
             format!(
                 "{name:<12} {id:<16} witness  {state:<10} term={:<4} log-entries={} data-floor={}{}",
