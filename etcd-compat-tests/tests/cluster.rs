@@ -456,8 +456,8 @@ async fn hasleader_watch(url: &str) -> tonic::Streaming<pb::WatchResponse> {
 
 /// Contract, "hasleader": a member that loses its leader ends `hasleader` watch streams with
 /// `etcdserver: no leader` and refuses `hasleader` requests the same way.
-async fn leader_loss(kind: Kind) -> (String, String) {
-    let mut cluster = Cluster::start(kind, 3, &[]).expect("cluster");
+async fn leader_loss(kind: Kind, flags: &[&str]) -> (String, String) {
+    let mut cluster = Cluster::start(kind, 3, flags).expect("cluster");
     let url = cluster.members[0].url();
     let mut stream = hasleader_watch(&url).await;
     cluster.members[1].stop("KILL").expect("kill m2");
@@ -494,8 +494,14 @@ async fn leader_loss(kind: Kind) -> (String, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_that_loses_its_leader_ends_hasleader_streams_as_etcd_does() {
-    let etcd = leader_loss(Kind::Etcd35).await;
-    let tandem = leader_loss(Kind::Tandem).await;
+    let etcd = leader_loss(Kind::Etcd35, &[]).await;
+    let tandem = leader_loss(Kind::Tandem, &[]).await;
+    // A data member isolated from the other data member and the witness (m3) alike.
+    let isolated = leader_loss(Kind::Tandem, &[etcd_compat_tests::WITNESS_FLAG, "m3"]).await;
+    assert_eq!(
+        isolated, etcd,
+        "a data member of two and a witness, isolated"
+    );
     assert_eq!(
         etcd,
         (

@@ -16,13 +16,20 @@ const WAIT: Duration = Duration::from_secs(30);
 /// `KEY=VALUE` lines of an environment file (comments and blank lines skipped), with the node
 /// addresses filled in.
 fn env_file(path: &str, a_ip: &str, b_ip: &str) -> Vec<(String, String)> {
+    env_file_with(path, &[("NODE_A_IP", a_ip), ("NODE_B_IP", b_ip)])
+}
+
+/// `KEY=VALUE` lines of an environment file, each placeholder replaced by its address.
+fn env_file_with(path: &str, addresses: &[(&str, &str)]) -> Vec<(String, String)> {
     let text = std::fs::read_to_string(workspace_path(path)).expect("env file");
     text.lines()
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
         .map(|l| {
             let (k, v) = l.split_once('=').expect("KEY=VALUE");
-            let v = v.replace("NODE_A_IP", a_ip).replace("NODE_B_IP", b_ip);
+            let v = addresses
+                .iter()
+                .fold(v.to_string(), |v, (from, to)| v.replace(from, to));
             (k.to_string(), v)
         })
         .collect()
@@ -157,6 +164,48 @@ fn two_machines(kind: Kind, a_ip: &str, b_ip: &str) {
 fn the_two_machine_env_files_start_a_cluster_for_tandem_and_etcd() {
     two_machines(Kind::Tandem, "127.42.0.1", "127.42.0.2");
     two_machines(Kind::Etcd35, "127.42.1.1", "127.42.1.2");
+}
+
+#[test]
+fn the_witness_env_files_start_two_data_machines_and_a_witness() {
+    let ips = [
+        ("NODE_A_IP", "127.42.2.1"),
+        ("NODE_B_IP", "127.42.2.2"),
+        ("WITNESS_IP", "127.42.2.3"),
+    ];
+    let bin = tandem_bin();
+    let machine = |file: &str| Machine::start(&bin, env_file_with(file, &ips));
+    let a = machine("deploy/witness/tandem-a.env");
+    let b = machine("deploy/witness/tandem-b.env");
+    let w = machine("deploy/witness/tandem-witness.env");
+    for (url, m) in [
+        ("http://127.42.2.1:2379/health", &a),
+        ("http://127.42.2.2:2379/health", &b),
+        ("http://127.42.2.3:2380/health", &w),
+    ] {
+        if wait_until(&format!("{url} healthy"), WAIT, || {
+            http_get(url).is_ok_and(|(code, body)| code == 200 && body.contains("true"))
+        })
+        .is_err()
+        {
+            panic!("{url} did not become healthy:\n{}", m.log());
+        }
+    }
+    let put = |endpoint: &str, key: &str| {
+        let out = Command::new(CtlVersion::V35.bin())
+            .args([&format!("--endpoints={endpoint}"), "put", key, "v"])
+            .output()
+            .expect("etcdctl");
+        assert!(
+            out.status.success(),
+            "put {key}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    put("http://127.42.2.1:2379", "/before");
+    // Either data machine may go: with B gone, A goes on with the witness.
+    drop(b);
+    put("http://127.42.2.1:2379", "/after-b");
 }
 
 #[test]

@@ -56,6 +56,42 @@ where
     assert_same_steps(&a, &b, "a tandem follower");
 }
 
+/// As [`on_follower`], on a fresh two-data-member + witness tandem cluster, through the data
+/// member that leads and then (on another fresh cluster) through the one that follows: the
+/// apiservers of a two-machine control plane talk to both.
+async fn on_each_data_member_with_a_witness<F, Fut>(flags: &[&str], scenario: F)
+where
+    F: Fn(String) -> Fut,
+    Fut: Future<Output = Vec<String>>,
+{
+    let etcd = Server::start_with(Kind::Etcd35, flags).expect("etcd");
+    let want = scenario(etcd.url()).await;
+    let mut with_witness = flags.to_vec();
+    with_witness.extend([etcd_compat_tests::WITNESS_FLAG, "m3"]);
+    for leads in [true, false] {
+        let tandem = Cluster::start(Kind::Tandem, 3, &with_witness).expect("2 + witness");
+        let leader = tandem.wait_leader(WAIT).await.expect("a data member leads");
+        let member = if leads { leader } else { 1 - leader };
+        let got = scenario(tandem.members[member].url()).await;
+        let name = if leads {
+            "the leading data member"
+        } else {
+            "the following data member"
+        };
+        assert_same_steps(&want, &got, name);
+    }
+}
+
+// Contract, every line above, through each data member of two data members and a witness.
+#[tokio::test(flavor = "multi_thread")]
+async fn each_data_member_of_two_and_a_witness_serves_the_contract_as_etcd_does() {
+    on_each_data_member_with_a_witness(&[], txn_shapes).await;
+    on_each_data_member_with_a_witness(&[], range_shapes).await;
+    on_each_data_member_with_a_witness(&[], watch_shapes).await;
+    on_each_data_member_with_a_witness(&[], compaction_cycle).await;
+    on_each_data_member_with_a_witness(&[], lease_reuse).await;
+}
+
 // Contract, "How it connects" (every member must serve every RPC) with "Txn: the only four
 // shapes" and "Range: the exact shapes" 1, 3, 4, 5, through a follower.
 #[tokio::test(flavor = "multi_thread")]
