@@ -392,3 +392,35 @@ async fn a_wiped_witness_cannot_rejoin_under_its_old_identity() {
     // The data nodes go on.
     put_acknowledged(&data, "w/after-wipe").await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_witness_keeps_what_a_data_node_lacks_and_purges_it_once_held() {
+    // W4's disk: while B is down the witness keeps the entries B lacks (payloads and all); once
+    // B holds them, the witness purges its log to what every data node holds.
+    let mut cluster = start();
+    let a = cluster.wait_leader(WAIT).await.expect("a data node leads");
+    let b = 1 - a;
+    let urls: Vec<String> = cluster.members.iter().map(Server::url).collect();
+    let w = cluster.members[2].url();
+    cluster.members[b].stop("KILL").expect("kill B");
+    let mut c = client(&urls[a]).await;
+    for i in 0..1500 {
+        c.put(format!("w/lag-{i}"), vec![b'x'; 8192], None)
+            .await
+            .expect("put with the witness");
+    }
+    let held = metric(&w, "tandem_witness_log_entries");
+    assert!(
+        held >= 1500.0,
+        "the witness holds what B lacks: {held} entries"
+    );
+    let disk = metric(&w, "tandem_witness_disk_bytes");
+    cluster.members[b].restart().expect("restart B");
+    cluster.wait_healthy(b).expect("B healthy");
+    wait_until("the witness to purge what B now holds", WAIT, || {
+        metric(&w, "tandem_witness_log_entries") < 1000.0
+    })
+    .expect("purged");
+    let after = metric(&w, "tandem_witness_disk_bytes");
+    assert!(after < disk, "disk use falls back: {disk} → {after} bytes");
+}

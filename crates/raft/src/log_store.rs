@@ -5,7 +5,8 @@
 //! everything queued, writes it, and makes it durable with one fdatasync before completing any
 //! of it. Many concurrent client writes therefore cost one flush. Entries stay in an in-memory
 //! cache from `append` until they are durable (so readers always find them), and the most recent
-//! durable ones stay too, within `CACHE_ENTRIES_MAX` and `CACHE_BYTES_MAX`; older entries are
+//! durable ones stay too, within the [`Limits`] (a data node's default: `CACHE_ENTRIES_MAX` and
+//! `CACHE_BYTES_MAX`; the witness keeps far fewer); older entries are
 //! read back from the files.
 //!
 //! # Correctness
@@ -58,9 +59,29 @@ pub struct LogStats {
     pub disk_full: Arc<crate::disk::DiskFull>,
 }
 
+/// How much a log store keeps: durable entries in memory, and the size of a segment file.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub cache_entries: usize,
+    pub cache_bytes: usize,
+    pub segment_bytes: u64,
+}
+
+impl Default for Limits {
+    /// A data node's: the cache openraft's apply and replication read from.
+    fn default() -> Self {
+        Limits {
+            cache_entries: CACHE_ENTRIES_MAX,
+            cache_bytes: CACHE_BYTES_MAX,
+            segment_bytes: crate::wal::SEGMENT_BYTES,
+        }
+    }
+}
+
 /// Entries in memory: every one not yet durable, and recent durable ones.
 #[derive(Default)]
 struct Cache<C: Types> {
+    limits: Option<Limits>,
     entries: BTreeMap<u64, Entry<C>>,
     /// Encoded size of the cached entries that are durable, by index.
     durable_bytes: BTreeMap<u64, usize>,
@@ -79,7 +100,10 @@ impl<C: Types> Cache<C> {
                 self.durable_total += loc.len as usize;
             }
         }
-        while self.durable_bytes.len() > CACHE_ENTRIES_MAX || self.durable_total > CACHE_BYTES_MAX {
+        let limits = self.limits.unwrap_or_default();
+        while self.durable_bytes.len() > limits.cache_entries
+            || self.durable_total > limits.cache_bytes
+        {
             let Some((index, bytes)) = self.durable_bytes.pop_first() else {
                 break;
             };
@@ -133,11 +157,23 @@ impl<C: Types> LogStore<C> {
     /// Opens (or creates) the log in the directory `dir`, recovers it, and starts its writer
     /// thread; a write failing on a full disk is noted in `disk_full`.
     pub fn open(dir: &Path, disk_full: Arc<crate::disk::DiskFull>) -> anyhow::Result<Self> {
-        let wal = Wal::open(dir)?;
+        Self::open_with(dir, disk_full, Limits::default())
+    }
+
+    /// As [`LogStore::open`], within `limits`.
+    pub fn open_with(
+        dir: &Path,
+        disk_full: Arc<crate::disk::DiskFull>,
+        limits: Limits,
+    ) -> anyhow::Result<Self> {
+        let wal = Wal::open_with_segment_bytes(dir, limits.segment_bytes)?;
         let (tx, rx) = mpsc::channel();
         let shared = Arc::new(Shared {
             wal: Mutex::new(wal),
-            cache: Mutex::default(),
+            cache: Mutex::new(Cache {
+                limits: Some(limits),
+                ..Cache::default()
+            }),
             stats: Arc::new(LogStats {
                 disk_full,
                 ..Default::default()

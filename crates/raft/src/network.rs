@@ -31,6 +31,10 @@ use crate::incarnation::Incarnations;
 use crate::member::{not_leader, ReadPolicy, ReplicaError};
 use crate::types::{Entry, MemberNode, NodeId, Payload, Types};
 
+/// The most payload bytes one AppendEntries to the witness carries (it holds them in memory
+/// while it decodes and stores them).
+const WITNESS_REQUEST_BYTES_MAX: usize = 1 << 20;
+
 /// How long to wait for a peer's TCP connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -306,6 +310,28 @@ impl<C: Types> RaftNetwork<C> for PeerClient {
         let shape = engagement
             .shape(&rpc.entries, rpc.prev_log_id, option.soft_ttl() / 2)
             .await;
+        // Bound what one request makes the witness hold (its memory), whatever openraft batched.
+        let mut bytes = 0;
+        let fits = rpc
+            .entries
+            .iter()
+            .take(shape.keep)
+            .take_while(|e| {
+                bytes += match &e.payload {
+                    openraft::EntryPayload::Normal(p) if e.log_id.index > shape.data_floor => {
+                        p.len()
+                    }
+                    _ => 0,
+                };
+                bytes <= WITNESS_REQUEST_BYTES_MAX
+            })
+            .count()
+            .max(shape.keep.min(1));
+        let shape = crate::engagement::Shape {
+            keep: fits,
+            held_back: fits < rpc.entries.len(),
+            ..shape
+        };
         rpc.entries.truncate(shape.keep);
         for e in &mut rpc.entries {
             if e.log_id.index <= shape.data_floor {

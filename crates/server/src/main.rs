@@ -43,13 +43,32 @@ async fn shutdown_signal() {
     }
 }
 
+/// mimalloc's option that keeps it from asking for transparent huge pages.
+const NO_THP: &str = "MIMALLOC_ALLOW_THP";
+
 fn main() -> anyhow::Result<()> {
     let flags = Flags::parse_etcd_style();
     init_logging(&flags.log_level, &flags.log_outputs)?;
     let config = flags.resolve()?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if config.is_witness {
+        // The witness does little (votes, ids, heartbeats) and must stay small (issue 11: RSS
+        // ≤ 20 MiB): one worker thread, and no transparent huge pages. mimalloc asks for them
+        // on its arena when it starts (before main), so every touched 2 MiB of it would be a
+        // whole huge page; only its MIMALLOC_ALLOW_THP=0, read at start-up, stops that: the
+        // witness starts itself again with it, before it has opened anything.
+        if std::env::var_os(NO_THP).is_none() {
+            use std::os::unix::process::CommandExt;
+            let exe = std::env::current_exe().context("finding this executable")?;
+            let err = std::process::Command::new(exe)
+                .args(std::env::args_os().skip(1))
+                .env(NO_THP, "0")
+                .exec();
+            return Err(err).context("restarting the witness without transparent huge pages");
+        }
+        runtime.worker_threads(1);
+    }
+    let runtime = runtime.enable_all().build()?;
     runtime.block_on(async move {
         let clients = server::bind(&config.client_urls).await?;
         let peers = server::bind(&config.peer_urls).await?;

@@ -156,6 +156,21 @@ async fn version(State(node): State<Arc<WitnessNode>>) -> impl IntoResponse {
     version_body(&node.config.server_version)
 }
 
+/// The size of the files under `dir` (the witness's member directory is two levels deep).
+fn disk_bytes(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => disk_bytes(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
 async fn metrics(State(node): State<Arc<WitnessNode>>) -> impl IntoResponse {
     let mut registry = Registry::default();
     let raft = node.witness.status();
@@ -200,6 +215,12 @@ async fn metrics(State(node): State<Arc<WitnessNode>>) -> impl IntoResponse {
         "tandem_witness_data_floor",
         "The highest log index every data node is known to hold.",
         node.witness.data_floor() as i64,
+    );
+    gauge(
+        &mut registry,
+        "tandem_witness_disk_bytes",
+        "Bytes of the witness's data dir on disk (its raft log's segments and state).",
+        disk_bytes(&node.config.data_dir.join("member")) as i64,
     );
     labelled(
         &mut registry,

@@ -41,6 +41,14 @@ const HANDOFF_RETRY: Duration = Duration::from_millis(500);
 /// Entries the data floor must pass the last purge by before the log is purged again.
 const PURGE_EVERY_ENTRIES: u64 = 1_000;
 
+/// The witness keeps few entries in memory (it applies nothing and rarely replicates) and
+/// small segment files: its log is mostly ids, and payloads only while a data node is behind.
+const LOG_LIMITS: raft::log_store::Limits = raft::log_store::Limits {
+    cache_entries: 64,
+    cache_bytes: 256 << 10,
+    segment_bytes: 8 << 20,
+};
+
 /// How a witness is set up; the server fills it from etcd's flags.
 #[derive(Debug, Clone)]
 pub struct WitnessOptions {
@@ -69,7 +77,8 @@ impl Witness {
     pub async fn open(options: WitnessOptions) -> anyhow::Result<Self> {
         let dir = options.data_dir.join("member");
         std::fs::create_dir_all(&dir)?;
-        let log = LogStore::<WitnessConfig>::open(&dir.join("wal"), Arc::default())?;
+        let log =
+            LogStore::<WitnessConfig>::open_with(&dir.join("wal"), Arc::default(), LOG_LIMITS)?;
         let sm = WitnessStateMachine::open(&dir)?;
         let e = options.election_timeout_ms;
         let raft_config = Config {
@@ -259,22 +268,27 @@ async fn hand_off(member: Arc<Member<WitnessConfig>>, mut policy: Handoff) {
 /// is no longer needed here (its ids included: the snapshot's last log id stands for them).
 async fn purge(raft: Raft, floor: Arc<AtomicU64>) {
     let mut tick = tokio::time::interval(TICK * 20);
-    let mut purged = 0;
     loop {
         tick.tick().await;
         let f = floor.load(Ordering::Relaxed);
-        if f < purged + PURGE_EVERY_ENTRIES {
+        let (purged, snapshot, applied) = {
+            let m = raft.metrics().borrow().clone();
+            let index = |l: Option<raft::types::LogId>| l.map_or(0, |l| l.index);
+            (index(m.purged), index(m.snapshot), index(m.last_applied))
+        };
+        if f < purged + PURGE_EVERY_ENTRIES || applied < f {
             continue;
         }
-        let applied = raft.metrics().borrow().last_applied.map_or(0, |l| l.index);
-        if applied < f {
-            continue;
-        }
-        // The snapshot is at the applied index (at or above the floor); the purge stops at
-        // the floor, so entries above it keep their payloads.
-        if raft.trigger().snapshot().await.is_err() || raft.trigger().purge_log(f).await.is_err() {
+        // openraft purges only what a snapshot covers: first a snapshot (of metadata, at the
+        // applied index, at or above the floor), then, on a later tick, the purge up to the
+        // floor, so entries above it keep their payloads.
+        let step = if snapshot < f {
+            raft.trigger().snapshot().await
+        } else {
+            raft.trigger().purge_log(f).await
+        };
+        if step.is_err() {
             return;
         }
-        purged = f;
     }
 }
