@@ -95,6 +95,27 @@ async fn commit_on_restore(raft: Raft, me: NodeId) {
     }
 }
 
+/// openraft's election timeouts for this data member, `[min, max)` in ms. openraft waits
+/// `max` (its leader lease) plus a random timeout in `[min, max)` before electing. With
+/// [E/2, E) a follower stands for election 1.5–2 election timeouts after the last heartbeat, as
+/// etcd's followers do after 1–2 (plus a pre-vote round); `max` is also how long a follower
+/// ignores candidates while it has a leader (etcd's CheckQuorum lease is one election timeout).
+/// Beside a witness the other data member is the only rival candidate, and the witness stands
+/// later still (1.5E lease plus [E, 1.5E)): [0.4E, 0.5E) lets the surviving data member stand
+/// 0.9–1 election timeout after its leader's last heartbeat, so that writes resume within
+/// 1.5 s of a leader's crash (issue 11).
+fn election_timeouts(config: &ReplicaConfig) -> (u64, u64) {
+    let e = config.election_timeout_ms;
+    let floor = config.heartbeat_interval_ms + 1;
+    let with_witness = config.initial_members.values().any(|m| m.witness);
+    if with_witness {
+        let max = (e / 2).max(floor + 1);
+        ((e * 2 / 5).max(floor).min(max - 1), max)
+    } else {
+        ((e / 2).max(floor), e)
+    }
+}
+
 /// How a member is set up; the server fills it from etcd's flags.
 #[derive(Debug, Clone)]
 pub struct ReplicaConfig {
@@ -158,17 +179,12 @@ impl Replica {
         let log = LogStore::<TypeConfig>::open(&dir.join("wal"), Arc::clone(&disk_full))?;
         let log_stats = log.stats();
         let sm = StateMachine::new(Arc::clone(&store), listener, disk_full)?;
+        let (election_timeout_min, election_timeout_max) = election_timeouts(&config);
         let raft_config = Config {
             cluster_name: format!("{:x}", config.cluster_id),
             heartbeat_interval: config.heartbeat_interval_ms,
-            // openraft waits `election_timeout_max` (its leader lease) plus a random timeout in
-            // [min, max) before electing: with [E/2, E) a follower stands for election 1.5–2
-            // election timeouts after the last heartbeat, as etcd's followers do after 1–2
-            // (plus a pre-vote round). `max` is also how long a follower ignores candidates
-            // while it has a leader (etcd's CheckQuorum lease is one election timeout).
-            election_timeout_min: (config.election_timeout_ms / 2)
-                .max(config.heartbeat_interval_ms + 1),
-            election_timeout_max: config.election_timeout_ms,
+            election_timeout_min,
+            election_timeout_max,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_count),
             max_in_snapshot_log_to_keep: config.snapshot_catchup_entries,
             ..Default::default()

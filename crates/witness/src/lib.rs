@@ -27,6 +27,7 @@ use raft::incarnation::Incarnations;
 use raft::log_store::LogStore;
 use raft::member::{publish, status_of};
 use raft::network::{self as net, Channels, ForwardRequest, Network, PeerService};
+use raft::policy::candidacy::Candidacy;
 use raft::policy::handoff::{self, Handoff};
 use raft::types::{MemberNode, NodeId};
 use raft::{Member, ReadPolicy, ReplicaStatus};
@@ -38,6 +39,8 @@ use crate::types::{Raft, WitnessConfig};
 const TICK: Duration = Duration::from_millis(50);
 /// How often a caught-up data node is asked again to stand for election.
 const HANDOFF_RETRY: Duration = Duration::from_millis(500);
+/// Election timeouts without a leader before the witness may stand itself.
+const CANDIDACY_PATIENCE_TIMEOUTS: u64 = 2;
 /// Entries the data floor must pass the last purge by before the log is purged again.
 const PURGE_EVERY_ENTRIES: u64 = 1_000;
 
@@ -70,7 +73,33 @@ pub struct Witness {
     raft: Raft,
     member: Arc<Member<WitnessConfig>>,
     data_floor: Arc<AtomicU64>,
+    heard: Arc<Heard>,
     options: WitnessOptions,
+}
+
+/// When the witness last took a leader's AppendEntries (heartbeats included).
+struct Heard {
+    since: tokio::time::Instant,
+    last_ms: AtomicU64,
+}
+
+impl Default for Heard {
+    fn default() -> Self {
+        Heard {
+            since: tokio::time::Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Heard {
+    fn now_ms(&self) -> u64 {
+        self.since.elapsed().as_millis() as u64
+    }
+
+    fn note(&self) {
+        self.last_ms.fetch_max(self.now_ms(), Ordering::Relaxed);
+    }
 }
 
 impl Witness {
@@ -81,13 +110,16 @@ impl Witness {
             LogStore::<WitnessConfig>::open_with(&dir.join("wal"), Arc::default(), LOG_LIMITS)?;
         let sm = WitnessStateMachine::open(&dir)?;
         let e = options.election_timeout_ms;
+        let floor = options.heartbeat_interval_ms + 1;
+        let lease = (e / 2).max(floor + 1);
         let raft_config = Config {
             cluster_name: format!("{:x}", options.cluster_id),
             heartbeat_interval: options.heartbeat_interval_ms,
-            // Later than the data nodes' ([E/2, E)): a data node with the whole log wins first,
-            // and the witness stands only when none can (W4).
-            election_timeout_min: e,
-            election_timeout_max: e + e / 2,
+            // As the data nodes' beside a witness: its leader lease (`max`) is how long it
+            // refuses a candidate after its leader's last message, which must not hold up a
+            // data node's election. It stands only when `raft::policy::candidacy` allows.
+            election_timeout_min: (e * 2 / 5).max(floor).min(lease - 1),
+            election_timeout_max: lease,
             // Snapshots and purges follow the data floor only (see `purge`): an entry a data
             // node lacks must stay in the log, payload and all.
             snapshot_policy: SnapshotPolicy::Never,
@@ -111,6 +143,9 @@ impl Witness {
             incarnations: Arc::clone(&incarnations),
         };
         let raft = Raft::new(options.member_id, Arc::new(raft_config), network, log, sm).await?;
+        // Leadership belongs on a data node: no elections until no leader has been heard of
+        // for a while (see `stand_when_leaderless`).
+        raft.runtime_config().elect(false);
         if options.bootstrap && !raft.is_initialized().await? {
             tracing::info!(
                 members = options.initial_members.len(),
@@ -128,16 +163,23 @@ impl Witness {
             incarnations,
         });
         let data_floor = Arc::new(AtomicU64::new(0));
+        let heard = Arc::new(Heard::default());
         tokio::spawn(publish(Arc::clone(&member), options.self_node.clone()));
         tokio::spawn(hand_off(
             Arc::clone(&member),
-            Handoff::new(e + e / 2, HANDOFF_RETRY.as_millis() as u64),
+            Handoff::new(lease, HANDOFF_RETRY.as_millis() as u64),
+        ));
+        tokio::spawn(stand_when_leaderless(
+            raft.clone(),
+            Candidacy::new(CANDIDACY_PATIENCE_TIMEOUTS * e, 0),
+            Arc::clone(&heard),
         ));
         tokio::spawn(purge(raft.clone(), Arc::clone(&data_floor)));
         Ok(Witness {
             raft,
             member,
             data_floor,
+            heard,
             options,
         })
     }
@@ -145,12 +187,14 @@ impl Witness {
     /// The peer-facing gRPC service of the witness.
     pub fn peer_service(&self) -> PeerService<WitnessConfig> {
         let floor = Arc::clone(&self.data_floor);
+        let heard = Arc::clone(&self.heard);
         PeerService {
             raft: self.raft.clone(),
             cluster_id: self.options.cluster_id,
             read_policy: self.member.read_policy(),
             on_data_floor: Some(Arc::new(move |f| {
                 floor.fetch_max(f, Ordering::Relaxed);
+                heard.note();
             })),
             witness: true,
             incarnations: Arc::clone(&self.member.incarnations),
@@ -201,6 +245,30 @@ impl Witness {
             tracing::warn!(error = %e, "raft shutdown");
         }
         Ok(())
+    }
+}
+
+/// Turns the witness's elections on only while no leader has been heard from (see
+/// `raft::policy::candidacy`).
+async fn stand_when_leaderless(raft: Raft, mut policy: Candidacy, heard: Arc<Heard>) {
+    let mut tick = tokio::time::interval(TICK);
+    let metrics = raft.metrics();
+    let mut standing = false;
+    loop {
+        tick.tick().await;
+        if metrics.has_changed().is_err() {
+            return;
+        }
+        let leading = metrics.borrow().state == ServerState::Leader;
+        let stand = policy.observe(
+            heard.now_ms(),
+            heard.last_ms.load(Ordering::Relaxed),
+            leading,
+        );
+        if stand != standing {
+            raft.runtime_config().elect(stand);
+            standing = stand;
+        }
     }
 }
 
