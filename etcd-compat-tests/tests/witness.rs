@@ -30,36 +30,46 @@ async fn put_acknowledged(url: &str, key: &str) -> Duration {
             Ok(_) => return started.elapsed(),
             Err(e) => {
                 assert!(started.elapsed() < WAIT, "put {key} through {url}: {e}");
-                retry_pause().await;
+                until_serving(url).await;
             }
         }
     }
 }
 
-/// The pause between two tries of a client that got an error (as etcd's clients back off).
-async fn retry_pause() {
-    tokio::time::sleep(Duration::from_millis(100)).await; // a client's retry back-off
+/// Before a client tries again after an error: waits (briefly) until the member at `url`
+/// reports a leader, as a client backs off until its member can serve.
+async fn until_serving(url: &str) {
+    let health = format!("{url}/health");
+    let _ = etcd_compat_tests::wait_until_async("a leader", RETRY_WAIT, || {
+        let health = health.clone();
+        async move {
+            etcd_compat_tests::http_get(&health)
+                .is_ok_and(|(code, body)| code == 200 && body.contains("true"))
+        }
+    })
+    .await;
 }
+
+/// The most a client waits for its member before trying again anyway.
+const RETRY_WAIT: Duration = Duration::from_millis(300);
 
 /// Waits until both data members list their client URLs (each publishes its own).
 async fn wait_published(url: &str) {
-    let started = Instant::now();
-    loop {
-        let members = client(url).await.member_list().await.expect("member list");
-        let published = members
-            .members()
-            .iter()
-            .filter(|m| !m.client_urls().is_empty())
-            .count();
-        if published == 2 {
-            return;
-        }
-        assert!(
-            started.elapsed() < WAIT,
-            "data members did not publish their URLs"
-        );
-        retry_pause().await;
-    }
+    etcd_compat_tests::wait_until_async(
+        "both data members to publish their URLs",
+        WAIT,
+        || async {
+            let members = client(url).await.member_list().await.expect("member list");
+            let published = members
+                .members()
+                .iter()
+                .filter(|m| !m.client_urls().is_empty())
+                .count();
+            published == 2
+        },
+    )
+    .await
+    .expect("published");
 }
 
 /// The value of the metric line starting with `name` on the member at `url`.
@@ -481,7 +491,7 @@ async fn failover(mut cluster: Cluster, kills: usize) -> Vec<Duration> {
                     let sent = Instant::now();
                     match tokio::time::timeout(Duration::from_secs(2), put).await {
                         Ok(Ok(_)) => acks.lock().expect("acks").push((sent, Instant::now(), key)),
-                        _ => retry_pause().await,
+                        _ => until_serving(&url).await,
                     }
                 }
             })
