@@ -90,6 +90,46 @@ impl<C: Types> RaftNetworkFactory<C> for Network {
     }
 }
 
+/// A member's transport and what its own tasks share with it: the channels to its peers, the
+/// incarnations it knows, and the witness engagement (published by the leader's driver).
+pub struct Wiring {
+    pub network: Network,
+    pub channels: Arc<Channels>,
+    pub incarnations: Arc<Incarnations>,
+    pub engagement: crate::engagement::Handle,
+    pub publisher: crate::engagement::Publisher,
+}
+
+impl Wiring {
+    /// The transport of member `member_id` (incarnation `incarnation`, its member directory
+    /// `dir`) in cluster `cluster_id`; `from_witness` when the member is the witness.
+    pub fn open(
+        dir: &std::path::Path,
+        cluster_id: u64,
+        member_id: NodeId,
+        incarnation: u64,
+        from_witness: bool,
+    ) -> anyhow::Result<Self> {
+        let channels = Arc::new(Channels::default());
+        let incarnations = Arc::new(Incarnations::open(dir, member_id, incarnation)?);
+        let (publisher, engagement) = crate::engagement::channel();
+        let network = Network {
+            cluster_id,
+            channels: Arc::clone(&channels),
+            engagement: engagement.clone(),
+            from_witness,
+            incarnations: Arc::clone(&incarnations),
+        };
+        Ok(Wiring {
+            network,
+            channels,
+            incarnations,
+            engagement,
+            publisher,
+        })
+    }
+}
+
 /// What a member that does not lead asks of the leader.
 #[derive(Debug, Serialize, serde::Deserialize)]
 pub enum ForwardRequest {

@@ -11,10 +11,9 @@ use std::time::Duration;
 use mvcc::{Command, Store};
 use openraft::{Config, ServerState, SnapshotPolicy};
 use raft::engagement;
-use raft::incarnation::Incarnations;
 use raft::log_store::LogStore;
 use raft::member::{publish, read_barriers, status_of, ReadWaiter};
-use raft::network::{Channels, Network, PeerService};
+use raft::network::{PeerService, Wiring};
 use raft::{Member, ReplicaError, ReplicaStatus};
 
 use crate::state_machine::{ApplyListener, StateMachine};
@@ -100,19 +99,13 @@ async fn commit_on_restore(raft: Raft, me: NodeId) {
 /// [E/2, E) a follower stands for election 1.5–2 election timeouts after the last heartbeat, as
 /// etcd's followers do after 1–2 (plus a pre-vote round); `max` is also how long a follower
 /// ignores candidates while it has a leader (etcd's CheckQuorum lease is one election timeout).
-/// Beside a witness the other data member is the only rival candidate, and the witness stands
-/// later still (1.5E lease plus [E, 1.5E)): [0.4E, 0.5E) lets the surviving data member stand
-/// 0.9–1 election timeout after its leader's last heartbeat, so that writes resume within
-/// 1.5 s of a leader's crash (issue 11).
+/// Beside a witness: `raft::policy::timeouts_beside_witness`.
 fn election_timeouts(config: &ReplicaConfig) -> (u64, u64) {
-    let e = config.election_timeout_ms;
-    let floor = config.heartbeat_interval_ms + 1;
-    let with_witness = config.initial_members.values().any(|m| m.witness);
-    if with_witness {
-        let max = (e / 2).max(floor + 1);
-        ((e * 2 / 5).max(floor).min(max - 1), max)
+    let (e, heartbeat) = (config.election_timeout_ms, config.heartbeat_interval_ms);
+    if config.initial_members.values().any(|m| m.witness) {
+        raft::policy::timeouts_beside_witness(e, heartbeat)
     } else {
-        ((e / 2).max(floor), e)
+        ((e / 2).max(heartbeat + 1), e)
     }
 }
 
@@ -190,20 +183,19 @@ impl Replica {
             ..Default::default()
         }
         .validate()?;
-        let channels = Arc::new(Channels::default());
-        let incarnations = Arc::new(Incarnations::open(
+        let Wiring {
+            network,
+            channels,
+            incarnations,
+            engagement,
+            publisher: engagement_publisher,
+        } = Wiring::open(
             &dir,
+            config.cluster_id,
             config.member_id,
             config.incarnation,
-        )?);
-        let (engagement_publisher, engagement) = engagement::channel();
-        let network = Network {
-            cluster_id: config.cluster_id,
-            channels: Arc::clone(&channels),
-            engagement: engagement.clone(),
-            from_witness: false,
-            incarnations: Arc::clone(&incarnations),
-        };
+            false,
+        )?;
         let raft = Raft::new(config.member_id, Arc::new(raft_config), network, log, sm).await?;
         let engage_after = Duration::from_millis(config.election_timeout_ms / 3);
         tokio::spawn(engagement::drive(

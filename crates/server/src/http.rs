@@ -202,6 +202,35 @@ pub(crate) fn labelled(registry: &mut Registry, name: &str, help: &str, label: &
     registry.register(name, help, f);
 }
 
+/// What every member reports of raft, the witness included: etcd's leader gauges and the term.
+pub(crate) fn raft_gauges(registry: &mut Registry, raft: &replication::ReplicaStatus) {
+    gauge(
+        registry,
+        "etcd_server_has_leader",
+        "Whether or not a leader exists. 1 is existence, 0 is not.",
+        i64::from(raft.leader.is_some()),
+    );
+    gauge(
+        registry,
+        "etcd_server_is_leader",
+        "Whether or not this member is a leader. 1 if is, 0 otherwise.",
+        i64::from(raft.is_leader),
+    );
+    gauge(
+        registry,
+        "etcd_server_is_learner",
+        "Whether or not this member is a learner. 1 if is, 0 otherwise.",
+        i64::from(raft.is_learner),
+    );
+    // etcd 3.5 exports no term gauge; this one is tandem's own.
+    gauge(
+        registry,
+        "tandem_raft_term",
+        "The current raft term.",
+        raft.term as i64,
+    );
+}
+
 /// The Prometheus text of `registry`, with etcd's help texts.
 pub(crate) fn render(registry: &Registry) -> axum::response::Response {
     let mut encoded = String::new();
@@ -296,24 +325,7 @@ async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
     let mut registry = Registry::default();
     let raft = node.status();
     let store = node.store.status().ok();
-    gauge(
-        &mut registry,
-        "etcd_server_has_leader",
-        "Whether or not a leader exists. 1 is existence, 0 is not.",
-        i64::from(raft.leader.is_some()),
-    );
-    gauge(
-        &mut registry,
-        "etcd_server_is_leader",
-        "Whether or not this member is a leader. 1 if is, 0 otherwise.",
-        i64::from(raft.is_leader),
-    );
-    gauge(
-        &mut registry,
-        "etcd_server_is_learner",
-        "Whether or not this member is a learner. 1 if is, 0 otherwise.",
-        i64::from(raft.is_learner),
-    );
+    raft_gauges(&mut registry, &raft);
     gauge(
         &mut registry,
         "etcd_server_proposals_committed_total",
@@ -325,13 +337,6 @@ async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
         "etcd_server_proposals_applied_total",
         "The total number of consensus proposals applied.",
         raft.applied_index as i64,
-    );
-    // etcd 3.5 exports no term gauge; this one is tandem's own.
-    gauge(
-        &mut registry,
-        "tandem_raft_term",
-        "The current raft term.",
-        raft.term as i64,
     );
     gauge(
         &mut registry,

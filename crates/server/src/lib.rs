@@ -119,17 +119,7 @@ pub async fn run(
         tokio::spawn(disk_guard::run(Arc::clone(&node))),
     ];
 
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        shutdown.await;
-        let _ = stop_tx.send(true);
-    });
-    let stopped = move || {
-        let mut rx = stop_rx.clone();
-        async move {
-            let _ = rx.wait_for(|s| *s).await;
-        }
-    };
+    let stopped = stop_signal(shutdown);
 
     let mut servers = Vec::new();
     for listener in client_listeners {
@@ -180,6 +170,24 @@ pub async fn run(
     node.replica.shutdown().await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// `shutdown` shared: each call of the returned function is a future that completes once
+/// `shutdown` has (one per server that stops with the node).
+pub(crate) fn stop_signal(
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> impl Fn() -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> + Clone {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    move || {
+        let mut rx = stop_rx.clone();
+        Box::pin(async move {
+            let _ = rx.wait_for(|s| *s).await;
+        })
+    }
 }
 
 /// How long a new member waits for each peer's answer to its greeting.

@@ -16,7 +16,7 @@ use tokio::net::TcpListener;
 use witness::{Witness, WitnessOptions};
 
 use crate::config::Config;
-use crate::http::{gauge, labelled, render, version_body};
+use crate::http::{gauge, labelled, raft_gauges, render, version_body};
 
 struct WitnessNode {
     config: Config,
@@ -44,17 +44,7 @@ pub async fn run(
     };
     let witness = Witness::open(options).await?;
     let node = Arc::new(WitnessNode { config, witness });
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        shutdown.await;
-        let _ = stop_tx.send(true);
-    });
-    let stopped = move || {
-        let mut rx = stop_rx.clone();
-        async move {
-            let _ = rx.wait_for(|s| *s).await;
-        }
-    };
+    let stopped = crate::stop_signal(shutdown);
     let mut servers = Vec::new();
     for listener in client_listeners {
         tracing::info!(address = %listener.local_addr()?, "serving the witness's HTTP endpoints; gRPC clients are sent to the data members");
@@ -174,30 +164,7 @@ fn disk_bytes(dir: &std::path::Path) -> u64 {
 async fn metrics(State(node): State<Arc<WitnessNode>>) -> impl IntoResponse {
     let mut registry = Registry::default();
     let raft = node.witness.status();
-    gauge(
-        &mut registry,
-        "etcd_server_has_leader",
-        "Whether or not a leader exists. 1 is existence, 0 is not.",
-        i64::from(raft.leader.is_some()),
-    );
-    gauge(
-        &mut registry,
-        "etcd_server_is_leader",
-        "Whether or not this member is a leader. 1 if is, 0 otherwise.",
-        i64::from(raft.is_leader),
-    );
-    gauge(
-        &mut registry,
-        "etcd_server_is_learner",
-        "Whether or not this member is a learner. 1 if is, 0 otherwise.",
-        i64::from(raft.is_learner),
-    );
-    gauge(
-        &mut registry,
-        "tandem_raft_term",
-        "The current raft term.",
-        raft.term as i64,
-    );
+    raft_gauges(&mut registry, &raft);
     gauge(
         &mut registry,
         "tandem_server_is_witness",

@@ -22,11 +22,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::{Config, ServerState, SnapshotPolicy};
-use raft::engagement;
-use raft::incarnation::Incarnations;
 use raft::log_store::LogStore;
 use raft::member::{publish, status_of};
-use raft::network::{self as net, Channels, ForwardRequest, Network, PeerService};
+use raft::network::{self as net, ForwardRequest, PeerService, Wiring};
 use raft::policy::candidacy::Candidacy;
 use raft::policy::handoff::{self, Handoff};
 use raft::types::{MemberNode, NodeId};
@@ -110,15 +108,14 @@ impl Witness {
             LogStore::<WitnessConfig>::open_with(&dir.join("wal"), Arc::default(), LOG_LIMITS)?;
         let sm = WitnessStateMachine::open(&dir)?;
         let e = options.election_timeout_ms;
-        let floor = options.heartbeat_interval_ms + 1;
-        let lease = (e / 2).max(floor + 1);
+        let (min, lease) = raft::policy::timeouts_beside_witness(e, options.heartbeat_interval_ms);
         let raft_config = Config {
             cluster_name: format!("{:x}", options.cluster_id),
             heartbeat_interval: options.heartbeat_interval_ms,
             // As the data nodes' beside a witness: its leader lease (`max`) is how long it
             // refuses a candidate after its leader's last message, which must not hold up a
             // data node's election. It stands only when `raft::policy::candidacy` allows.
-            election_timeout_min: (e * 2 / 5).max(floor).min(lease - 1),
+            election_timeout_min: min,
             election_timeout_max: lease,
             // Snapshots and purges follow the data floor only (see `purge`): an entry a data
             // node lacks must stay in the log, payload and all.
@@ -127,21 +124,19 @@ impl Witness {
             ..Default::default()
         }
         .validate()?;
-        let channels = Arc::new(Channels::default());
-        let incarnations = Arc::new(Incarnations::open(
+        // The witness never replicates to a witness: its engagement stays idle.
+        let Wiring {
+            network,
+            channels,
+            incarnations,
+            ..
+        } = Wiring::open(
             &dir,
+            options.cluster_id,
             options.member_id,
             options.incarnation,
-        )?);
-        // The witness never replicates to a witness; its engagement stays idle.
-        let (_publisher, engagement) = engagement::channel();
-        let network = Network {
-            cluster_id: options.cluster_id,
-            channels: Arc::clone(&channels),
-            engagement,
-            from_witness: true,
-            incarnations: Arc::clone(&incarnations),
-        };
+            true,
+        )?;
         let raft = Raft::new(options.member_id, Arc::new(raft_config), network, log, sm).await?;
         // Leadership belongs on a data node: no elections until no leader has been heard of
         // for a while (see `stand_when_leaderless`).
