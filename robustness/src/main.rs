@@ -81,7 +81,13 @@ fn scenarios(seconds: u64) -> Vec<Scenario> {
         ("S1 SIGKILL the follower", Fault::KillFollower),
         ("S2 SIGKILL the leader", Fault::KillLeader),
         ("S3 SIGKILL the witness", Fault::KillWitness),
+        ("S4 partition the data members", Fault::PartitionDataMembers),
         ("S5 partition the leader", Fault::PartitionLeader),
+        ("S6 partition the follower", Fault::PartitionFollower),
+        (
+            "S8 SIGKILL the witness, then partition",
+            Fault::KillWitnessThenPartition,
+        ),
         (
             "S9 SIGKILL the follower, then the leader",
             Fault::KillFollowerThenLeader,

@@ -58,6 +58,14 @@ pub enum Fault {
     FsyncEioLeader,
     /// SIGKILL the witness, restart it after `down` (S3).
     KillWitness,
+    /// S4: cut the two data members from each other for `down`; the witness reaches both.
+    PartitionDataMembers,
+    /// S6: cut the data follower from both its peers for `down` (the witness reaches only the
+    /// leader); it must cause no disruption once healed.
+    PartitionFollower,
+    /// S8: SIGKILL the witness, then cut the data members from each other for `down`: neither
+    /// may take a write; then heal and restart the witness.
+    KillWitnessThenPartition,
     /// S9: SIGKILL the data follower B; after `down` (the leader A commits with the witness)
     /// SIGKILL A and restart B, which must get what it missed from the witness; once B serves,
     /// restart A.
@@ -79,6 +87,11 @@ impl Fault {
             Fault::ClockJumps => "wall-clock jumps and skew on the leader",
             Fault::DiskFullLeader => "the leader's disk fills up",
             Fault::KillWitness => "SIGKILL the witness",
+            Fault::PartitionDataMembers => "partition the data members from each other",
+            Fault::PartitionFollower => "partition the follower from its peers",
+            Fault::KillWitnessThenPartition => {
+                "SIGKILL the witness, then partition the data members"
+            }
             Fault::KillFollowerThenLeader => "SIGKILL the follower, then the leader",
         }
     }
@@ -87,7 +100,12 @@ impl Fault {
     pub fn needs_network(self) -> bool {
         matches!(
             self,
-            Fault::PartitionLeader | Fault::OneWayFromLeader | Fault::FlapLeader
+            Fault::PartitionLeader
+                | Fault::OneWayFromLeader
+                | Fault::FlapLeader
+                | Fault::PartitionDataMembers
+                | Fault::PartitionFollower
+                | Fault::KillWitnessThenPartition
         )
     }
 }
@@ -214,6 +232,28 @@ async fn inject(cluster: &mut Cluster, rig: &mut Rig, s: &Scenario, rec: &Record
             let w = cluster.witness().context("the cluster has no witness")?;
             cluster.members[w].stop("KILL")?;
             tokio::time::sleep(s.down).await; // the fault's duration
+            cluster.members[w].restart()?;
+            cluster.wait_healthy(w)?;
+        }
+        Fault::PartitionDataMembers => {
+            let net = net.context("a partition needs network namespaces")?;
+            net.cut(leader, follower_of(cluster, leader))?;
+            tokio::time::sleep(s.down).await; // the fault's duration
+            net.heal()?;
+        }
+        Fault::PartitionFollower => {
+            let net = net.context("a partition needs network namespaces")?;
+            net.cut_from_peers(follower_of(cluster, leader))?;
+            tokio::time::sleep(s.down).await; // the fault's duration
+            net.heal()?;
+        }
+        Fault::KillWitnessThenPartition => {
+            let net = net.context("a partition needs network namespaces")?;
+            let w = cluster.witness().context("the cluster has no witness")?;
+            cluster.members[w].stop("KILL")?;
+            net.cut(leader, follower_of(cluster, leader))?;
+            tokio::time::sleep(s.down).await; // the fault's duration
+            net.heal()?;
             cluster.members[w].restart()?;
             cluster.wait_healthy(w)?;
         }

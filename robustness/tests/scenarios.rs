@@ -365,3 +365,30 @@ async fn witness_s19_flapping_leader_links() {
 async fn witness_s10_power_cut() {
     run(witness_scenario("S10 power cut", Fault::PowerCut)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn witness_s4_data_members_partitioned() {
+    run(witness_scenario(
+        "S4 data members partitioned",
+        Fault::PartitionDataMembers,
+    ))
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn witness_s6_follower_partitioned() {
+    run(witness_scenario(
+        "S6 follower partitioned",
+        Fault::PartitionFollower,
+    ))
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn witness_s8_witness_lost_then_partition() {
+    run(witness_scenario(
+        "S8 witness lost, then partition",
+        Fault::KillWitnessThenPartition,
+    ))
+    .await;
+}
