@@ -26,11 +26,12 @@ fn scenario(name: &str, kind: Kind, members: usize, fault: Fault) -> Scenario {
     }
 }
 
-async fn run(s: Scenario) {
+async fn run(s: Scenario) -> scenario::Summary {
     let summary = scenario::run(&s).await.expect("the run");
     println!("{}", summary.line());
     summary.assert_ok().unwrap_or_else(|e| panic!("{e:#}"));
     assert!(summary.acknowledged > 100, "the workload made progress");
+    summary
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -26,6 +26,7 @@ pub mod member;
 pub mod mutants;
 pub mod network;
 pub mod policy;
+pub mod prevote;
 pub mod types;
 pub mod wal;
 

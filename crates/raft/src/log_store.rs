@@ -187,6 +187,20 @@ impl<C: Types> LogStore<C> {
         Ok(Self { shared })
     }
 
+    /// The id of the last entry in the log (durable or queued), as openraft's log state has it.
+    pub fn last_log_id(&self) -> Option<LogId> {
+        let cached = lock(&self.shared.cache)
+            .entries
+            .values()
+            .next_back()
+            .map(|e| e.log_id);
+        let wal = lock(&self.shared.wal);
+        match (cached, wal.last_log_id()) {
+            (Some(c), Some(w)) => Some(c.max(w)),
+            (c, w) => c.or(w),
+        }
+    }
+
     /// The writer thread's counters.
     pub fn stats(&self) -> Arc<LogStats> {
         Arc::clone(&self.shared.stats)
@@ -324,17 +338,8 @@ impl<C: Types> RaftLogStorage<C> for LogStore<C> {
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> Result<LogState<C>, StorageError> {
-        let cached_last = lock(&self.shared.cache)
-            .entries
-            .values()
-            .next_back()
-            .map(|e| e.log_id);
-        let wal = lock(&self.shared.wal);
-        let last_purged = wal.state().purged;
-        let last = match (cached_last, wal.last_log_id()) {
-            (Some(c), Some(w)) => Some(c.max(w)),
-            (c, w) => c.or(w),
-        };
+        let last = self.last_log_id();
+        let last_purged = lock(&self.shared.wal).state().purged;
         Ok(LogState {
             last_purged_log_id: last_purged,
             last_log_id: last,

@@ -145,6 +145,8 @@ pub enum ForwardRequest {
     /// From a member starting on a new data dir: whether its peers know it by another
     /// incarnation (W5). The answer is the check every message gets.
     Hello,
+    /// Would you vote for a candidate whose last log id is this (`crate::prevote`)?
+    PreVote(Option<crate::types::LogId>),
 }
 
 /// The leader's answer to a [`ForwardRequest`].
@@ -161,6 +163,9 @@ pub enum ForwardResponse<R> {
     NodeSet,
     Campaigning,
     Hello,
+    PreVote {
+        granted: bool,
+    },
 }
 
 /// Why a forwarded request failed.
@@ -429,6 +434,18 @@ pub struct PeerService<C: Types> {
     /// This member is the witness: it takes no proposals, even while it leads.
     pub witness: bool,
     pub incarnations: Arc<Incarnations>,
+    /// For pre-votes (`crate::prevote`): when this member last heard from a leader, its leader
+    /// lease, its election timeout, and its last log id.
+    pub prevote: Option<PreVoter>,
+}
+
+/// What a member answers pre-votes with.
+#[derive(Clone)]
+pub struct PreVoter {
+    pub contact: Arc<crate::prevote::Contact>,
+    pub lease_ms: u64,
+    pub election_timeout_ms: u64,
+    pub last_log: Arc<dyn Fn() -> Option<crate::types::LogId> + Send + Sync>,
 }
 
 /// Carries out a forwarded request on this member, which should be the leader.
@@ -464,6 +481,8 @@ pub async fn serve_forward<C: Types>(
             Ok(ForwardResponse::NodeSet)
         }
         ForwardRequest::Hello => Ok(ForwardResponse::Hello),
+        // Answered by the peer service, which knows when this member last heard a leader.
+        ForwardRequest::PreVote(_) => Ok(ForwardResponse::PreVote { granted: false }),
         ForwardRequest::Campaign => {
             tracing::info!("the witness leads and this member is caught up: standing for election");
             raft.trigger()
@@ -513,6 +532,13 @@ impl<C: Types> RaftPeer for PeerService<C> {
         if let (Some(f), true) = (&self.on_data_floor, resp.is_ok()) {
             f(floor);
         }
+        if let (
+            Some(p),
+            Ok(AppendEntriesResponse::Success | AppendEntriesResponse::PartialSuccess(_)),
+        ) = (&self.prevote, &resp)
+        {
+            p.contact.note();
+        }
         Ok(self.reply(&resp))
     }
 
@@ -537,6 +563,23 @@ impl<C: Types> RaftPeer for PeerService<C> {
         request: tonic::Request<RaftMessage>,
     ) -> Result<tonic::Response<RaftMessage>, tonic::Status> {
         let req: ForwardRequest = self.open(request.get_ref())?;
+        if let (ForwardRequest::PreVote(candidate_last), Some(p)) = (&req, &self.prevote) {
+            let m = self.raft.metrics().borrow().clone();
+            let ask = crate::prevote::Ask {
+                now_ms: p.contact.now_ms(),
+                heard_ms: p.contact.last_ms(),
+                lease_ms: p.lease_ms,
+                leads_with_quorum: m.state == openraft::ServerState::Leader
+                    && !crate::policy::leader_loss::lost_quorum(&m, p.election_timeout_ms),
+                voter_last: (p.last_log)(),
+                candidate_last: *candidate_last,
+            };
+            let answer: Result<ForwardResponse<C::R>, ReplicaError> =
+                Ok(ForwardResponse::PreVote {
+                    granted: crate::prevote::grant(&ask),
+                });
+            return Ok(self.reply(&answer));
+        }
         if self.witness && matches!(req, ForwardRequest::Propose(_)) {
             let refused: Result<ForwardResponse<C::R>, ReplicaError> = Err(ReplicaError::NoLeader);
             return Ok(self.reply(&refused));

@@ -13,7 +13,7 @@ use openraft::{Config, ServerState, SnapshotPolicy};
 use raft::engagement;
 use raft::log_store::LogStore;
 use raft::member::{publish, read_barriers, status_of, ReadWaiter};
-use raft::network::{PeerService, Wiring};
+use raft::network::{PeerService, PreVoter, Wiring};
 use raft::{Member, ReplicaError, ReplicaStatus};
 
 use crate::state_machine::{ApplyListener, StateMachine};
@@ -145,6 +145,7 @@ pub struct Replica {
     store: Arc<Store>,
     config: ReplicaConfig,
     engagement: engagement::Handle,
+    prevote: Option<PreVoter>,
 }
 
 impl Replica {
@@ -170,6 +171,7 @@ impl Replica {
         );
         let disk_full = Arc::<raft::disk::DiskFull>::default();
         let log = LogStore::<TypeConfig>::open(&dir.join("wal"), Arc::clone(&disk_full))?;
+        let log_reader = log.clone();
         let log_stats = log.stats();
         let sm = StateMachine::new(Arc::clone(&store), listener, disk_full)?;
         let (election_timeout_min, election_timeout_max) = election_timeouts(&config);
@@ -197,6 +199,18 @@ impl Replica {
             false,
         )?;
         let raft = Raft::new(config.member_id, Arc::new(raft_config), network, log, sm).await?;
+        // Beside a witness, elections wait for a won pre-vote (`raft::prevote`): a data member
+        // cut off from its peers must not raise its term and depose a healthy leader on return.
+        let with_witness = config.initial_members.values().any(|m| m.witness);
+        let prevote = with_witness.then(|| PreVoter {
+            contact: Arc::default(),
+            lease_ms: election_timeout_max,
+            election_timeout_ms: config.election_timeout_ms,
+            last_log: Arc::new(move || log_reader.last_log_id()),
+        });
+        if prevote.is_some() {
+            raft.runtime_config().elect(false);
+        }
         let engage_after = Duration::from_millis(config.election_timeout_ms / 3);
         tokio::spawn(engagement::drive(
             raft.clone(),
@@ -224,6 +238,15 @@ impl Replica {
         let (reads, rx) = tokio::sync::mpsc::channel(READ_QUEUE_MAX);
         tokio::spawn(read_barriers(Arc::clone(&shared), rx));
         tokio::spawn(publish(Arc::clone(&shared), config.self_node.clone()));
+        if let Some(p) = &prevote {
+            let last_log = Arc::clone(&p.last_log);
+            tokio::spawn(raft::prevote::stand_after_prevote(
+                Arc::clone(&shared),
+                Arc::clone(&p.contact),
+                move || last_log(),
+                p.lease_ms,
+            ));
+        }
         tokio::spawn(commit_on_restore(raft.clone(), config.member_id));
         Ok(Self {
             raft,
@@ -234,6 +257,7 @@ impl Replica {
             store,
             config,
             engagement,
+            prevote,
         })
     }
 
@@ -269,6 +293,7 @@ impl Replica {
             on_data_floor: None,
             witness: false,
             incarnations: Arc::clone(&self.shared.incarnations),
+            prevote: self.prevote.clone(),
         }
     }
 

@@ -24,8 +24,7 @@ use std::time::Duration;
 use openraft::{Config, ServerState, SnapshotPolicy};
 use raft::log_store::LogStore;
 use raft::member::{publish, status_of};
-use raft::network::{self as net, ForwardRequest, PeerService, Wiring};
-use raft::policy::candidacy::Candidacy;
+use raft::network::{self as net, ForwardRequest, PeerService, PreVoter, Wiring};
 use raft::policy::handoff::{self, Handoff};
 use raft::types::{MemberNode, NodeId};
 use raft::{Member, ReadPolicy, ReplicaStatus};
@@ -71,33 +70,8 @@ pub struct Witness {
     raft: Raft,
     member: Arc<Member<WitnessConfig>>,
     data_floor: Arc<AtomicU64>,
-    heard: Arc<Heard>,
+    prevote: PreVoter,
     options: WitnessOptions,
-}
-
-/// When the witness last took a leader's AppendEntries (heartbeats included).
-struct Heard {
-    since: tokio::time::Instant,
-    last_ms: AtomicU64,
-}
-
-impl Default for Heard {
-    fn default() -> Self {
-        Heard {
-            since: tokio::time::Instant::now(),
-            last_ms: AtomicU64::new(0),
-        }
-    }
-}
-
-impl Heard {
-    fn now_ms(&self) -> u64 {
-        self.since.elapsed().as_millis() as u64
-    }
-
-    fn note(&self) {
-        self.last_ms.fetch_max(self.now_ms(), Ordering::Relaxed);
-    }
 }
 
 impl Witness {
@@ -106,6 +80,7 @@ impl Witness {
         std::fs::create_dir_all(&dir)?;
         let log =
             LogStore::<WitnessConfig>::open_with(&dir.join("wal"), Arc::default(), LOG_LIMITS)?;
+        let log_reader = log.clone();
         let sm = WitnessStateMachine::open(&dir)?;
         let e = options.election_timeout_ms;
         let (min, lease) = raft::policy::timeouts_beside_witness(e, options.heartbeat_interval_ms);
@@ -139,7 +114,7 @@ impl Witness {
         )?;
         let raft = Raft::new(options.member_id, Arc::new(raft_config), network, log, sm).await?;
         // Leadership belongs on a data node: no elections until no leader has been heard of
-        // for a while (see `stand_when_leaderless`).
+        // for a while and a pre-vote is won (see below).
         raft.runtime_config().elect(false);
         if options.bootstrap && !raft.is_initialized().await? {
             tracing::info!(
@@ -158,23 +133,32 @@ impl Witness {
             incarnations,
         });
         let data_floor = Arc::new(AtomicU64::new(0));
-        let heard = Arc::new(Heard::default());
+        let prevote = PreVoter {
+            contact: Arc::default(),
+            lease_ms: lease,
+            election_timeout_ms: e,
+            last_log: Arc::new(move || log_reader.last_log_id()),
+        };
         tokio::spawn(publish(Arc::clone(&member), options.self_node.clone()));
         tokio::spawn(hand_off(
             Arc::clone(&member),
             Handoff::new(lease, HANDOFF_RETRY.as_millis() as u64),
         ));
-        tokio::spawn(stand_when_leaderless(
-            raft.clone(),
-            Candidacy::new(CANDIDACY_PATIENCE_TIMEOUTS * e, 0),
-            Arc::clone(&heard),
+        // The witness stands only after two election timeouts without a leader (no data member
+        // could win), and then only after a won pre-vote, as the data members do.
+        let last_log = Arc::clone(&prevote.last_log);
+        tokio::spawn(raft::prevote::stand_after_prevote(
+            Arc::clone(&member),
+            Arc::clone(&prevote.contact),
+            move || last_log(),
+            CANDIDACY_PATIENCE_TIMEOUTS * e,
         ));
         tokio::spawn(purge(raft.clone(), Arc::clone(&data_floor)));
         Ok(Witness {
             raft,
             member,
             data_floor,
-            heard,
+            prevote,
             options,
         })
     }
@@ -182,17 +166,16 @@ impl Witness {
     /// The peer-facing gRPC service of the witness.
     pub fn peer_service(&self) -> PeerService<WitnessConfig> {
         let floor = Arc::clone(&self.data_floor);
-        let heard = Arc::clone(&self.heard);
         PeerService {
             raft: self.raft.clone(),
             cluster_id: self.options.cluster_id,
             read_policy: self.member.read_policy(),
             on_data_floor: Some(Arc::new(move |f| {
                 floor.fetch_max(f, Ordering::Relaxed);
-                heard.note();
             })),
             witness: true,
             incarnations: Arc::clone(&self.member.incarnations),
+            prevote: Some(self.prevote.clone()),
         }
     }
 
@@ -240,30 +223,6 @@ impl Witness {
             tracing::warn!(error = %e, "raft shutdown");
         }
         Ok(())
-    }
-}
-
-/// Turns the witness's elections on only while no leader has been heard from (see
-/// `raft::policy::candidacy`).
-async fn stand_when_leaderless(raft: Raft, mut policy: Candidacy, heard: Arc<Heard>) {
-    let mut tick = tokio::time::interval(TICK);
-    let metrics = raft.metrics();
-    let mut standing = false;
-    loop {
-        tick.tick().await;
-        if metrics.has_changed().is_err() {
-            return;
-        }
-        let leading = metrics.borrow().state == ServerState::Leader;
-        let stand = policy.observe(
-            heard.now_ms(),
-            heard.last_ms.load(Ordering::Relaxed),
-            leading,
-        );
-        if stand != standing {
-            raft.runtime_config().elect(stand);
-            standing = stand;
-        }
     }
 }
 
