@@ -361,8 +361,19 @@ pub struct ReplicaStatus {
 
 /// This member's status as its raft metrics `m` show it; a leader that lost its quorum reports
 /// no leader.
-pub fn status_of(m: &crate::types::Metrics, election_timeout_ms: u64) -> ReplicaStatus {
-    let leader = if lost_quorum(m, election_timeout_ms) {
+///
+/// `silent_ms` is how long this member has not heard from a leader, when it tracks that (with
+/// pre-vote): a follower that has heard nothing for an election timeout reports no leader, as
+/// etcd's does once its election timer fires (openraft keeps naming the old leader until a new
+/// vote, and with pre-vote a cut-off follower casts none).
+pub fn status_of(
+    m: &crate::types::Metrics,
+    election_timeout_ms: u64,
+    silent_ms: Option<u64>,
+) -> ReplicaStatus {
+    let follower_lost =
+        m.state != ServerState::Leader && silent_ms.is_some_and(|s| s > election_timeout_ms);
+    let leader = if lost_quorum(m, election_timeout_ms) || follower_lost {
         None
     } else {
         m.current_leader

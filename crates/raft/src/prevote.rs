@@ -51,6 +51,11 @@ impl Contact {
     pub fn last_ms(&self) -> u64 {
         self.last_ms.load(Ordering::Relaxed)
     }
+
+    /// How long since a leader was last heard from.
+    pub fn silent_ms(&self) -> u64 {
+        self.now_ms().saturating_sub(self.last_ms())
+    }
 }
 
 /// What a voter weighs.

@@ -25,6 +25,8 @@ const PROPOSAL_QUEUE_MAX: usize = 16_384;
 const BATCH_COMMANDS_MAX: usize = 1_024;
 /// The most key and value bytes one log entry carries (a single larger command still goes alone).
 const BATCH_BYTES_MAX: usize = 4 << 20;
+/// How often the status is looked at again when nothing changes (a silent leader).
+const STATUS_TICK: Duration = Duration::from_millis(100);
 /// Read barriers waiting for the next round; beyond this, asking waits.
 const READ_QUEUE_MAX: usize = 16_384;
 
@@ -353,6 +355,7 @@ impl Replica {
         status_of(
             &self.raft.metrics().borrow(),
             self.config.election_timeout_ms,
+            self.prevote.as_ref().map(|p| p.contact.silent_ms()),
         )
     }
 
@@ -392,9 +395,17 @@ impl Replica {
         let (tx, rx) = tokio::sync::watch::channel(self.status());
         let mut metrics = self.raft.metrics();
         let election_timeout_ms = self.config.election_timeout_ms;
+        let contact = self.prevote.as_ref().map(|p| Arc::clone(&p.contact));
+        // With pre-vote, a follower loses its leader by silence alone (no metrics change).
+        let mut tick = tokio::time::interval(STATUS_TICK);
         tokio::spawn(async move {
-            while metrics.changed().await.is_ok() {
-                let status = status_of(&metrics.borrow(), election_timeout_ms);
+            loop {
+                tokio::select! {
+                    changed = metrics.changed() => if changed.is_err() { break },
+                    _ = tick.tick(), if contact.is_some() => {}
+                }
+                let silent = contact.as_ref().map(|c| c.silent_ms());
+                let status = status_of(&metrics.borrow(), election_timeout_ms, silent);
                 tx.send_if_modified(|cur| {
                     let changed = *cur != status;
                     *cur = status;

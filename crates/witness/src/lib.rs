@@ -191,6 +191,7 @@ impl Witness {
         status_of(
             &self.raft.metrics().borrow(),
             self.options.election_timeout_ms,
+            Some(self.prevote.contact.silent_ms()),
         )
     }
 
