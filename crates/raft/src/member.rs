@@ -18,6 +18,8 @@ use crate::types::{MemberNode, NodeId, Payload, Types};
 
 /// How often a member retries publishing its attributes while that fails.
 const PUBLISH_RETRY: Duration = Duration::from_millis(500);
+/// How often a request waiting for a leader looks again when nothing changed.
+const ROUTE_RECHECK: Duration = Duration::from_millis(100);
 /// The pause before a ReadIndex round that missed its quorum is tried again.
 const READ_INDEX_RETRY: Duration = Duration::from_millis(50);
 
@@ -33,6 +35,9 @@ pub struct Member<C: Types> {
     pub forward_timeout: Duration,
     pub election_timeout_ms: u64,
     pub incarnations: Arc<crate::incarnation::Incarnations>,
+    /// With pre-vote: when this member last heard from a leader (a follower silent for an
+    /// election timeout has no leader, see [`status_of`]).
+    pub contact: Option<Arc<crate::prevote::Contact>>,
 }
 
 impl<C: Types> Member<C> {
@@ -59,8 +64,15 @@ impl<C: Types> Member<C> {
                 // A witness that leads takes no proposals: they wait for it to hand over.
                 let membership = m.membership_config.membership();
                 let witness = |l: &NodeId| membership.get_node(l).is_some_and(|n| n.witness);
+                let silent = self
+                    .contact
+                    .as_ref()
+                    .is_some_and(|c| c.silent_ms() > self.election_timeout_ms);
                 let leader = m.current_leader.filter(|l| {
-                    *l != self.member_id && Some(*l) != unreachable && !(for_proposal && witness(l))
+                    !silent
+                        && *l != self.member_id
+                        && Some(*l) != unreachable
+                        && !(for_proposal && witness(l))
                 });
                 if let Some(l) = leader {
                     let node = membership.get_node(&l).cloned();
@@ -68,10 +80,13 @@ impl<C: Types> Member<C> {
                     return channel.map(|c| Some((l, c))).ok_or(ReplicaError::NoLeader);
                 }
             }
-            match tokio::time::timeout_at(deadline, metrics.changed()).await {
-                Err(_) => return Err(ReplicaError::NoLeader),
+            // Silence ends without a metrics change (the same leader is heard again): look
+            // again now and then.
+            let look_again = (tokio::time::Instant::now() + ROUTE_RECHECK).min(deadline);
+            match tokio::time::timeout_at(look_again, metrics.changed()).await {
+                Err(_) if look_again >= deadline => return Err(ReplicaError::NoLeader),
+                Err(_) | Ok(Ok(())) => {}
                 Ok(Err(_)) => return Err(ReplicaError::Stopped),
-                Ok(Ok(())) => {}
             }
         }
     }

@@ -234,6 +234,7 @@ impl Replica {
             forward_timeout: config.forward_timeout,
             election_timeout_ms: config.election_timeout_ms,
             incarnations,
+            contact: prevote.as_ref().map(|p| Arc::clone(&p.contact)),
         });
         let (proposals, rx) = tokio::sync::mpsc::channel(PROPOSAL_QUEUE_MAX);
         tokio::spawn(proposer(Arc::clone(&shared), rx));

@@ -131,6 +131,7 @@ impl Witness {
             forward_timeout: options.forward_timeout,
             election_timeout_ms: options.election_timeout_ms,
             incarnations,
+            contact: None,
         });
         let data_floor = Arc::new(AtomicU64::new(0));
         let prevote = PreVoter {
