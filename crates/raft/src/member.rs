@@ -402,3 +402,28 @@ pub fn status_of(
         is_learner: m.state == ServerState::Learner,
     }
 }
+
+/// Bootstraps a new cluster with `members` when `bootstrap` (`--initial-cluster-state=new`) and
+/// this member has no raft state yet; `role` names the member in the log line.
+pub async fn bootstrap_if_new<C: Types>(
+    raft: &openraft::Raft<C>,
+    bootstrap: bool,
+    members: &std::collections::BTreeMap<NodeId, MemberNode>,
+    role: &str,
+) -> anyhow::Result<()> {
+    if bootstrap && !raft.is_initialized().await? {
+        tracing::info!(members = members.len(), role, "bootstrapping a new cluster");
+        raft.initialize(members.clone()).await?;
+    }
+    Ok(())
+}
+
+/// The members of `m`'s membership, voters and learners, with whether each is a learner.
+pub fn members_of(m: &crate::types::Metrics) -> Vec<(NodeId, MemberNode, bool)> {
+    let membership = m.membership_config.membership();
+    let voters: std::collections::BTreeSet<NodeId> = membership.voter_ids().collect();
+    membership
+        .nodes()
+        .map(|(id, n)| (*id, n.clone(), !voters.contains(id)))
+        .collect()
+}

@@ -12,7 +12,7 @@ use mvcc::{Command, Store};
 use openraft::{Config, ServerState, SnapshotPolicy};
 use raft::engagement;
 use raft::log_store::LogStore;
-use raft::member::{publish, read_barriers, status_of, ReadWaiter};
+use raft::member::{bootstrap_if_new, members_of, publish, read_barriers, status_of, ReadWaiter};
 use raft::network::{PeerService, PreVoter, Wiring};
 use raft::{Member, ReplicaError, ReplicaStatus};
 
@@ -219,13 +219,7 @@ impl Replica {
             engagement::Policy::new(engage_after),
             engagement_publisher,
         ));
-        if config.bootstrap && !raft.is_initialized().await? {
-            tracing::info!(
-                members = config.initial_members.len(),
-                "bootstrapping a new cluster"
-            );
-            raft.initialize(config.initial_members.clone()).await?;
-        }
+        bootstrap_if_new(&raft, config.bootstrap, &config.initial_members, "data").await?;
         let shared = Arc::new(Shared {
             raft: raft.clone(),
             member_id: config.member_id,
@@ -382,13 +376,7 @@ impl Replica {
 
     /// The current members, voters and learners, with whether each is a learner.
     pub fn members(&self) -> Vec<(NodeId, MemberNode, bool)> {
-        let m = self.raft.metrics().borrow().clone();
-        let membership = m.membership_config.membership();
-        let voters: std::collections::BTreeSet<NodeId> = membership.voter_ids().collect();
-        membership
-            .nodes()
-            .map(|(id, n)| (*id, n.clone(), !voters.contains(id)))
-            .collect()
+        members_of(&self.raft.metrics().borrow())
     }
 
     /// A receiver of this member's raft status, updated whenever it changes.

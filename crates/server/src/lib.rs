@@ -157,13 +157,7 @@ pub async fn run(
     );
     stopped().await;
     tracing::info!("shutting down");
-    for s in servers {
-        match s.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "server stopped with an error"),
-            Err(e) => tracing::warn!(error = %e, "server task failed"),
-        }
-    }
+    join_servers(servers).await;
     for b in background {
         b.abort();
     }
@@ -187,6 +181,19 @@ pub(crate) fn stop_signal(
         Box::pin(async move {
             let _ = rx.wait_for(|s| *s).await;
         })
+    }
+}
+
+/// Waits for every server task to stop (after the stop signal), logging those that failed.
+pub(crate) async fn join_servers(
+    servers: Vec<tokio::task::JoinHandle<Result<(), tonic::transport::Error>>>,
+) {
+    for s in servers {
+        match s.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "server stopped with an error"),
+            Err(e) => tracing::warn!(error = %e, "server task failed"),
+        }
     }
 }
 

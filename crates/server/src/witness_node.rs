@@ -75,11 +75,7 @@ pub async fn run(
     );
     stopped().await;
     tracing::info!("shutting down");
-    for s in servers {
-        if let Ok(Err(e)) = s.await {
-            tracing::warn!(error = %e, "server stopped with an error");
-        }
-    }
+    crate::join_servers(servers).await;
     node.witness.shutdown().await?;
     tracing::info!("stopped");
     Ok(())

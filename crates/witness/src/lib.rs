@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use openraft::{Config, ServerState, SnapshotPolicy};
 use raft::log_store::LogStore;
-use raft::member::{publish, status_of};
+use raft::member::{bootstrap_if_new, members_of, publish, status_of};
 use raft::network::{self as net, ForwardRequest, PeerService, PreVoter, Wiring};
 use raft::policy::handoff::{self, Handoff};
 use raft::types::{MemberNode, NodeId};
@@ -116,13 +116,13 @@ impl Witness {
         // Leadership belongs on a data node: no elections until no leader has been heard of
         // for a while and a pre-vote is won (see below).
         raft.runtime_config().elect(false);
-        if options.bootstrap && !raft.is_initialized().await? {
-            tracing::info!(
-                members = options.initial_members.len(),
-                "bootstrapping a new cluster as its witness"
-            );
-            raft.initialize(options.initial_members.clone()).await?;
-        }
+        bootstrap_if_new(
+            &raft,
+            options.bootstrap,
+            &options.initial_members,
+            "witness",
+        )
+        .await?;
         let member = Arc::new(Member {
             raft: raft.clone(),
             member_id: options.member_id,
@@ -198,13 +198,7 @@ impl Witness {
 
     /// The members, with whether each is a learner.
     pub fn members(&self) -> Vec<(NodeId, MemberNode, bool)> {
-        let m = self.raft.metrics().borrow().clone();
-        let membership = m.membership_config.membership();
-        let voters: std::collections::BTreeSet<NodeId> = membership.voter_ids().collect();
-        membership
-            .nodes()
-            .map(|(id, n)| (*id, n.clone(), !voters.contains(id)))
-            .collect()
+        members_of(&self.raft.metrics().borrow())
     }
 
     /// Entries in the witness's log (what it keeps on disk, ids mostly).
