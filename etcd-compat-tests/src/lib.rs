@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+pub mod faultproxy;
 pub mod loopfs;
 pub mod netns;
 
@@ -186,6 +187,8 @@ pub struct Server {
     initial_cluster: Option<String>,
     /// The address it listens and advertises on (loopback, or its network namespace's).
     host: String,
+    /// Environment variables of its own (e.g. its routes through a fault proxy).
+    env: Vec<(String, String)>,
 }
 
 /// The flag naming a tandem cluster's witness.
@@ -263,6 +266,7 @@ impl Server {
             name: "s1".into(),
             initial_cluster: None,
             host: "127.0.0.1".into(),
+            env: Vec::new(),
         };
         s.spawn()?;
         Ok(s)
@@ -338,6 +342,7 @@ impl Server {
                     .filter(|e| *e != "--expect-unhealthy" && *e != "--expect-refusal"),
             );
         }
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         cmd.stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
@@ -473,6 +478,8 @@ impl Drop for Server {
 /// directory. Started together; `start` returns once every member is healthy (has a leader).
 pub struct Cluster {
     pub members: Vec<Server>,
+    /// The fault proxy every peer link goes through, if the cluster was started behind one.
+    pub proxy: Option<std::sync::Arc<faultproxy::FaultProxy>>,
 }
 
 impl Cluster {
@@ -495,6 +502,32 @@ impl Cluster {
         net: Option<&netns::Net>,
         prepare: &mut dyn FnMut(usize, &Path) -> Result<()>,
     ) -> Result<Self> {
+        Self::start_linked(kind, size, extra, net, false, prepare)
+    }
+
+    /// As [`Cluster::start_prepared`] on loopback, every directed peer link through a
+    /// [`faultproxy::FaultProxy`] (`cluster.proxy`); tandem only (etcd has no routes to follow).
+    pub fn start_proxied(
+        kind: Kind,
+        size: usize,
+        extra: &[&str],
+        prepare: &mut dyn FnMut(usize, &Path) -> Result<()>,
+    ) -> Result<Self> {
+        anyhow::ensure!(
+            kind == Kind::Tandem,
+            "only tandem follows a fault proxy's routes"
+        );
+        Self::start_linked(kind, size, extra, None, true, prepare)
+    }
+
+    fn start_linked(
+        kind: Kind,
+        size: usize,
+        extra: &[&str],
+        net: Option<&netns::Net>,
+        proxied: bool,
+        prepare: &mut dyn FnMut(usize, &Path) -> Result<()>,
+    ) -> Result<Self> {
         let mut members = Vec::new();
         for i in 1..=size {
             let dir = tempfile::Builder::new()
@@ -512,18 +545,34 @@ impl Cluster {
                 name: format!("m{i}"),
                 initial_cluster: None,
                 host: net.map_or_else(|| "127.0.0.1".to_string(), |n| n.addr(i - 1)),
+                env: Vec::new(),
             });
         }
         let initial: Vec<String> = members
             .iter()
             .map(|m| format!("{}={}", m.name, m.peer_url()))
             .collect();
+        let proxy = if proxied {
+            let targets: Vec<std::net::SocketAddr> = members
+                .iter()
+                .map(|m| std::net::SocketAddr::from(([127, 0, 0, 1], m.peer_port)))
+                .collect();
+            let proxy = faultproxy::FaultProxy::start(&targets)?;
+            let urls: Vec<String> = members.iter().map(Server::peer_url).collect();
+            for (i, m) in members.iter_mut().enumerate() {
+                m.env
+                    .push(("TANDEM_TEST_PEER_ROUTES".into(), proxy.routes_env(i, &urls)));
+            }
+            Some(std::sync::Arc::new(proxy))
+        } else {
+            None
+        };
         for (i, m) in members.iter_mut().enumerate() {
             m.initial_cluster = Some(initial.join(","));
             prepare(i, &m.data_dir())?;
             m.spawn()?;
         }
-        let cluster = Cluster { members };
+        let cluster = Cluster { members, proxy };
         for i in 0..size {
             cluster.wait_healthy(i)?;
         }

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use etcd_compat_tests::faultproxy::{FaultProxy, Flow};
 use etcd_compat_tests::loopfs::LoopFs;
 use etcd_compat_tests::netns::Net;
 use etcd_compat_tests::{Cluster, Kind};
@@ -130,6 +131,18 @@ pub struct Scenario {
     pub env: Vec<(String, String)>,
 }
 
+impl Scenario {
+    /// Whether every peer link goes through the fault proxy: a tandem cluster with a witness
+    /// (network faults on the others use network namespaces, as they do for etcd beside them).
+    pub fn through_proxy(&self) -> bool {
+        self.kind == Kind::Tandem
+            && self
+                .flags
+                .iter()
+                .any(|f| f == etcd_compat_tests::WITNESS_FLAG)
+    }
+}
+
 /// What a run measured, and what the checks found.
 #[derive(Debug)]
 pub struct Summary {
@@ -181,6 +194,63 @@ fn signal(pid: u32, sig: &str) {
         .arg(format!("-{sig}"))
         .arg(pid.to_string())
         .status();
+}
+
+/// Where the network faults are made: iptables in the members' network namespaces, or the
+/// fault proxy on every directed peer link (a tandem cluster with a witness).
+enum Links<'a> {
+    Namespaces(&'a Net),
+    Proxy(std::sync::Arc<FaultProxy>),
+}
+
+impl<'a> Links<'a> {
+    fn of(net: Option<&'a Net>, cluster: &Cluster) -> Result<Links<'a>> {
+        match (net, &cluster.proxy) {
+            (_, Some(p)) => Ok(Links::Proxy(p.clone())),
+            (Some(n), None) => Ok(Links::Namespaces(n)),
+            (None, None) => bail!("a network fault needs network namespaces or a fault proxy"),
+        }
+    }
+
+    fn cut(&self, a: usize, b: usize) -> Result<()> {
+        match self {
+            Links::Namespaces(n) => n.cut(a, b),
+            Links::Proxy(p) => {
+                p.cut(a, b);
+                Ok(())
+            }
+        }
+    }
+
+    fn cut_from_peers(&self, i: usize) -> Result<()> {
+        match self {
+            Links::Namespaces(n) => n.cut_from_peers(i),
+            Links::Proxy(p) => {
+                p.cut_from_peers(i);
+                Ok(())
+            }
+        }
+    }
+
+    fn drop_one_way(&self, from: usize, to: usize) -> Result<()> {
+        match self {
+            Links::Namespaces(n) => n.drop_one_way(from, to),
+            Links::Proxy(p) => {
+                p.set(from, to, Flow::Blackhole);
+                Ok(())
+            }
+        }
+    }
+
+    fn heal(&self) -> Result<()> {
+        match self {
+            Links::Namespaces(n) => n.heal(),
+            Links::Proxy(p) => {
+                p.heal();
+                Ok(())
+            }
+        }
+    }
 }
 
 /// A fault's span on one member: (member, from, to), in the run's nanoseconds.
@@ -236,19 +306,19 @@ async fn inject(cluster: &mut Cluster, rig: &mut Rig, s: &Scenario, rec: &Record
             cluster.wait_healthy(w)?;
         }
         Fault::PartitionDataMembers => {
-            let net = net.context("a partition needs network namespaces")?;
+            let net = Links::of(net, cluster)?;
             net.cut(leader, follower_of(cluster, leader))?;
             tokio::time::sleep(s.down).await; // the fault's duration
             net.heal()?;
         }
         Fault::PartitionFollower => {
-            let net = net.context("a partition needs network namespaces")?;
+            let net = Links::of(net, cluster)?;
             net.cut_from_peers(follower_of(cluster, leader))?;
             tokio::time::sleep(s.down).await; // the fault's duration
             net.heal()?;
         }
         Fault::KillWitnessThenPartition => {
-            let net = net.context("a partition needs network namespaces")?;
+            let net = Links::of(net, cluster)?;
             let w = cluster.witness().context("the cluster has no witness")?;
             cluster.members[w].stop("KILL")?;
             net.cut(leader, follower_of(cluster, leader))?;
@@ -274,13 +344,13 @@ async fn inject(cluster: &mut Cluster, rig: &mut Rig, s: &Scenario, rec: &Record
             signal(pid, "CONT");
         }
         Fault::PartitionLeader => {
-            let net = net.context("a partition needs network namespaces")?;
+            let net = Links::of(net, cluster)?;
             net.cut_from_peers(leader)?;
             tokio::time::sleep(s.down).await; // the fault's duration
             net.heal()?;
         }
         Fault::OneWayFromLeader => {
-            let net = net.context("a partition needs network namespaces")?;
+            let net = Links::of(net, cluster)?;
             for j in (0..s.members).filter(|&j| j != leader) {
                 net.drop_one_way(leader, j)?;
             }
@@ -288,7 +358,7 @@ async fn inject(cluster: &mut Cluster, rig: &mut Rig, s: &Scenario, rec: &Record
             net.heal()?;
         }
         Fault::FlapLeader => {
-            let net = net.context("a partition needs network namespaces")?;
+            let net = Links::of(net, cluster)?;
             let until = std::time::Instant::now() + s.down;
             while std::time::Instant::now() < until {
                 net.cut_from_peers(leader)?;
@@ -383,7 +453,7 @@ pub async fn run(s: &Scenario) -> Result<Summary> {
     }
     let flags: Vec<&str> = s.flags.iter().map(String::as_str).collect();
     let mut rig = Rig {
-        net: if s.fault.needs_network() {
+        net: if s.fault.needs_network() && !s.through_proxy() {
             Some(Net::new(s.members)?)
         } else {
             None
@@ -413,8 +483,11 @@ pub async fn run(s: &Scenario) -> Result<Summary> {
         }
         Ok(())
     };
-    let mut cluster =
-        Cluster::start_prepared(s.kind, s.members, &flags, rig.net.as_ref(), &mut prepare)?;
+    let mut cluster = if s.through_proxy() {
+        Cluster::start_proxied(s.kind, s.members, &flags, &mut prepare)?
+    } else {
+        Cluster::start_prepared(s.kind, s.members, &flags, rig.net.as_ref(), &mut prepare)?
+    };
     let endpoints: Vec<String> = cluster
         .data_members()
         .map(|i| cluster.members[i].url())

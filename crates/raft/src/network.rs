@@ -38,6 +38,33 @@ const WITNESS_REQUEST_BYTES_MAX: usize = 1 << 20;
 /// How long to wait for a peer's TCP connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// Names the test seam that sends peer traffic through a fault proxy:
+/// `TANDEM_TEST_PEER_ROUTES=URL=HOST:PORT,...` makes this member dial HOST:PORT wherever it
+/// would dial the peer at URL (the robustness suite puts a proxy on every directed link, so a
+/// fault can tell who sends). Never set in production; a URL it does not name is dialed as is.
+pub const PEER_ROUTES_ENV: &str = "TANDEM_TEST_PEER_ROUTES";
+
+/// The URL to dial for the peer at `url`: itself, unless [`PEER_ROUTES_ENV`] routes it.
+fn dial_url(url: &str) -> String {
+    static ROUTES: std::sync::OnceLock<HashMap<String, String>> = std::sync::OnceLock::new();
+    let routes = ROUTES.get_or_init(|| {
+        let spec = std::env::var(PEER_ROUTES_ENV).unwrap_or_default();
+        let routes: HashMap<String, String> = spec
+            .split(',')
+            .filter_map(|r| r.rsplit_once('='))
+            .map(|(from, to)| (from.to_string(), format!("http://{to}")))
+            .collect();
+        if !routes.is_empty() {
+            tracing::warn!(
+                ?routes,
+                "peer traffic goes through the test routes of {PEER_ROUTES_ENV}"
+            );
+        }
+        routes
+    });
+    routes.get(url).cloned().unwrap_or_else(|| url.to_string())
+}
+
 /// A lazily connected channel per peer URL, shared by raft's own messages and forwarded
 /// requests (one HTTP/2 connection per peer).
 #[derive(Default)]
@@ -53,7 +80,7 @@ impl Channels {
         if let Some(c) = map.get(url) {
             return Some(c.clone());
         }
-        let channel = Endpoint::from_shared(url.clone())
+        let channel = Endpoint::from_shared(dial_url(url))
             .ok()?
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
@@ -599,7 +626,7 @@ pub async fn greet(
     timeout: Duration,
 ) -> Result<(), String> {
     for url in peer_urls {
-        let Ok(endpoint) = Endpoint::from_shared(url.clone()) else {
+        let Ok(endpoint) = Endpoint::from_shared(dial_url(url)) else {
             continue;
         };
         let channel = endpoint.connect_timeout(CONNECT_TIMEOUT).connect_lazy();
