@@ -22,6 +22,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 
+/// tandem's test seam naming the proxy's routes (`raft::network::PEER_ROUTES_ENV`).
+pub const PEER_ROUTES_ENV: &str = "TANDEM_TEST_PEER_ROUTES";
+
 /// What happens to the bytes one member sends another.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Flow {

@@ -1,7 +1,7 @@
 //! Two data nodes and a witness (`../shared/docs/two-node-design.md`), on real processes: either
 //! data node can be lost and the other keeps taking writes with the witness (S1, S2), losing the
 //! witness changes nothing (S3), a data node that returns after the other died gets what it
-//! missed from the witness (S9), the witness holds no keyspace and serves no client, and a
+//! missed from the witness (S9), losing the witness and then a data node stops writes (S7), the witness holds no keyspace and serves no client, and a
 //! witness's data dir is never taken for another role or another cluster.
 
 use std::time::{Duration, Instant};
@@ -219,6 +219,72 @@ async fn a_returning_data_node_gets_what_it_missed_from_the_witness() {
     cluster.members[a].restart().expect("restart A");
     cluster.wait_healthy(a).expect("A healthy");
     assert_all_present(&urls[a], &acked).await;
+}
+
+/// S7: the witness is lost, then the data follower. The last data node must not take a write
+/// alone (it cannot know that its peer is gone rather than cut off and leading with the
+/// witness): every write is refused with etcd's `Unavailable` ("no leader" or "request timed
+/// out"), linearizable reads too, while serializable reads are still served. Once the peer
+/// returns, writes go on and nothing acknowledged is lost.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_last_data_node_refuses_writes_once_the_witness_and_its_peer_are_lost() {
+    let mut cluster = start();
+    let a = cluster.wait_leader(WAIT).await.expect("a data node leads");
+    let b = 1 - a;
+    let urls: Vec<String> = cluster.members.iter().map(Server::url).collect();
+    let mut acked = vec!["w/s7-before".to_string()];
+    put_acknowledged(&urls[a], &acked[0]).await;
+    cluster.members[2].stop("KILL").expect("kill the witness");
+    acked.push("w/s7-witness-lost".to_string());
+    put_acknowledged(&urls[a], &acked[1]).await;
+    cluster.members[b]
+        .stop("KILL")
+        .expect("kill the data follower");
+    // Longer than the member's own request timeout: the member answers, not the client's clock.
+    let opts = etcd_client::ConnectOptions::new().with_timeout(Duration::from_secs(20));
+    let mut c = etcd_client::Client::connect([&urls[a]], Some(opts))
+        .await
+        .expect("connect");
+    for i in 0..3 {
+        let started = Instant::now();
+        let refused = c
+            .put(format!("w/s7-alone-{i}"), "must not be acknowledged", None)
+            .await
+            .expect_err("the last data node took a write alone");
+        let code = match &refused {
+            etcd_client::Error::GRpcStatus(s) => s.code(),
+            other => panic!("refused with {other}, not a gRPC status"),
+        };
+        assert_eq!(code, tonic::Code::Unavailable, "refused with {refused}");
+        eprintln!(
+            "S7: put {i} refused after {:?}: {refused}",
+            started.elapsed()
+        );
+    }
+    let read = c.get("w/s7-before", None).await;
+    assert!(
+        matches!(&read, Err(etcd_client::Error::GRpcStatus(s)) if s.code() == tonic::Code::Unavailable),
+        "a linearizable read on the last data node: {read:?}"
+    );
+    let serializable = c
+        .get(
+            "w/s7-witness-lost",
+            Some(GetOptions::new().with_serializable()),
+        )
+        .await
+        .expect("a serializable read is served");
+    assert_eq!(
+        serializable.kvs().len(),
+        1,
+        "the acknowledged write is held"
+    );
+    cluster.members[b]
+        .restart()
+        .expect("restart the data follower");
+    acked.push("w/s7-peer-back".to_string());
+    put_acknowledged(&urls[a], &acked[2]).await;
+    assert_all_present(&urls[a], &acked).await;
+    assert_all_present(&urls[b], &acked).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -16,8 +16,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
+use etcd_compat_tests::faultproxy::{FaultProxy, PEER_ROUTES_ENV};
 
 mod report;
+mod witness_path;
 
 #[derive(Parser, Debug)]
 #[command(about = "tandem and etcd side by side: the same workloads, interleaved, one run.")]
@@ -50,6 +52,13 @@ struct Args {
     /// The chart.
     #[arg(long, default_value = "docs/benchmarks.svg")]
     svg: PathBuf,
+    /// Run only the witness-off-the-hot-path benchmark (two data members and a witness: its
+    /// links undelayed, delayed 50 ms each way, the witness SIGSTOPped) and write its report.
+    #[arg(long)]
+    witness_path: bool,
+    /// The witness-off-the-hot-path report.
+    #[arg(long, default_value = "docs/witness-path.md")]
+    witness_path_out: PathBuf,
     /// The directory holding the release `tandem` and `tandem-ctl` binaries.
     #[arg(long, default_value = "target/release")]
     bin_dir: PathBuf,
@@ -125,15 +134,18 @@ pub enum System {
     Etcd35,
     Etcd35x3,
     Tandemx3,
+    /// Two data members (m0, m1) and a witness (m2).
+    TandemWitness,
 }
 
 impl System {
-    pub const ALL: [System; 5] = [
+    pub const ALL: [System; 6] = [
         System::Tandem,
         System::Etcd34,
         System::Etcd35,
         System::Etcd35x3,
         System::Tandemx3,
+        System::TandemWitness,
     ];
 
     pub fn label(self) -> &'static str {
@@ -143,12 +155,13 @@ impl System {
             System::Etcd35 => "etcd 3.5.1 (1 member)",
             System::Etcd35x3 => "etcd 3.5.1 (3 members)",
             System::Tandemx3 => "tandem (3 members)",
+            System::TandemWitness => "tandem (2 nodes + witness)",
         }
     }
 
     fn members(self) -> usize {
         match self {
-            System::Etcd35x3 | System::Tandemx3 => 3,
+            System::Etcd35x3 | System::Tandemx3 | System::TandemWitness => 3,
             _ => 1,
         }
     }
@@ -194,11 +207,17 @@ impl Bins {
     }
 }
 
+/// The witness of [`System::TandemWitness`] (the last member).
+const WITNESS: usize = 2;
+
 /// A running member; killed (with its process group) when dropped.
 struct Member {
     child: Child,
     client_port: u16,
+    peer_port: u16,
     data_dir: PathBuf,
+    /// A witness serves no client: its health is on its peer port.
+    witness: bool,
 }
 
 impl Drop for Member {
@@ -214,17 +233,43 @@ impl Drop for Member {
 pub struct Cluster {
     system: System,
     members: Vec<Member>,
+    /// The fault proxy on the witness's links, if it was started behind one (dropped after the
+    /// members).
+    proxy: Option<FaultProxy>,
 }
 
 impl Cluster {
     fn start(system: System, bins: &Bins, work: &Path, first_port: u16) -> Result<Self> {
+        Self::start_linked(system, bins, work, first_port, false)
+    }
+
+    /// Starts `system`; with `proxied_witness`, every link to and from the witness goes
+    /// through a [`FaultProxy`] (the data members' link stays direct).
+    fn start_linked(
+        system: System,
+        bins: &Bins,
+        work: &Path,
+        first_port: u16,
+        proxied_witness: bool,
+    ) -> Result<Self> {
         let n = system.members();
         let port = |i: usize, peer: bool| first_port + 2 * i as u16 + u16::from(peer);
-        let initial: Vec<String> = (0..n)
-            .map(|i| format!("m{i}=http://127.0.0.1:{}", port(i, true)))
+        let peer_urls: Vec<String> = (0..n)
+            .map(|i| format!("http://127.0.0.1:{}", port(i, true)))
             .collect();
+        let initial: Vec<String> = (0..n).map(|i| format!("m{i}={}", peer_urls[i])).collect();
+        let has_witness = system == System::TandemWitness;
+        let proxy = if proxied_witness {
+            anyhow::ensure!(has_witness, "only the witness's links go through a proxy");
+            let targets: Vec<std::net::SocketAddr> = (0..n)
+                .map(|i| std::net::SocketAddr::from(([127, 0, 0, 1], port(i, true))))
+                .collect();
+            Some(FaultProxy::start(&targets)?)
+        } else {
+            None
+        };
         let bin = match system {
-            System::Tandem | System::Tandemx3 => &bins.tandem,
+            System::Tandem | System::Tandemx3 | System::TandemWitness => &bins.tandem,
             System::Etcd34 => &bins.etcd34,
             System::Etcd35 | System::Etcd35x3 => &bins.etcd35,
         };
@@ -245,8 +290,19 @@ impl Cluster {
                 .arg(format!("--listen-peer-urls={peer}"))
                 .arg(format!("--initial-advertise-peer-urls={peer}"))
                 .arg(format!("--initial-cluster={}", initial.join(",")))
-                .arg(format!("--quota-backend-bytes={QUOTA_BYTES}"))
-                .stdin(Stdio::null())
+                .arg(format!("--quota-backend-bytes={QUOTA_BYTES}"));
+            if has_witness {
+                cmd.arg(format!("--initial-cluster-witness=m{WITNESS}"));
+            }
+            if let Some(proxy) = &proxy {
+                // Routes only for the links that touch the witness.
+                let routes: Vec<String> = (0..n)
+                    .filter(|&j| j != i && (i == WITNESS || j == WITNESS))
+                    .map(|j| format!("{}={}", peer_urls[j], proxy.route(i, j)))
+                    .collect();
+                cmd.env(PEER_ROUTES_ENV, routes.join(","));
+            }
+            cmd.stdin(Stdio::null())
                 .stdout(log.try_clone()?)
                 .stderr(log);
             let child = cmd
@@ -255,10 +311,16 @@ impl Cluster {
             members.push(Member {
                 child,
                 client_port: port(i, false),
+                peer_port: port(i, true),
                 data_dir,
+                witness: has_witness && i == WITNESS,
             });
         }
-        let cluster = Cluster { system, members };
+        let cluster = Cluster {
+            system,
+            members,
+            proxy,
+        };
         let end = Instant::now() + START_DEADLINE;
         while !cluster.healthy() {
             if Instant::now() > end {
@@ -275,7 +337,12 @@ impl Cluster {
 
     fn healthy(&self) -> bool {
         self.members.iter().all(|m| {
-            http_get(m.client_port, "/health").is_ok_and(|b| b.contains("\"health\":\"true\""))
+            let port = if m.witness {
+                m.peer_port
+            } else {
+                m.client_port
+            };
+            http_get(port, "/health").is_ok_and(|b| b.contains("\"health\":\"true\""))
         })
     }
 
@@ -284,6 +351,7 @@ impl Cluster {
         let e: Vec<String> = self
             .members
             .iter()
+            .filter(|m| !m.witness)
             .map(|m| format!("127.0.0.1:{}", m.client_port))
             .collect();
         e.join(",")
@@ -576,6 +644,13 @@ fn main() -> Result<()> {
     let args = Args::parse();
     let bins = Bins::find(&args)?;
     let work = std::path::absolute(&args.work_dir)?;
+    if args.witness_path {
+        let md = witness_path::run(&bins, &work, args.rounds, args.seconds)?;
+        std::fs::write(&args.witness_path_out, &md)?;
+        print!("{md}");
+        eprintln!("wrote {}", args.witness_path_out.display());
+        return Ok(());
+    }
     let started = Instant::now();
     let mut figures: BTreeMap<(usize, System), Vec<Figures>> = BTreeMap::new();
     {

@@ -16,7 +16,7 @@ const RANGE_1000: usize = 3;
 
 const ETCDS: [System; 2] = [System::Etcd34, System::Etcd35];
 
-fn shell(cmd: &str, args: &[&str]) -> String {
+pub(crate) fn shell(cmd: &str, args: &[&str]) -> String {
     std::process::Command::new(cmd)
         .args(args)
         .output()
@@ -53,7 +53,7 @@ fn ratio(a: f64, b: f64) -> f64 {
     }
 }
 
-fn cell(f: &Figures) -> String {
+pub(crate) fn cell(f: &Figures) -> String {
     format!("{:.0} / {:.2} / {:.2}", f.qps, f.p50_ms, f.p99_ms)
 }
 
@@ -111,15 +111,16 @@ pub fn ratio_table(r: &Results) -> String {
     out
 }
 
-/// Three tandem members against three etcd 3.5.1 members, the load spread over every member.
-pub fn cluster_ratio_table(r: &Results) -> String {
+/// A tandem cluster (`tandem`) against three etcd 3.5.1 members, the load spread over every
+/// member that serves clients.
+pub fn cluster_ratio_table(r: &Results, tandem: System) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
         "| workload | QPS ×3.5 | p50 ×3.5 | p99 ×3.5 |\n|---|---:|---:|---:|"
     );
     for (w, workload) in WORKLOADS.iter().enumerate() {
-        let t = median_figures(r, w, System::Tandemx3);
+        let t = median_figures(r, w, tandem);
         let e = median_figures(r, w, System::Etcd35x3);
         let _ = writeln!(
             out,
@@ -131,6 +132,63 @@ pub fn cluster_ratio_table(r: &Results) -> String {
         );
     }
     out
+}
+
+/// (target, workload, figure, bound, whether tandem/etcd must be at least the bound)
+type RatioTarget = (&'static str, usize, fn(&Figures) -> f64, f64, bool);
+const RATIO_TARGETS: [RatioTarget; 3] = [
+    (
+        "put, 1000 clients: throughput ≥ 1.5× etcd",
+        PUT_1000,
+        |f| f.qps,
+        1.5,
+        true,
+    ),
+    (
+        "put, 1000 clients: p99 ≤ 0.7× etcd",
+        PUT_1000,
+        |f| f.p99_ms,
+        0.7,
+        false,
+    ),
+    (
+        "range (linearizable), 1000 clients: throughput ≥ 1.5× etcd",
+        RANGE_1000,
+        |f| f.qps,
+        1.5,
+        true,
+    ),
+];
+
+/// The same ratio targets for two data nodes and a witness against etcd 3.5.1 with three
+/// members (the load spread over the data members, and over every etcd member).
+fn two_node_targets(r: &Results) -> Vec<Target> {
+    RATIO_TARGETS
+        .iter()
+        .map(|&(what, w, figure, bound, at_least)| {
+            let t = figure(&median_figures(r, w, System::TandemWitness));
+            let e = figure(&median_figures(r, w, System::Etcd35x3));
+            let v = ratio(t, e);
+            Target {
+                what,
+                measured: format!("{v:.2}× vs 3.5.1 (3 members)"),
+                met: if at_least { v >= bound } else { v <= bound },
+            }
+        })
+        .collect()
+}
+
+fn target_table(out: &mut String, targets: Vec<Target>) {
+    let _ = writeln!(out, "| target | measured | met |\n|---|---|---|");
+    for t in targets {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} |",
+            t.what,
+            t.measured,
+            if t.met { "yes" } else { "**no**" }
+        );
+    }
 }
 
 struct Target {
@@ -151,31 +209,6 @@ fn targets(r: &Results) -> Vec<Target> {
         }
         (text.join(", "), met)
     };
-    // (target, workload, figure, bound, whether tandem/etcd must be at least the bound)
-    type Figure = fn(&Figures) -> f64;
-    let ratio_targets: [(&'static str, usize, Figure, f64, bool); 3] = [
-        (
-            "put, 1000 clients: throughput ≥ 1.5× etcd",
-            PUT_1000,
-            |f| f.qps,
-            1.5,
-            true,
-        ),
-        (
-            "put, 1000 clients: p99 ≤ 0.7× etcd",
-            PUT_1000,
-            |f| f.p99_ms,
-            0.7,
-            false,
-        ),
-        (
-            "range (linearizable), 1000 clients: throughput ≥ 1.5× etcd",
-            RANGE_1000,
-            |f| f.qps,
-            1.5,
-            true,
-        ),
-    ];
     let mut out = Vec::new();
     // etcd 3.5.1 as a single member answers a put before its WAL fdatasync has returned
     // (etcd-io/etcd#14370, fixed in 3.5.5 and 3.4.21): its latency is not that of a durable
@@ -190,7 +223,7 @@ fn targets(r: &Results) -> Vec<Target> {
         ),
         met: p50(System::Etcd34) <= 1.0,
     });
-    for (what, w, figure, bound, at_least) in ratio_targets {
+    for (what, w, figure, bound, at_least) in RATIO_TARGETS {
         let (measured, met) = per_etcd(&|s| {
             let v = ratio(figure(&t(w)), figure(&e(w, s)));
             (v, if at_least { v >= bound } else { v <= bound })
@@ -313,19 +346,8 @@ pub fn markdown(r: &Results, minutes: f64) -> String {
         "Micro-benchmarks of the hot paths (criterion, not part of this comparison): \
          `cargo bench -p tandem-benches --bench mvcc --bench raft_log`.\n"
     );
-    let _ = writeln!(
-        out,
-        "## Single-node targets\n\n| target | measured | met |\n|---|---|---|"
-    );
-    for t in targets(r) {
-        let _ = writeln!(
-            out,
-            "| {} | {} | {} |",
-            t.what,
-            t.measured,
-            if t.met { "yes" } else { "**no**" }
-        );
-    }
+    let _ = writeln!(out, "## Single-node targets\n");
+    target_table(&mut out, targets(r));
     let _ = writeln!(
         out,
         "\n## tandem / etcd ratios (single members; QPS > 1 and latency < 1 favour tandem)\n"
@@ -336,10 +358,19 @@ pub fn markdown(r: &Results, minutes: f64) -> String {
         out,
         "## Three members: tandem / etcd 3.5.1 (the load spread over every member)\n\n\
          Followers forward writes to the leader and answer linearizable reads after a ReadIndex \
-         round, in both. The two-node topology (2 data nodes + witness) will join this table \
-         once the witness exists.\n"
+         round, in both.\n"
     );
-    out.push_str(&cluster_ratio_table(r));
+    out.push_str(&cluster_ratio_table(r, System::Tandemx3));
+    let _ = writeln!(
+        out,
+        "\n## Two data nodes + witness: tandem / etcd 3.5.1 with three members\n\n\
+         The load spread over tandem's two data members (the witness serves no client) and over \
+         every etcd member. How the witness stays off the hot path (its links delayed, or the \
+         witness stopped): [witness-path.md](witness-path.md).\n"
+    );
+    target_table(&mut out, two_node_targets(r));
+    out.push('\n');
+    out.push_str(&cluster_ratio_table(r, System::TandemWitness));
     out.push('\n');
     let _ = writeln!(
         out,
