@@ -393,3 +393,12 @@ async fn witness_s8_witness_lost_then_partition() {
     ))
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn witness_s15_s16_clock_jumps_and_skew() {
+    run(witness_scenario(
+        "S15/S16 wall-clock jumps and skew on the leader",
+        Fault::ClockJumps,
+    ))
+    .await;
+}
