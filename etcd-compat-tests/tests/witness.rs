@@ -618,3 +618,124 @@ async fn failover(mut cluster: Cluster, kills: usize) -> Vec<Duration> {
     gaps.sort();
     gaps
 }
+
+/// The value of `name{label="value"}` on the member at `url`, if it reports one.
+fn labelled_metric(url: &str, name: &str) -> Option<f64> {
+    let (_, body) = etcd_compat_tests::http_get(&format!("{url}/metrics")).ok()?;
+    body.lines()
+        .filter(|l| l.starts_with(name) && l.as_bytes().get(name.len()) == Some(&b'{'))
+        .find_map(|l| l.rsplit_once(' ')?.1.trim().parse().ok())
+}
+
+/// S20: a data follower so far behind that the leader must send it a snapshot, SIGKILLed in the
+/// middle of installing it (while `etcd_network_snapshot_receive_inflights_total` says a
+/// transfer is under way), then restarted: it installs a snapshot again and holds exactly the
+/// leader's keyspace (I5: equal HashKV at an equal revision), every acknowledged write there,
+/// the revision carried on.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_follower_killed_while_installing_a_snapshot_recovers_consistent() {
+    let mut flags = WITNESS.to_vec();
+    flags.extend([
+        "--snapshot-count=100",
+        "--experimental-snapshot-catchup-entries=10",
+    ]);
+    let mut cluster = Cluster::start(Kind::Tandem, 3, &flags).expect("cluster");
+    let a = cluster.wait_leader(WAIT).await.expect("a data node leads");
+    let b = 1 - a;
+    let urls: Vec<String> = cluster.members.iter().map(Server::url).collect();
+    cluster.members[b]
+        .stop("KILL")
+        .expect("kill the data follower");
+    // 48 MiB of values (16 chunks of openraft's 3 MiB), many entries past the last snapshot
+    // the follower could have seen.
+    const KEYS: usize = 3072;
+    let value = "v".repeat(16 * 1024);
+    let mut writers = Vec::new();
+    for w in 0..16 {
+        let (url, value) = (urls[a].clone(), value.clone());
+        writers.push(tokio::spawn(async move {
+            let mut c = client(&url).await;
+            for i in (w..KEYS).step_by(16) {
+                let started = Instant::now();
+                // A leader that lost its quorum for a moment refuses; a client tries again.
+                while let Err(e) = c.put(format!("w/s20-{i:05}"), value.as_str(), None).await {
+                    assert!(
+                        started.elapsed() < WAIT,
+                        "put while the follower is down: {e}"
+                    );
+                    until_serving(&url).await;
+                }
+            }
+        }));
+    }
+    for w in writers {
+        w.await.expect("writer");
+    }
+    let revision = client(&urls[a])
+        .await
+        .put("w/s20-last", "v", None)
+        .await
+        .expect("put")
+        .header()
+        .expect("header")
+        .revision();
+
+    cluster.members[b].restart().expect("restart the follower");
+    let receiving = "etcd_network_snapshot_receive_inflights_total";
+    wait_until("the follower to be receiving a snapshot", WAIT, || {
+        labelled_metric(&urls[b], receiving) == Some(1.0)
+    })
+    .expect("a snapshot transfer under way");
+    cluster.members[b]
+        .stop("KILL")
+        .expect("kill it mid-install");
+
+    cluster.members[b].restart().expect("restart it again");
+    cluster.wait_healthy(b).expect("the follower serves again");
+    wait_until("the follower to install a snapshot", WAIT, || {
+        labelled_metric(&urls[b], "etcd_network_snapshot_receive_success") >= Some(1.0)
+    })
+    .expect("a snapshot installed after the crash");
+    let mut on_b = client(&urls[b]).await;
+    let last = on_b
+        .get("w/s20-last", None)
+        .await
+        .expect("linearizable get");
+    assert_eq!(
+        last.kvs().len(),
+        1,
+        "the last acknowledged write is on the follower"
+    );
+    let all = on_b
+        .get(
+            "w/s20-",
+            Some(
+                GetOptions::new()
+                    .with_prefix()
+                    .with_count_only()
+                    .with_serializable(),
+            ),
+        )
+        .await
+        .expect("count");
+    assert_eq!(all.count(), KEYS as i64 + 1, "every acknowledged key");
+    let ha = client(&urls[a])
+        .await
+        .hash_kv(revision)
+        .await
+        .expect("hash");
+    let hb = on_b.hash_kv(revision).await.expect("hash");
+    assert_eq!(
+        (ha.hash(), ha.compact_version()),
+        (hb.hash(), hb.compact_version()),
+        "I5: the two data members differ at revision {revision}"
+    );
+    let rb = on_b
+        .put("w/s20-after", "v", None)
+        .await
+        .expect("a write after")
+        .header()
+        .expect("header")
+        .revision();
+    assert_eq!(rb, revision + 1, "the revision goes on from the leader's");
+}

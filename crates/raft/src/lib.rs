@@ -27,6 +27,7 @@ pub mod mutants;
 pub mod network;
 pub mod policy;
 pub mod prevote;
+pub mod transfers;
 pub mod types;
 pub mod wal;
 

@@ -38,6 +38,8 @@ pub struct Member<C: Types> {
     /// With pre-vote: when this member last heard from a leader (a follower silent for an
     /// election timeout has no leader, see [`status_of`]).
     pub contact: Option<Arc<crate::prevote::Contact>>,
+    /// Snapshots sent and received (`crate::transfers`).
+    pub transfers: Arc<crate::transfers::Transfers>,
 }
 
 impl<C: Types> Member<C> {

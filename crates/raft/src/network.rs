@@ -29,6 +29,7 @@ use std::sync::Arc;
 use crate::codec;
 use crate::incarnation::Incarnations;
 use crate::member::{not_leader, ReadPolicy, ReplicaError};
+use crate::transfers::{Chunk, Direction, Transfers};
 use crate::types::{Entry, MemberNode, NodeId, Payload, Types};
 
 /// The most payload bytes one AppendEntries to the witness carries (it holds them in memory
@@ -100,6 +101,7 @@ pub struct Network {
     /// This member is the witness: it has no keyspace, so it never sends a snapshot.
     pub from_witness: bool,
     pub incarnations: Arc<Incarnations>,
+    pub transfers: Arc<Transfers>,
 }
 
 impl<C: Types> RaftNetworkFactory<C> for Network {
@@ -113,6 +115,7 @@ impl<C: Types> RaftNetworkFactory<C> for Network {
             to_witness: node.witness.then(|| self.engagement.clone()),
             from_witness: self.from_witness,
             incarnations: Arc::clone(&self.incarnations),
+            transfers: Arc::clone(&self.transfers),
         }
     }
 }
@@ -125,6 +128,8 @@ pub struct Wiring {
     pub incarnations: Arc<Incarnations>,
     pub engagement: crate::engagement::Handle,
     pub publisher: crate::engagement::Publisher,
+    /// Snapshots sent and received, for `/metrics`.
+    pub transfers: Arc<Transfers>,
 }
 
 impl Wiring {
@@ -140,12 +145,14 @@ impl Wiring {
         let channels = Arc::new(Channels::default());
         let incarnations = Arc::new(Incarnations::open(dir, member_id, incarnation)?);
         let (publisher, engagement) = crate::engagement::channel();
+        let transfers = Arc::new(Transfers::default());
         let network = Network {
             cluster_id,
             channels: Arc::clone(&channels),
             engagement: engagement.clone(),
             from_witness,
             incarnations: Arc::clone(&incarnations),
+            transfers: Arc::clone(&transfers),
         };
         Ok(Wiring {
             network,
@@ -153,6 +160,7 @@ impl Wiring {
             incarnations,
             engagement,
             publisher,
+            transfers,
         })
     }
 }
@@ -277,6 +285,7 @@ pub struct PeerClient {
     to_witness: Option<crate::engagement::Handle>,
     from_witness: bool,
     incarnations: Arc<Incarnations>,
+    transfers: Arc<Transfers>,
 }
 
 type RpcResult<T, E> = Result<T, RPCError<NodeId, MemberNode, RaftError<NodeId, E>>>;
@@ -438,7 +447,12 @@ impl<C: Types> RaftNetwork<C> for PeerClient {
             ));
             return Err(RPCError::Unreachable(Unreachable::new(&e)));
         }
-        self.call(Kind::Snapshot, &rpc, 0, &option).await
+        let (first, last) = (rpc.offset == 0, rpc.done);
+        let sent = self.call(Kind::Snapshot, &rpc, 0, &option).await;
+        let ok = sent.is_ok();
+        self.transfers
+            .note(Direction::Send, self.target, Chunk { first, last, ok });
+        sent
     }
 
     async fn vote(
@@ -464,6 +478,8 @@ pub struct PeerService<C: Types> {
     /// For pre-votes (`crate::prevote`): when this member last heard from a leader, its leader
     /// lease, its election timeout, and its last log id.
     pub prevote: Option<PreVoter>,
+    /// Snapshots received, for `/metrics`.
+    pub transfers: Arc<Transfers>,
 }
 
 /// What a member answers pre-votes with.
@@ -582,7 +598,13 @@ impl<C: Types> RaftPeer for PeerService<C> {
         request: tonic::Request<RaftMessage>,
     ) -> Result<tonic::Response<RaftMessage>, tonic::Status> {
         let req: InstallSnapshotRequest<C> = self.open(request.get_ref())?;
-        Ok(self.reply(&self.raft.install_snapshot(req).await))
+        let from = req.vote.leader_id().voted_for().unwrap_or_default();
+        let (first, last) = (req.offset == 0, req.done);
+        let installed = self.raft.install_snapshot(req).await;
+        let ok = installed.is_ok();
+        self.transfers
+            .note(Direction::Receive, from, Chunk { first, last, ok });
+        Ok(self.reply(&installed))
     }
 
     async fn forward(

@@ -184,6 +184,7 @@ impl Replica {
             election_timeout_max,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_count),
             max_in_snapshot_log_to_keep: config.snapshot_catchup_entries,
+            install_snapshot_timeout: raft::transfers::SNAPSHOT_CHUNK_TIMEOUT_MS,
             ..Default::default()
         }
         .validate()?;
@@ -193,6 +194,7 @@ impl Replica {
             incarnations,
             engagement,
             publisher: engagement_publisher,
+            transfers,
         } = Wiring::open(
             &dir,
             config.cluster_id,
@@ -229,6 +231,7 @@ impl Replica {
             election_timeout_ms: config.election_timeout_ms,
             incarnations,
             contact: prevote.as_ref().map(|p| Arc::clone(&p.contact)),
+            transfers,
         });
         let (proposals, rx) = tokio::sync::mpsc::channel(PROPOSAL_QUEUE_MAX);
         tokio::spawn(proposer(Arc::clone(&shared), rx));
@@ -291,6 +294,7 @@ impl Replica {
             witness: false,
             incarnations: Arc::clone(&self.shared.incarnations),
             prevote: self.prevote.clone(),
+            transfers: Arc::clone(&self.shared.transfers),
         }
     }
 
@@ -339,6 +343,14 @@ impl Replica {
     /// Whether the witness counts now (this member leads and a data follower is behind).
     pub fn witness_engaged(&self) -> bool {
         self.engagement.state().engaged
+    }
+
+    /// Snapshots sent to (`Send`) or received from (`Receive`) each peer.
+    pub fn snapshot_transfers(
+        &self,
+        direction: raft::transfers::Direction,
+    ) -> Vec<(raft::types::NodeId, raft::transfers::Counts)> {
+        self.shared.transfers.counts(direction)
     }
 
     /// How far each follower is behind this member (empty unless it leads).

@@ -320,6 +320,41 @@ fn two_node_metrics(registry: &mut Registry, node: &Node) {
     );
 }
 
+/// etcd's snapshot transfer metrics, by peer (`To` when sending, `From` when receiving; the
+/// member id in hex, as etcd prints it). Only peers a snapshot went to or came from appear.
+fn snapshot_transfer_metrics(registry: &mut Registry, node: &Node) {
+    use raft::transfers::Direction;
+    for (direction, label, what) in [
+        (Direction::Send, "To", "send"),
+        (Direction::Receive, "From", "receive"),
+    ] {
+        let inflight: Family<Vec<(String, String)>, Gauge> = Family::default();
+        let success: Family<Vec<(String, String)>, Gauge> = Family::default();
+        let failures: Family<Vec<(String, String)>, Gauge> = Family::default();
+        for (peer, c) in node.replica.snapshot_transfers(direction) {
+            let l = vec![(label.to_string(), format!("{peer:x}"))];
+            inflight.get_or_create(&l).set(i64::from(c.inflight));
+            success.get_or_create(&l).set(c.success as i64);
+            failures.get_or_create(&l).set(c.failures as i64);
+        }
+        registry.register(
+            format!("etcd_network_snapshot_{what}_inflights_total"),
+            format!("Total number of inflight snapshot {what}s"),
+            inflight,
+        );
+        registry.register(
+            format!("etcd_network_snapshot_{what}_success"),
+            format!("Total number of successful snapshot {what}s"),
+            success,
+        );
+        registry.register(
+            format!("etcd_network_snapshot_{what}_failures"),
+            format!("Total number of snapshot {what} failures"),
+            failures,
+        );
+    }
+}
+
 /// Metrics are read from the node's state at scrape time, under etcd's names.
 async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
     let mut registry = Registry::default();
@@ -404,6 +439,7 @@ async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
         load(&log.commit_micros),
     );
     two_node_metrics(&mut registry, &node);
+    snapshot_transfer_metrics(&mut registry, &node);
     labelled(
         &mut registry,
         "etcd_server_version",

@@ -96,6 +96,7 @@ impl Witness {
             // node lacks must stay in the log, payload and all.
             snapshot_policy: SnapshotPolicy::Never,
             max_in_snapshot_log_to_keep: u64::MAX,
+            install_snapshot_timeout: raft::transfers::SNAPSHOT_CHUNK_TIMEOUT_MS,
             ..Default::default()
         }
         .validate()?;
@@ -104,6 +105,7 @@ impl Witness {
             network,
             channels,
             incarnations,
+            transfers,
             ..
         } = Wiring::open(
             &dir,
@@ -132,6 +134,7 @@ impl Witness {
             election_timeout_ms: options.election_timeout_ms,
             incarnations,
             contact: None,
+            transfers,
         });
         let data_floor = Arc::new(AtomicU64::new(0));
         let prevote = PreVoter {
@@ -177,6 +180,7 @@ impl Witness {
             witness: true,
             incarnations: Arc::clone(&self.member.incarnations),
             prevote: Some(self.prevote.clone()),
+            transfers: Arc::clone(&self.member.transfers),
         }
     }
 
