@@ -691,11 +691,13 @@ async fn a_follower_killed_while_installing_a_snapshot_recovers_consistent() {
         .expect("kill it mid-install");
 
     cluster.members[b].restart().expect("restart it again");
-    cluster.wait_healthy(b).expect("the follower serves again");
+    // The leader builds the snapshot anew for each transfer (seconds for 48 MiB in a debug
+    // build on a loaded machine): wait longer than a start takes.
     wait_until("the follower to install a snapshot", WAIT, || {
         labelled_metric(&urls[b], "etcd_network_snapshot_receive_success") >= Some(1.0)
     })
     .expect("a snapshot installed after the crash");
+    cluster.wait_healthy(b).expect("the follower serves again");
     let mut on_b = client(&urls[b]).await;
     let last = on_b
         .get("w/s20-last", None)

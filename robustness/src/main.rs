@@ -40,6 +40,7 @@ fn scenarios(seconds: u64) -> Vec<Scenario> {
         (Kind::Tandem, 3, Fault::FlapLeader),
         (Kind::Tandem, 3, Fault::PowerCut),
         (Kind::Tandem, 3, Fault::ClockJumps),
+        (Kind::Tandem, 3, Fault::MoveLeader),
         (Kind::Etcd35, 3, Fault::None),
         (Kind::Etcd35, 3, Fault::KillLeader),
         (Kind::Etcd35, 3, Fault::KillFollower),
@@ -48,6 +49,7 @@ fn scenarios(seconds: u64) -> Vec<Scenario> {
         (Kind::Etcd35, 3, Fault::OneWayFromLeader),
         (Kind::Etcd35, 3, Fault::FlapLeader),
         (Kind::Etcd35, 3, Fault::PowerCut),
+        (Kind::Etcd35, 3, Fault::MoveLeader),
     ];
     for (kind, members, fault) in shapes {
         let what = match (members, fault) {
@@ -97,6 +99,7 @@ fn scenarios(seconds: u64) -> Vec<Scenario> {
         ("S17 SIGSTOP the leader", Fault::PauseLeader),
         ("S18 drop what the leader sends", Fault::OneWayFromLeader),
         ("S19 flap the leader's links", Fault::FlapLeader),
+        ("move leadership and back", Fault::MoveLeader),
     ];
     for (what, fault) in witness {
         out.push(Scenario {

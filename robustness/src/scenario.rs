@@ -71,6 +71,9 @@ pub enum Fault {
     /// SIGKILL A and restart B, which must get what it missed from the witness; once B serves,
     /// restart A.
     KillFollowerThenLeader,
+    /// Move leadership to a follower with etcd's MoveLeader (`etcdctl move-leader`), and after
+    /// `down` back: no moment with two leaders answering, nothing lost.
+    MoveLeader,
 }
 
 impl Fault {
@@ -94,6 +97,7 @@ impl Fault {
                 "SIGKILL the witness, then partition the data members"
             }
             Fault::KillFollowerThenLeader => "SIGKILL the follower, then the leader",
+            Fault::MoveLeader => "move leadership to a follower and back",
         }
     }
 
@@ -326,6 +330,12 @@ async fn inject(cluster: &mut Cluster, rig: &mut Rig, s: &Scenario, rec: &Record
             net.heal()?;
             cluster.members[w].restart()?;
             cluster.wait_healthy(w)?;
+        }
+        Fault::MoveLeader => {
+            let b = follower_of(cluster, leader);
+            move_leader(cluster, leader, b).await?;
+            tokio::time::sleep(s.down).await; // the fault's duration
+            move_leader(cluster, b, leader).await?;
         }
         Fault::KillFollowerThenLeader => {
             let b = follower_of(cluster, leader);
@@ -794,4 +804,22 @@ impl Summary {
             figures.join(", ")
         )
     }
+}
+
+/// Asks member `from`, which leads, to hand its leadership to member `to` (etcd's MoveLeader).
+async fn move_leader(cluster: &Cluster, from: usize, to: usize) -> Result<()> {
+    let id = cluster.members[to]
+        .client()
+        .await?
+        .status()
+        .await?
+        .header()
+        .context("a status header")?
+        .member_id();
+    cluster.members[from]
+        .client()
+        .await?
+        .move_leader(id)
+        .await?;
+    Ok(())
 }

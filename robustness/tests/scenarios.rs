@@ -402,3 +402,34 @@ async fn witness_s15_s16_clock_jumps_and_skew() {
     ))
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_members_leadership_moved() {
+    run(scenario(
+        "three members, leadership moved and back",
+        Kind::Tandem,
+        3,
+        Fault::MoveLeader,
+    ))
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn etcd_three_members_leadership_moved() {
+    run(scenario(
+        "three members, leadership moved and back",
+        Kind::Etcd35,
+        3,
+        Fault::MoveLeader,
+    ))
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn witness_leadership_moved() {
+    run(witness_scenario(
+        "leadership moved and back",
+        Fault::MoveLeader,
+    ))
+    .await;
+}

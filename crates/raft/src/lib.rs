@@ -21,6 +21,7 @@ pub mod codec;
 pub mod disk;
 pub mod engagement;
 pub mod incarnation;
+pub mod leadership;
 pub mod log_store;
 pub mod member;
 pub mod mutants;

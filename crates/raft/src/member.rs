@@ -40,6 +40,8 @@ pub struct Member<C: Types> {
     pub contact: Option<Arc<crate::prevote::Contact>>,
     /// Snapshots sent and received (`crate::transfers`).
     pub transfers: Arc<crate::transfers::Transfers>,
+    /// A leadership move under way (`crate::leadership`).
+    pub leadership: Arc<crate::leadership::Leadership>,
 }
 
 impl<C: Types> Member<C> {
@@ -55,6 +57,12 @@ impl<C: Types> Member<C> {
     ) -> Result<Option<(NodeId, tonic::transport::Channel)>, ReplicaError> {
         let mut metrics = self.raft.metrics();
         loop {
+            if self.leadership.moving_to().is_some() {
+                // This leader is moving its leadership away: the request waits for the move to
+                // end (bounded), then goes to whoever leads.
+                let _ = tokio::time::timeout(self.forward_timeout, self.leadership.settled()).await;
+                metrics.mark_changed();
+            }
             {
                 let m = metrics.borrow_and_update();
                 if m.state == ServerState::Leader {
@@ -129,6 +137,12 @@ impl<C: Types> Member<C> {
             };
             match sent {
                 Ok(r) => return Ok(Ok(r)),
+                // The leader is moving its leadership away and took nothing: wait for the next.
+                Err(ForwardFailure::Failed(ReplicaError::NotLeader(Some(to)))) if to != leader => {
+                    tracing::debug!(from = %format!("{leader:x}"), to = %format!("{to:x}"), "leadership moving; waiting for the next leader");
+                    unreachable = Some(leader);
+                    deadline = start + self.forward_timeout;
+                }
                 Err(ForwardFailure::Failed(e)) => return Err(e),
                 Err(ForwardFailure::NotSent) => {
                     tracing::debug!(leader = %format!("{leader:x}"), "leader unreachable; waiting for the next");
@@ -325,9 +339,11 @@ pub async fn publish<C: Types>(shared: Arc<Member<C>>, me: MemberNode) {
                 let req = ForwardRequest::SetNode(shared.member_id, me.clone());
                 let result = match shared.forward_or_here(req).await {
                     Ok(Ok(_)) => Ok(()),
-                    Ok(Err(req)) => serve_forward(&shared.raft, shared.read_policy(), req)
-                        .await
-                        .map(|_| ()),
+                    Ok(Err(req)) => {
+                        serve_forward(&shared.raft, shared.read_policy(), &shared.leadership, req)
+                            .await
+                            .map(|_| ())
+                    }
                     Err(e) => Err(e),
                 };
                 match result {

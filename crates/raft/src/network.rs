@@ -28,6 +28,7 @@ use std::sync::Arc;
 
 use crate::codec;
 use crate::incarnation::Incarnations;
+use crate::leadership::Leadership;
 use crate::member::{not_leader, ReadPolicy, ReplicaError};
 use crate::transfers::{Chunk, Direction, Transfers};
 use crate::types::{Entry, MemberNode, NodeId, Payload, Types};
@@ -102,6 +103,7 @@ pub struct Network {
     pub from_witness: bool,
     pub incarnations: Arc<Incarnations>,
     pub transfers: Arc<Transfers>,
+    pub leadership: Arc<Leadership>,
 }
 
 impl<C: Types> RaftNetworkFactory<C> for Network {
@@ -116,6 +118,7 @@ impl<C: Types> RaftNetworkFactory<C> for Network {
             from_witness: self.from_witness,
             incarnations: Arc::clone(&self.incarnations),
             transfers: Arc::clone(&self.transfers),
+            leadership: Arc::clone(&self.leadership),
         }
     }
 }
@@ -130,6 +133,8 @@ pub struct Wiring {
     pub publisher: crate::engagement::Publisher,
     /// Snapshots sent and received, for `/metrics`.
     pub transfers: Arc<Transfers>,
+    /// A leadership move under way (`crate::leadership`).
+    pub leadership: Arc<Leadership>,
 }
 
 impl Wiring {
@@ -146,6 +151,7 @@ impl Wiring {
         let incarnations = Arc::new(Incarnations::open(dir, member_id, incarnation)?);
         let (publisher, engagement) = crate::engagement::channel();
         let transfers = Arc::new(Transfers::default());
+        let leadership = Arc::new(Leadership::default());
         let network = Network {
             cluster_id,
             channels: Arc::clone(&channels),
@@ -153,6 +159,7 @@ impl Wiring {
             from_witness,
             incarnations: Arc::clone(&incarnations),
             transfers: Arc::clone(&transfers),
+            leadership: Arc::clone(&leadership),
         };
         Ok(Wiring {
             network,
@@ -161,6 +168,7 @@ impl Wiring {
             engagement,
             publisher,
             transfers,
+            leadership,
         })
     }
 }
@@ -175,7 +183,8 @@ pub enum ForwardRequest {
     /// Record this member's attributes (name and URLs) in the membership.
     SetNode(NodeId, MemberNode),
     /// From a witness that leads: this data node is caught up and should stand for election
-    /// now, so leadership returns to a data node (openraft 0.9 has no leadership transfer).
+    /// now, so leadership returns to a data node; and from a leader moving its leadership here
+    /// (etcd's MoveLeader, `crate::leadership`). openraft 0.9 has no leadership transfer.
     Campaign,
     /// From a member starting on a new data dir: whether its peers know it by another
     /// incarnation (W5). The answer is the check every message gets.
@@ -286,6 +295,16 @@ pub struct PeerClient {
     from_witness: bool,
     incarnations: Arc<Incarnations>,
     transfers: Arc<Transfers>,
+    leadership: Arc<Leadership>,
+}
+
+/// The error for a message a leader moving its leadership away does not send.
+fn silenced<E: std::error::Error>(target: NodeId) -> RPCError<NodeId, MemberNode, E> {
+    let e = std::io::Error::other(format!(
+        "not sent to {target:x}: this leader is moving its leadership and stays silent until the \
+         move ends"
+    ));
+    RPCError::Unreachable(Unreachable::new(&e))
 }
 
 type RpcResult<T, E> = Result<T, RPCError<NodeId, MemberNode, RaftError<NodeId, E>>>;
@@ -352,6 +371,9 @@ impl<C: Types> RaftNetwork<C> for PeerClient {
         mut rpc: AppendEntriesRequest<C>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>, openraft::error::Infallible> {
+        if self.leadership.silent() {
+            return Err(silenced(self.target));
+        }
         let Some(engagement) = self.to_witness.clone() else {
             let elided =
                 |e: &Entry<C>| matches!(e.payload, openraft::EntryPayload::Normal(Payload::Elided));
@@ -447,6 +469,9 @@ impl<C: Types> RaftNetwork<C> for PeerClient {
             ));
             return Err(RPCError::Unreachable(Unreachable::new(&e)));
         }
+        if self.leadership.silent() {
+            return Err(silenced(self.target));
+        }
         let (first, last) = (rpc.offset == 0, rpc.done);
         let sent = self.call(Kind::Snapshot, &rpc, 0, &option).await;
         let ok = sent.is_ok();
@@ -480,6 +505,7 @@ pub struct PeerService<C: Types> {
     pub prevote: Option<PreVoter>,
     /// Snapshots received, for `/metrics`.
     pub transfers: Arc<Transfers>,
+    pub leadership: Arc<Leadership>,
 }
 
 /// What a member answers pre-votes with.
@@ -492,11 +518,23 @@ pub struct PreVoter {
 }
 
 /// Carries out a forwarded request on this member, which should be the leader.
+///
+/// While this leader moves its leadership away (`crate::leadership`) it takes no proposal and
+/// confirms no read: it answers "not leader, the transferee will be", and the asking member
+/// waits for the next leader (nothing was appended, so sending it again is safe).
 pub async fn serve_forward<C: Types>(
     raft: &openraft::Raft<C>,
     read_policy: ReadPolicy,
+    leadership: &Leadership,
     req: ForwardRequest,
 ) -> Result<ForwardResponse<C::R>, ReplicaError> {
+    if let (
+        Some(to),
+        ForwardRequest::Propose(_) | ForwardRequest::ReadIndex | ForwardRequest::SetNode(..),
+    ) = (leadership.moving_to(), &req)
+    {
+        return Err(ReplicaError::NotLeader(Some(to)));
+    }
     use openraft::error::ClientWriteError;
     let write_error = |e: RaftError<NodeId, ClientWriteError<NodeId, MemberNode>>| match e {
         RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => not_leader(f.leader_id),
@@ -527,7 +565,7 @@ pub async fn serve_forward<C: Types>(
         // Answered by the peer service, which knows when this member last heard a leader.
         ForwardRequest::PreVote(_) => Ok(ForwardResponse::PreVote { granted: false }),
         ForwardRequest::Campaign => {
-            tracing::info!("the witness leads and this member is caught up: standing for election");
+            tracing::info!("asked by the leader to stand for election (the witness hands over, or etcd's MoveLeader)");
             raft.trigger()
                 .elect()
                 .await
@@ -633,7 +671,7 @@ impl<C: Types> RaftPeer for PeerService<C> {
             let refused: Result<ForwardResponse<C::R>, ReplicaError> = Err(ReplicaError::NoLeader);
             return Ok(self.reply(&refused));
         }
-        Ok(self.reply(&serve_forward(&self.raft, self.read_policy, req).await))
+        Ok(self.reply(&serve_forward(&self.raft, self.read_policy, &self.leadership, req).await))
     }
 }
 

@@ -195,6 +195,7 @@ impl Replica {
             engagement,
             publisher: engagement_publisher,
             transfers,
+            leadership,
         } = Wiring::open(
             &dir,
             config.cluster_id,
@@ -232,6 +233,7 @@ impl Replica {
             incarnations,
             contact: prevote.as_ref().map(|p| Arc::clone(&p.contact)),
             transfers,
+            leadership,
         });
         let (proposals, rx) = tokio::sync::mpsc::channel(PROPOSAL_QUEUE_MAX);
         tokio::spawn(proposer(Arc::clone(&shared), rx));
@@ -295,6 +297,7 @@ impl Replica {
             incarnations: Arc::clone(&self.shared.incarnations),
             prevote: self.prevote.clone(),
             transfers: Arc::clone(&self.shared.transfers),
+            leadership: Arc::clone(&self.shared.leadership),
         }
     }
 
@@ -343,6 +346,15 @@ impl Replica {
     /// Whether the witness counts now (this member leads and a data follower is behind).
     pub fn witness_engaged(&self) -> bool {
         self.engagement.state().engaged
+    }
+
+    /// Moves leadership from this member to `target` (etcd's MoveLeader, `raft::leadership`).
+    pub async fn move_leader(
+        &self,
+        target: raft::types::NodeId,
+        timeout: Duration,
+    ) -> Result<(), raft::leadership::MoveError> {
+        self.shared.move_leader(target, timeout).await
     }
 
     /// Snapshots sent to (`Send`) or received from (`Receive`) each peer.

@@ -260,17 +260,22 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
         &self,
         request: Request<pb::MoveLeaderRequest>,
     ) -> Result<Response<pb::MoveLeaderResponse>, Status> {
-        let r = request.into_inner();
-        let raft = self.node.status();
-        if !raft.is_leader {
-            return Err(rpctypes::NOT_LEADER.status());
+        use raft::leadership::MoveError;
+        // etcd waits for the move until the request's deadline (etcdctl's --command-timeout).
+        let timeout = grpc_timeout(request.metadata())
+            .unwrap_or_else(|| crate::node::request_timeout(self.node.config.election_timeout_ms));
+        let target = request.into_inner().target_id;
+        match self.node.replica.move_leader(target, timeout).await {
+            // etcd answers a bare MoveLeaderResponse (no header).
+            Ok(()) => Ok(Response::new(pb::MoveLeaderResponse { header: None })),
+            Err(MoveError::NotLeader) => Err(rpctypes::NOT_LEADER.status()),
+            Err(MoveError::BadTransferee) => Err(rpctypes::BAD_LEADER_TRANSFEREE.status()),
+            // Not one of etcd's gRPC errors: it reaches the client as Unknown, with its text.
+            Err(MoveError::TimedOut) => Err(Status::unknown(
+                "etcdserver: request timed out, leader transfer took too long",
+            )),
+            Err(MoveError::Stopped) => Err(rpctypes::STOPPED.status()),
         }
-        if r.target_id != self.node.config.member_id {
-            return Err(rpctypes::BAD_LEADER_TRANSFEREE.status());
-        }
-        Ok(Response::new(pb::MoveLeaderResponse {
-            header: self.node.current_header(),
-        }))
     }
 
     async fn downgrade(
@@ -280,5 +285,51 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
         Err(Status::unimplemented(
             "tandem: cluster downgrade is not supported",
         ))
+    }
+}
+
+/// The deadline a gRPC client sent with its request (the `grpc-timeout` header: digits and a
+/// unit, H M S m u n).
+fn grpc_timeout(metadata: &tonic::metadata::MetadataMap) -> Option<Duration> {
+    let v = metadata.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = v.split_at(v.len().checked_sub(1)?);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::grpc_timeout;
+    use std::time::Duration;
+
+    #[test]
+    fn grpc_timeout_reads_each_unit_and_refuses_garbage() {
+        let table = [
+            ("5S", Some(Duration::from_secs(5))),
+            ("4999982u", Some(Duration::from_micros(4_999_982))),
+            ("100m", Some(Duration::from_millis(100))),
+            ("2M", Some(Duration::from_secs(120))),
+            ("1H", Some(Duration::from_secs(3600))),
+            ("7n", Some(Duration::from_nanos(7))),
+            ("5", None),
+            ("S", None),
+            ("5x", None),
+            ("", None),
+        ];
+        for (header, want) in table {
+            let mut m = tonic::metadata::MetadataMap::new();
+            if !header.is_empty() {
+                m.insert("grpc-timeout", header.parse().unwrap());
+            }
+            assert_eq!(grpc_timeout(&m), want, "{header:?}");
+        }
     }
 }

@@ -106,6 +106,7 @@ impl Witness {
             channels,
             incarnations,
             transfers,
+            leadership,
             ..
         } = Wiring::open(
             &dir,
@@ -135,6 +136,7 @@ impl Witness {
             incarnations,
             contact: None,
             transfers,
+            leadership,
         });
         let data_floor = Arc::new(AtomicU64::new(0));
         let prevote = PreVoter {
@@ -181,6 +183,7 @@ impl Witness {
             incarnations: Arc::clone(&self.member.incarnations),
             prevote: Some(self.prevote.clone()),
             transfers: Arc::clone(&self.member.transfers),
+            leadership: Arc::clone(&self.member.leadership),
         }
     }
 

@@ -4,6 +4,7 @@
 
 pub mod handoff;
 pub mod leader_loss;
+pub mod transfer;
 
 /// openraft's election timeouts `[min, max)` in ms for a member of a cluster with a witness,
 /// given etcd's election timeout `e` and heartbeat interval. openraft waits `max` (its leader

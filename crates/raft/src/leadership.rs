@@ -1,0 +1,191 @@
+//! Moving leadership (etcd's MoveLeader) on real tasks: the decisions are
+//! `crate::policy::transfer`'s; this holds the state the member's request paths and transport
+//! look at (while a move is under way requests wait; once silent, no AppendEntries leaves) and
+//! drives a move from start to end.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use openraft::ServerState;
+
+use crate::member::Member;
+use crate::network::{self, ForwardRequest, ForwardResponse};
+use crate::policy::transfer::{Observation, Step, Transfer};
+use crate::types::{NodeId, Types};
+
+/// How often a move looks at raft's progress.
+const TICK: Duration = Duration::from_millis(10);
+
+/// Where this member is moving its leadership, while it does, and whether it has fallen silent.
+pub struct Leadership {
+    moving: tokio::sync::watch::Sender<Option<NodeId>>,
+    silent: AtomicBool,
+}
+
+impl Default for Leadership {
+    fn default() -> Self {
+        Leadership {
+            moving: tokio::sync::watch::Sender::new(None),
+            silent: AtomicBool::new(false),
+        }
+    }
+}
+
+/// Why a move failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MoveError {
+    /// This member does not lead (etcd: "not leader").
+    NotLeader,
+    /// The target is not a voter with data: unknown, a learner, or the witness (etcd: "bad
+    /// leader transferee").
+    BadTransferee,
+    /// The deadline passed (etcd: "request timed out, leader transfer took too long").
+    TimedOut,
+    Stopped,
+}
+
+impl Leadership {
+    /// The transport sends no AppendEntries and no snapshot chunk while this holds.
+    pub fn silent(&self) -> bool {
+        self.silent.load(Ordering::Relaxed)
+    }
+
+    /// Where leadership is moving, while a move is under way.
+    pub fn moving_to(&self) -> Option<NodeId> {
+        *self.moving.borrow()
+    }
+
+    /// Resolves once no move is under way: a request that needs the leader waits here, so the
+    /// old leader appends nothing the transferee lacks, and then goes to whoever leads.
+    pub async fn settled(&self) {
+        let mut rx = self.moving.subscribe();
+        let _ = rx.wait_for(Option::is_none).await;
+    }
+
+    fn begin(&self, target: NodeId) -> bool {
+        self.moving.send_if_modified(|m| {
+            if m.is_some() {
+                return false;
+            }
+            *m = Some(target);
+            true
+        })
+    }
+
+    fn end(&self) {
+        self.silent.store(false, Ordering::Relaxed);
+        self.moving.send_replace(None);
+    }
+}
+
+/// Ends the move however `move_leader` returns (a cancelled request included).
+struct Ending<'a>(&'a Leadership);
+
+impl Drop for Ending<'_> {
+    fn drop(&mut self) {
+        self.0.end();
+    }
+}
+
+impl<C: Types> Member<C> {
+    /// Moves leadership from this member to `target` within `timeout`, as `etcdctl move-leader`
+    /// asks. Moving to itself succeeds at once, as etcd's does.
+    pub async fn move_leader(&self, target: NodeId, timeout: Duration) -> Result<(), MoveError> {
+        let mut metrics = self.raft.metrics();
+        {
+            let m = metrics.borrow_and_update();
+            if m.state != ServerState::Leader {
+                return Err(MoveError::NotLeader);
+            }
+            let membership = m.membership_config.membership();
+            let voter = membership.voter_ids().any(|v| v == target);
+            let witness = membership.get_node(&target).is_some_and(|n| n.witness);
+            if !voter || witness {
+                return Err(MoveError::BadTransferee);
+            }
+        }
+        if target == self.member_id {
+            return Ok(());
+        }
+        let leadership = &self.leadership;
+        if !leadership.begin(target) {
+            // Another move is under way: wait for it as etcd waits for the leader to change.
+            let deadline = tokio::time::Instant::now() + timeout;
+            let moved = tokio::time::timeout_at(
+                deadline,
+                metrics.wait_for(|m| m.current_leader == Some(target)),
+            )
+            .await;
+            return match moved {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(_)) => Err(MoveError::Stopped),
+                Err(_) => Err(MoveError::TimedOut),
+            };
+        }
+        let _ending = Ending(leadership);
+        let config = self.raft.config();
+        let started = tokio::time::Instant::now();
+        let mut policy = Transfer::new(
+            target,
+            0,
+            timeout.as_millis() as u64,
+            config.election_timeout_max,
+            config.heartbeat_interval,
+            self.election_timeout_ms,
+        );
+        tracing::info!(to = %format!("{target:x}"), "leadership transfer starting");
+        loop {
+            let (o, channel) = {
+                let m = metrics.borrow_and_update();
+                let matched = m
+                    .replication
+                    .as_ref()
+                    .and_then(|r| r.get(&target))
+                    .and_then(|l| l.map(|l| l.index))
+                    .unwrap_or(0);
+                let o = Observation {
+                    now_ms: started.elapsed().as_millis() as u64,
+                    leading: m.state == ServerState::Leader,
+                    current_leader: m.current_leader,
+                    last_index: m.last_log_index.unwrap_or(0),
+                    target_matched: matched,
+                };
+                let node = m.membership_config.membership().get_node(&target).cloned();
+                (o, node.and_then(|n| self.channels.to(&n)))
+            };
+            match policy.observe(&o) {
+                Step::Wait => {}
+                Step::FallSilent => leadership.silent.store(true, Ordering::Relaxed),
+                Step::Campaign => {
+                    let Some(channel) = channel else { continue };
+                    let asked = network::forward::<C::R>(
+                        channel,
+                        self.cluster_id,
+                        &self.incarnations,
+                        &ForwardRequest::Campaign,
+                        Duration::from_millis(self.election_timeout_ms),
+                    )
+                    .await;
+                    if !matches!(asked, Ok(ForwardResponse::Campaigning)) {
+                        tracing::debug!(error = ?asked.err(), "asking the transferee to stand");
+                    }
+                }
+                Step::Moved => {
+                    tracing::info!(
+                        to = %format!("{target:x}"),
+                        took_ms = started.elapsed().as_millis() as u64,
+                        "leadership transfer finished"
+                    );
+                    return Ok(());
+                }
+                Step::TimedOut => {
+                    tracing::warn!(to = %format!("{target:x}"), "leadership transfer took too long");
+                    return Err(MoveError::TimedOut);
+                }
+            }
+            if let Ok(Err(_)) = tokio::time::timeout(TICK, metrics.changed()).await {
+                return Err(MoveError::Stopped);
+            }
+        }
+    }
+}
