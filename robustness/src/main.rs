@@ -100,6 +100,7 @@ fn scenarios(seconds: u64) -> Vec<Scenario> {
         ("S18 drop what the leader sends", Fault::OneWayFromLeader),
         ("S19 flap the leader's links", Fault::FlapLeader),
         ("move leadership and back", Fault::MoveLeader),
+        ("S14 slow fdatasync on the leader", Fault::SlowFsyncLeader),
     ];
     for (what, fault) in witness {
         out.push(Scenario {
@@ -108,12 +109,16 @@ fn scenarios(seconds: u64) -> Vec<Scenario> {
             members: 3,
             fault,
             duration: Duration::from_secs(seconds),
-            every: Duration::from_secs(if fault == Fault::KillFollowerThenLeader {
-                15
-            } else {
-                6
+            every: Duration::from_secs(match fault {
+                Fault::KillFollowerThenLeader | Fault::SlowFsyncLeader => 15,
+                _ => 6,
             }),
-            down: Duration::from_millis(2500),
+            // A slow disk is handed over from after 3 s of slow flushes (raft::leadership).
+            down: Duration::from_millis(if fault == Fault::SlowFsyncLeader {
+                10_000
+            } else {
+                2500
+            }),
             workload: Default::default(),
             fault_count: None,
             flags: vec![etcd_compat_tests::WITNESS_FLAG.into(), "m3".into()],

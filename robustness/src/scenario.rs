@@ -74,6 +74,9 @@ pub enum Fault {
     /// Move leadership to a follower with etcd's MoveLeader (`etcdctl move-leader`), and after
     /// `down` back: no moment with two leaders answering, nothing lost.
     MoveLeader,
+    /// S14: strace attaches to the leader and delays each of its fdatasyncs by 500 ms, for
+    /// `down`; leadership must move to a follower (whose disk is fast) within it.
+    SlowFsyncLeader,
 }
 
 impl Fault {
@@ -98,6 +101,7 @@ impl Fault {
             }
             Fault::KillFollowerThenLeader => "SIGKILL the follower, then the leader",
             Fault::MoveLeader => "move leadership to a follower and back",
+            Fault::SlowFsyncLeader => "slow fdatasync on the leader",
         }
     }
 
@@ -330,6 +334,29 @@ async fn inject(cluster: &mut Cluster, rig: &mut Rig, s: &Scenario, rec: &Record
             net.heal()?;
             cluster.members[w].restart()?;
             cluster.wait_healthy(w)?;
+        }
+        Fault::SlowFsyncLeader => {
+            let pid = cluster.members[leader].pid().to_string();
+            let mut strace = std::process::Command::new("strace")
+                .args(["-f", "-qq", "-o", "/dev/null", "-p", &pid])
+                .args([
+                    "-e",
+                    "trace=fdatasync",
+                    "-e",
+                    "inject=fdatasync:delay_exit=500000",
+                ])
+                .spawn()
+                .context("starting strace (scripts/install-deps installs it)")?;
+            let moved = etcd_compat_tests::wait_until_async(
+                "leadership to leave the member with the slow disk",
+                s.down,
+                || async { cluster.leader().await.is_ok_and(|l| l != leader) },
+            )
+            .await;
+            // SIGINT: strace detaches and the member goes on at full speed.
+            signal(strace.id(), "INT");
+            strace.wait()?;
+            moved?;
         }
         Fault::MoveLeader => {
             let b = follower_of(cluster, leader);

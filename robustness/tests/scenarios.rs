@@ -433,3 +433,14 @@ async fn witness_leadership_moved() {
     ))
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn witness_s14_slow_fsync_on_the_leader() {
+    let mut s = witness_scenario("S14 slow fdatasync on the leader", Fault::SlowFsyncLeader);
+    // The leader hands over after 3 s of slow flushes (raft::leadership).
+    s.down = Duration::from_secs(10);
+    s.every = Duration::from_secs(11);
+    s.duration = Duration::from_secs(14);
+    s.fault_count = Some(1);
+    run(s).await;
+}

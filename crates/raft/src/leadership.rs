@@ -189,3 +189,66 @@ impl<C: Types> Member<C> {
         }
     }
 }
+
+/// A leader's log flushes this slow (µs, averaged over `flushes::WINDOW_MS`)…
+const SLOW_FLUSH_MICROS: u64 = 200_000;
+/// …and this many times slower than a follower's…
+const SLOW_FLUSH_RATIO: u64 = 4;
+/// …for this long without a break hand leadership to that follower (S14).
+const SLOW_FLUSH_PATIENCE_MS: u64 = 3000;
+/// After such a move, the next one waits this long.
+const SLOW_FLUSH_COOLDOWN_MS: u64 = 30_000;
+/// How often the leader compares.
+const SLOW_FLUSH_TICK: Duration = Duration::from_millis(250);
+
+/// While this member leads, hands its leadership to a data follower whose disk is far faster
+/// (`crate::policy::slow_disk`, S14). Runs until raft stops.
+pub async fn hand_over_from_a_slow_disk<C: Types>(
+    member: std::sync::Arc<Member<C>>,
+    clock: std::sync::Arc<crate::flushes::FlushClock>,
+    peers: std::sync::Arc<crate::flushes::PeerFlushes>,
+) {
+    use crate::policy::slow_disk::{Observation, SlowDisk};
+    let started = tokio::time::Instant::now();
+    let mut policy = SlowDisk::new(
+        SLOW_FLUSH_MICROS,
+        SLOW_FLUSH_RATIO,
+        SLOW_FLUSH_PATIENCE_MS,
+        SLOW_FLUSH_COOLDOWN_MS,
+    );
+    let metrics = member.raft.metrics();
+    let mut tick = tokio::time::interval(SLOW_FLUSH_TICK);
+    loop {
+        tick.tick().await;
+        if metrics.has_changed().is_err() {
+            return;
+        }
+        let o = {
+            let m = metrics.borrow();
+            let membership = m.membership_config.membership();
+            let followers = membership
+                .voter_ids()
+                .filter(|id| *id != member.member_id)
+                .filter(|id| membership.get_node(id).is_some_and(|n| !n.witness))
+                .map(|id| (id, peers.of(id)))
+                .collect();
+            Observation {
+                now_ms: started.elapsed().as_millis() as u64,
+                leading: m.state == ServerState::Leader,
+                own_micros: clock.recent_micros(),
+                followers,
+            }
+        };
+        let Some(target) = policy.observe(&o) else {
+            continue;
+        };
+        tracing::warn!(
+            flush_ms = o.own_micros / 1000,
+            to = %format!("{target:x}"),
+            "this leader's log flushes are slow; handing leadership to a follower with a faster disk"
+        );
+        if let Err(e) = member.move_leader(target, member.forward_timeout).await {
+            tracing::warn!(error = ?e, "handing leadership over from a slow disk failed");
+        }
+    }
+}

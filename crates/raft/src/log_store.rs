@@ -57,6 +57,18 @@ pub struct LogStats {
     pub commit_micros: AtomicU64,
     /// Set once a write failed because the disk is full.
     pub disk_full: Arc<crate::disk::DiskFull>,
+    /// When the flush under way started ([`crate::flushes::now_micros`] + 1; 0: none).
+    pub flush_started: AtomicU64,
+}
+
+impl LogStats {
+    /// How long the flush under way has taken so far (0: none under way).
+    pub fn inflight_micros(&self) -> u64 {
+        match self.flush_started.load(Ordering::Relaxed) {
+            0 => 0,
+            s => crate::flushes::now_micros().saturating_sub(s - 1),
+        }
+    }
 }
 
 /// How much a log store keeps: durable entries in memory, and the size of a segment file.
@@ -240,7 +252,11 @@ impl<C: Types> Shared<C> {
                 }
             }
             let started = Instant::now();
+            self.stats
+                .flush_started
+                .store(crate::flushes::now_micros() + 1, Ordering::Relaxed);
             let result = self.write(&jobs).map_err(|e| format!("{e:#}"));
+            self.stats.flush_started.store(0, Ordering::Relaxed);
             match &result {
                 Ok(locs) => {
                     let entries = locs.len() as u64;

@@ -27,6 +27,7 @@ use tonic::transport::{Channel, Endpoint};
 use std::sync::Arc;
 
 use crate::codec;
+use crate::flushes::{FlushClock, PeerFlushes};
 use crate::incarnation::Incarnations;
 use crate::leadership::Leadership;
 use crate::member::{not_leader, ReadPolicy, ReplicaError};
@@ -104,6 +105,7 @@ pub struct Network {
     pub incarnations: Arc<Incarnations>,
     pub transfers: Arc<Transfers>,
     pub leadership: Arc<Leadership>,
+    pub peer_flushes: Arc<PeerFlushes>,
 }
 
 impl<C: Types> RaftNetworkFactory<C> for Network {
@@ -119,6 +121,7 @@ impl<C: Types> RaftNetworkFactory<C> for Network {
             incarnations: Arc::clone(&self.incarnations),
             transfers: Arc::clone(&self.transfers),
             leadership: Arc::clone(&self.leadership),
+            peer_flushes: Arc::clone(&self.peer_flushes),
         }
     }
 }
@@ -135,6 +138,8 @@ pub struct Wiring {
     pub transfers: Arc<Transfers>,
     /// A leadership move under way (`crate::leadership`).
     pub leadership: Arc<Leadership>,
+    /// The peers' log flush times, from their answers (`crate::flushes`).
+    pub peer_flushes: Arc<PeerFlushes>,
 }
 
 impl Wiring {
@@ -152,6 +157,7 @@ impl Wiring {
         let (publisher, engagement) = crate::engagement::channel();
         let transfers = Arc::new(Transfers::default());
         let leadership = Arc::new(Leadership::default());
+        let peer_flushes = Arc::new(PeerFlushes::default());
         let network = Network {
             cluster_id,
             channels: Arc::clone(&channels),
@@ -160,6 +166,7 @@ impl Wiring {
             incarnations: Arc::clone(&incarnations),
             transfers: Arc::clone(&transfers),
             leadership: Arc::clone(&leadership),
+            peer_flushes: Arc::clone(&peer_flushes),
         };
         Ok(Wiring {
             network,
@@ -169,6 +176,7 @@ impl Wiring {
             publisher,
             transfers,
             leadership,
+            peer_flushes,
         })
     }
 }
@@ -230,6 +238,7 @@ fn message(cluster_id: u64, me: &Incarnations, payload: Vec<u8>, data_floor: u64
         data_floor,
         sender,
         incarnation,
+        flush_micros: 0,
     }
 }
 
@@ -296,6 +305,7 @@ pub struct PeerClient {
     incarnations: Arc<Incarnations>,
     transfers: Arc<Transfers>,
     leadership: Arc<Leadership>,
+    peer_flushes: Arc<PeerFlushes>,
 }
 
 /// The error for a message a leader moving its leadership away does not send.
@@ -345,6 +355,9 @@ impl PeerClient {
             _ => RPCError::Network(NetworkError::new(&s)),
         })?;
         let reply = reply.into_inner();
+        if let Kind::Append = kind {
+            self.peer_flushes.note(self.target, reply.flush_micros);
+        }
         if let Err(e) = self.incarnations.check(reply.sender, reply.incarnation) {
             // A wiped member's vote or acknowledgement must not count (W5).
             tracing::warn!(error = %e, "ignoring an answer from another incarnation of a member");
@@ -506,6 +519,9 @@ pub struct PeerService<C: Types> {
     /// Snapshots received, for `/metrics`.
     pub transfers: Arc<Transfers>,
     pub leadership: Arc<Leadership>,
+    /// This member's log flush times, reported in answers (a data member's; a witness's log
+    /// never leads the cluster, so it reports none).
+    pub flush: Option<Arc<FlushClock>>,
 }
 
 /// What a member answers pre-votes with.
@@ -592,12 +608,9 @@ impl<C: Types> PeerService<C> {
     }
 
     fn reply<T: Serialize>(&self, v: &T) -> tonic::Response<RaftMessage> {
-        tonic::Response::new(message(
-            self.cluster_id,
-            &self.incarnations,
-            codec::encode(v),
-            0,
-        ))
+        let mut m = message(self.cluster_id, &self.incarnations, codec::encode(v), 0);
+        m.flush_micros = self.flush.as_ref().map_or(0, |f| f.recent_micros());
+        tonic::Response::new(m)
     }
 }
 

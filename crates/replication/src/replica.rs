@@ -148,6 +148,7 @@ pub struct Replica {
     config: ReplicaConfig,
     engagement: engagement::Handle,
     prevote: Option<PreVoter>,
+    flush: Arc<raft::flushes::FlushClock>,
 }
 
 impl Replica {
@@ -196,6 +197,7 @@ impl Replica {
             publisher: engagement_publisher,
             transfers,
             leadership,
+            peer_flushes,
         } = Wiring::open(
             &dir,
             config.cluster_id,
@@ -250,6 +252,12 @@ impl Replica {
             ));
         }
         tokio::spawn(commit_on_restore(raft.clone(), config.member_id));
+        let flush = Arc::new(raft::flushes::FlushClock::new(Arc::clone(&log_stats)));
+        tokio::spawn(raft::leadership::hand_over_from_a_slow_disk(
+            Arc::clone(&shared),
+            Arc::clone(&flush),
+            peer_flushes,
+        ));
         Ok(Self {
             raft,
             shared,
@@ -260,6 +268,7 @@ impl Replica {
             config,
             engagement,
             prevote,
+            flush,
         })
     }
 
@@ -298,6 +307,7 @@ impl Replica {
             prevote: self.prevote.clone(),
             transfers: Arc::clone(&self.shared.transfers),
             leadership: Arc::clone(&self.shared.leadership),
+            flush: Some(Arc::clone(&self.flush)),
         }
     }
 

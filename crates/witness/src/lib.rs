@@ -184,6 +184,7 @@ impl Witness {
             prevote: Some(self.prevote.clone()),
             transfers: Arc::clone(&self.member.transfers),
             leadership: Arc::clone(&self.member.leadership),
+            flush: None,
         }
     }
 

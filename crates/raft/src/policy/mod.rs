@@ -4,6 +4,7 @@
 
 pub mod handoff;
 pub mod leader_loss;
+pub mod slow_disk;
 pub mod transfer;
 
 /// openraft's election timeouts `[min, max)` in ms for a member of a cluster with a witness,
