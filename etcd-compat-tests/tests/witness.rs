@@ -1,8 +1,10 @@
 //! Two data nodes and a witness (`../shared/docs/two-node-design.md`), on real processes: either
 //! data node can be lost and the other keeps taking writes with the witness (S1, S2), losing the
 //! witness changes nothing (S3), a data node that returns after the other died gets what it
-//! missed from the witness (S9), losing the witness and then a data node stops writes (S7), the witness holds no keyspace and serves no client, and a
-//! witness's data dir is never taken for another role or another cluster.
+//! missed from the witness (S9), losing the witness and then a data node stops writes (S7), a
+//! follower killed while installing a snapshot recovers consistent (S20), the witness holds
+//! payloads only up to its cap (W4), holds no keyspace and serves no client, and a witness's
+//! data dir is never taken for another role or another cluster.
 
 use std::time::{Duration, Instant};
 
@@ -85,7 +87,7 @@ fn metric(url: &str, name: &str) -> f64 {
 async fn assert_all_present(url: &str, keys: &[String]) {
     let mut c = client(url).await;
     let got = c
-        .get("w/", Some(GetOptions::new().with_prefix()))
+        .get("w/", Some(GetOptions::new().with_prefix().with_keys_only()))
         .await
         .expect("linearizable range");
     let present: std::collections::BTreeSet<String> = got
@@ -740,4 +742,72 @@ async fn a_follower_killed_while_installing_a_snapshot_recovers_consistent() {
         .expect("header")
         .revision();
     assert_eq!(rb, revision + 1, "the revision goes on from the leader's");
+}
+
+/// W4's cap: with the data follower down the witness holds the payloads it lacks, up to
+/// `--witness-max-payload-bytes`; past it no write commits ("safe but unavailable until A
+/// returns"), and once the follower is back and caught up, writes go on and the witness lets
+/// the payloads go. Every acknowledged write is on the follower.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_witness_holds_payloads_up_to_its_cap_then_writes_wait_for_a_data_node() {
+    const CAP: u64 = 4 << 20;
+    let cap_flag = format!("--witness-max-payload-bytes={CAP}");
+    let mut flags = WITNESS.to_vec();
+    flags.push(&cap_flag);
+    let mut cluster = Cluster::start(Kind::Tandem, 3, &flags).expect("cluster");
+    let a = cluster.wait_leader(WAIT).await.expect("a data node leads");
+    let b = 1 - a;
+    let w = cluster.witness().expect("a witness");
+    let (url_a, url_w) = (cluster.members[a].url(), cluster.members[w].url());
+    cluster.members[b]
+        .stop("KILL")
+        .expect("kill the data follower");
+    let value = "v".repeat(16 * 1024);
+    let mut c = client(&url_a).await;
+    let mut acked = Vec::new();
+    let refused = loop {
+        let key = format!("w/cap-{:05}", acked.len());
+        match c.put(key.as_str(), value.as_str(), None).await {
+            Ok(_) => acked.push(key),
+            Err(e) => break e,
+        }
+        assert!(
+            (acked.len() * value.len()) as u64 <= 4 * CAP,
+            "{} writes of 16 KiB committed with the follower down: the witness holds past its cap",
+            acked.len()
+        );
+    };
+    let held = metric(&url_w, "tandem_witness_held_payload_bytes") as u64;
+    println!(
+        "{} writes acknowledged, then refused ({refused}); the witness holds {held} bytes (cap {CAP})",
+        acked.len()
+    );
+    assert!(
+        (CAP..CAP + (2 << 20)).contains(&held),
+        "held {held}, cap {CAP}"
+    );
+    assert!(
+        (acked.len() * value.len()) as u64 >= CAP - (1 << 20),
+        "only {} writes before the refusal",
+        acked.len()
+    );
+
+    cluster.members[b].restart().expect("restart the follower");
+    cluster.wait_healthy(b).expect("the follower serves again");
+    let url_b = cluster.members[b].url();
+    etcd_compat_tests::wait_until_async("writes to commit again", WAIT, || async {
+        client(&url_a)
+            .await
+            .put("w/cap-after", "v", None)
+            .await
+            .is_ok()
+    })
+    .await
+    .expect("writes commit once the follower is back");
+    acked.push("w/cap-after".to_string());
+    assert_all_present(&url_b, &acked).await;
+    wait_until("the witness to let the payloads go", WAIT, || {
+        metric(&url_w, "tandem_witness_held_payload_bytes") == 0.0
+    })
+    .expect("payloads released once the follower holds them");
 }

@@ -522,6 +522,9 @@ pub struct PeerService<C: Types> {
     /// This member's log flush times, reported in answers (a data member's; a witness's log
     /// never leads the cluster, so it reports none).
     pub flush: Option<Arc<FlushClock>>,
+    /// A witness's payloads (W4, `crate::held`): past the cap it takes no AppendEntries
+    /// carrying a payload, so nothing more commits without a data node.
+    pub held: Option<Arc<crate::held::HeldPayloads>>,
 }
 
 /// What a member answers pre-votes with.
@@ -622,7 +625,30 @@ impl<C: Types> RaftPeer for PeerService<C> {
     ) -> Result<tonic::Response<RaftMessage>, tonic::Status> {
         let req: AppendEntriesRequest<C> = self.open(request.get_ref())?;
         let floor = request.get_ref().data_floor;
+        let payloads: Vec<(u64, u64)> = req
+            .entries
+            .iter()
+            .filter_map(|e| match &e.payload {
+                openraft::EntryPayload::Normal(p @ Payload::Data(_)) => {
+                    Some((e.log_id.index, p.len() as u64))
+                }
+                _ => None,
+            })
+            .collect();
+        if let Some(held) = &self.held {
+            if held.full() && !payloads.is_empty() {
+                return Err(tonic::Status::resource_exhausted(format!(
+                    "the witness holds {} bytes of entry payloads, its cap \
+                     (--witness-max-payload-bytes); it takes no more until a data node has \
+                     caught up",
+                    held.bytes()
+                )));
+            }
+        }
         let resp = self.raft.append_entries(req).await;
+        if let (Some(held), true) = (&self.held, resp.is_ok()) {
+            held.appended(payloads, floor);
+        }
         if let (Some(f), true) = (&self.on_data_floor, resp.is_ok()) {
             f(floor);
         }

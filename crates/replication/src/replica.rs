@@ -308,6 +308,7 @@ impl Replica {
             transfers: Arc::clone(&self.shared.transfers),
             leadership: Arc::clone(&self.shared.leadership),
             flush: Some(Arc::clone(&self.flush)),
+            held: None,
         }
     }
 

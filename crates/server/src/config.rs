@@ -67,6 +67,11 @@ pub struct Flags {
     /// no client API (tandem's flag; the same on every member).
     #[arg(long, env = "TANDEM_INITIAL_CLUSTER_WITNESS")]
     pub initial_cluster_witness: Option<String>,
+    /// On the witness: the most entry payload bytes it holds for a data node that is behind
+    /// (W4); past it no more writes commit until a data node catches up (0 = the
+    /// --quota-backend-bytes value). Other members ignore it.
+    #[arg(long, env = "TANDEM_WITNESS_MAX_PAYLOAD_BYTES", default_value_t = 0)]
+    pub witness_max_payload_bytes: u64,
     /// Initial cluster state ("new" or "existing").
     #[arg(long, env = "ETCD_INITIAL_CLUSTER_STATE", default_value = "new")]
     pub initial_cluster_state: String,
@@ -224,6 +229,8 @@ pub struct Config {
     pub self_node: MemberNode,
     pub bootstrap: bool,
     pub quota_backend_bytes: i64,
+    /// The witness's payload cap (W4).
+    pub witness_max_payload_bytes: u64,
     pub max_request_bytes: u32,
     pub max_txn_ops: usize,
     pub auto_compaction: AutoCompaction,
@@ -431,6 +438,11 @@ impl Flags {
             }
         }
         let is_witness = witness == Some(self.name.as_str());
+        let quota = if self.quota_backend_bytes <= 0 {
+            DEFAULT_QUOTA_BYTES
+        } else {
+            self.quota_backend_bytes
+        };
         let mut initial_members = BTreeMap::new();
         for (name, urls) in &by_name {
             let id = member_id(urls, token);
@@ -511,10 +523,10 @@ impl Flags {
             incarnation: 0,
             self_node,
             bootstrap,
-            quota_backend_bytes: if self.quota_backend_bytes <= 0 {
-                DEFAULT_QUOTA_BYTES
-            } else {
-                self.quota_backend_bytes
+            quota_backend_bytes: quota,
+            witness_max_payload_bytes: match self.witness_max_payload_bytes {
+                0 => quota as u64,
+                cap => cap,
             },
             max_request_bytes: self.max_request_bytes,
             max_txn_ops: self.max_txn_ops,

@@ -41,6 +41,7 @@ pub async fn run(
         election_timeout_ms: config.election_timeout_ms,
         forward_timeout: crate::node::request_timeout(config.election_timeout_ms),
         incarnation: config.incarnation,
+        max_payload_bytes: config.witness_max_payload_bytes,
     };
     let witness = Witness::open(options).await?;
     let node = Arc::new(WitnessNode { config, witness });
@@ -172,6 +173,19 @@ async fn metrics(State(node): State<Arc<WitnessNode>>) -> impl IntoResponse {
         "tandem_witness_log_entries",
         "Entries in the witness's raft log (ids, and payloads a data node lacks).",
         node.witness.log_entries() as i64,
+    );
+    let (held, cap) = node.witness.held_payloads();
+    gauge(
+        &mut registry,
+        "tandem_witness_held_payload_bytes",
+        "Bytes of entry payloads the witness holds for a data node that is behind (W4).",
+        held as i64,
+    );
+    gauge(
+        &mut registry,
+        "tandem_witness_max_payload_bytes",
+        "The most entry payload bytes the witness holds (--witness-max-payload-bytes); past it no write commits until a data node has caught up.",
+        cap as i64,
     );
     gauge(
         &mut registry,

@@ -63,6 +63,8 @@ pub struct WitnessOptions {
     pub forward_timeout: Duration,
     /// The incarnation of this member's data dir (W5, `raft::incarnation`).
     pub incarnation: u64,
+    /// The most entry payload bytes it holds while a data node is behind (W4).
+    pub max_payload_bytes: u64,
 }
 
 /// A running witness.
@@ -70,6 +72,7 @@ pub struct Witness {
     raft: Raft,
     member: Arc<Member<WitnessConfig>>,
     data_floor: Arc<AtomicU64>,
+    held: Arc<raft::held::HeldPayloads>,
     prevote: PreVoter,
     options: WitnessOptions,
 }
@@ -160,10 +163,12 @@ impl Witness {
             CANDIDACY_PATIENCE_TIMEOUTS * e,
         ));
         tokio::spawn(purge(raft.clone(), Arc::clone(&data_floor)));
+        let held = Arc::new(raft::held::HeldPayloads::new(options.max_payload_bytes));
         Ok(Witness {
             raft,
             member,
             data_floor,
+            held,
             prevote,
             options,
         })
@@ -185,6 +190,7 @@ impl Witness {
             transfers: Arc::clone(&self.member.transfers),
             leadership: Arc::clone(&self.member.leadership),
             flush: None,
+            held: Some(Arc::clone(&self.held)),
         }
     }
 
@@ -215,6 +221,11 @@ impl Witness {
         let last = m.last_log_index.unwrap_or(0);
         let purged = m.purged.map_or(0, |p| p.index);
         last.saturating_sub(purged)
+    }
+
+    /// Bytes of entry payloads held for a data node that is behind, and the cap (W4).
+    pub fn held_payloads(&self) -> (u64, u64) {
+        (self.held.bytes(), self.held.cap())
     }
 
     /// The highest index every data node is known to hold.
