@@ -625,29 +625,33 @@ impl<C: Types> RaftPeer for PeerService<C> {
     ) -> Result<tonic::Response<RaftMessage>, tonic::Status> {
         let req: AppendEntriesRequest<C> = self.open(request.get_ref())?;
         let floor = request.get_ref().data_floor;
-        let payloads: Vec<(u64, u64)> = req
-            .entries
-            .iter()
-            .filter_map(|e| match &e.payload {
-                openraft::EntryPayload::Normal(p @ Payload::Data(_)) => {
-                    Some((e.log_id.index, p.len() as u64))
-                }
-                _ => None,
-            })
-            .collect();
-        if let Some(held) = &self.held {
-            if held.full() && !payloads.is_empty() {
+        // A witness: the payloads this request would have it hold (data nodes skip this).
+        let held = self.held.as_ref().map(|h| {
+            let payloads: Vec<(u64, u64)> = req
+                .entries
+                .iter()
+                .filter_map(|e| match &e.payload {
+                    openraft::EntryPayload::Normal(p @ Payload::Data(_)) => {
+                        Some((e.log_id.index, p.len() as u64))
+                    }
+                    _ => None,
+                })
+                .collect();
+            (h, payloads)
+        });
+        if let Some((h, payloads)) = &held {
+            if h.full() && !payloads.is_empty() {
                 return Err(tonic::Status::resource_exhausted(format!(
                     "the witness holds {} bytes of entry payloads, its cap \
                      (--witness-max-payload-bytes); it takes no more until a data node has \
                      caught up",
-                    held.bytes()
+                    h.bytes()
                 )));
             }
         }
         let resp = self.raft.append_entries(req).await;
-        if let (Some(held), true) = (&self.held, resp.is_ok()) {
-            held.appended(payloads, floor);
+        if let (Some((h, payloads)), true) = (held, resp.is_ok()) {
+            h.appended(payloads, floor);
         }
         if let (Some(f), true) = (&self.on_data_floor, resp.is_ok()) {
             f(floor);
