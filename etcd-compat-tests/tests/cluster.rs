@@ -606,7 +606,12 @@ async fn read_through_follower_pause(kind: Kind, waited_for: &str) -> String {
     for f in &followers {
         signal(&cluster, *f, "CONT");
     }
-    waited.expect("the round went unanswered while the followers were paused");
+    if let Err(e) = waited {
+        panic!(
+            "{}: the round went unanswered while the followers were paused: {e}",
+            kind.name()
+        );
+    }
     let got = tokio::time::timeout(WAIT, read)
         .await
         .expect("answered in time")
