@@ -110,9 +110,8 @@ impl<C: Types> Member<C> {
         let leadership = &self.leadership;
         if !leadership.begin(target) {
             // Another move is under way: wait for it as etcd waits for the leader to change.
-            let deadline = tokio::time::Instant::now() + timeout;
-            let moved = tokio::time::timeout_at(
-                deadline,
+            let moved = tokio::time::timeout(
+                timeout,
                 metrics.wait_for(|m| m.current_leader == Some(target)),
             )
             .await;

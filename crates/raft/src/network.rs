@@ -611,9 +611,12 @@ impl<C: Types> PeerService<C> {
     }
 
     fn reply<T: Serialize>(&self, v: &T) -> tonic::Response<RaftMessage> {
-        let mut m = message(self.cluster_id, &self.incarnations, codec::encode(v), 0);
-        m.flush_micros = self.flush.as_ref().map_or(0, |f| f.recent_micros());
-        tonic::Response::new(m)
+        tonic::Response::new(message(
+            self.cluster_id,
+            &self.incarnations,
+            codec::encode(v),
+            0,
+        ))
     }
 }
 
@@ -663,7 +666,10 @@ impl<C: Types> RaftPeer for PeerService<C> {
         {
             p.contact.note();
         }
-        Ok(self.reply(&resp))
+        // Only answers to AppendEntries carry this member's flush time (the leader reads it there).
+        let mut reply = self.reply(&resp);
+        reply.get_mut().flush_micros = self.flush.as_ref().map_or(0, |f| f.recent_micros());
+        Ok(reply)
     }
 
     async fn vote(
