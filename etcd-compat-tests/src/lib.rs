@@ -402,6 +402,13 @@ impl Server {
     }
 
     /// Restarts on the same data directory and ports.
+    /// Whether the process has exited (it is reaped if so).
+    pub fn exited(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_some())
+    }
+
     pub fn restart(&mut self) -> Result<()> {
         if self.child.is_some() {
             self.stop("KILL")?;
@@ -577,6 +584,42 @@ impl Cluster {
             cluster.wait_healthy(i)?;
         }
         Ok(cluster)
+    }
+
+    /// A member for this cluster that is not started yet: its name, ports and data dir, with
+    /// the flags the cluster's first member was started with.
+    pub fn new_member(&self, name: &str) -> Result<Server> {
+        let first = &self.members[0];
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("{}-{name}-", first.kind.name()))
+            .tempdir()?;
+        Ok(Server {
+            kind: first.kind,
+            child: None,
+            client_port: free_port(),
+            peer_port: free_port(),
+            dir,
+            extra: first.extra.clone(),
+            wrapper: Vec::new(),
+            namespace: Vec::new(),
+            name: name.into(),
+            initial_cluster: None,
+            host: "127.0.0.1".into(),
+            env: Vec::new(),
+        })
+    }
+
+    /// Starts `m` (from [`Cluster::new_member`], already added by a MemberAdd) with
+    /// `--initial-cluster-state=existing` and `initial_cluster` (what `etcdctl member add`
+    /// prints), and makes it the cluster's last member; returns its index once it is healthy.
+    pub fn join(&mut self, mut m: Server, initial_cluster: &str) -> Result<usize> {
+        m.initial_cluster = Some(initial_cluster.to_string());
+        m.extra.push("--initial-cluster-state=existing".into());
+        m.spawn()?;
+        self.members.push(m);
+        let i = self.members.len() - 1;
+        self.wait_healthy(i)?;
+        Ok(i)
     }
 
     /// Waits until member `i` reports healthy (it knows a leader and can serve a quorum read).

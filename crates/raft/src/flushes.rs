@@ -61,18 +61,44 @@ impl FlushClock {
 /// What each peer last reported of its log flushes.
 #[derive(Default)]
 pub struct PeerFlushes {
-    by_peer: Mutex<BTreeMap<NodeId, u64>>,
+    /// Each peer's last reported flush time (µs), when it last answered an AppendEntries, and
+    /// since when it has answered without a gap.
+    by_peer: Mutex<BTreeMap<NodeId, (u64, Instant, Instant)>>,
 }
+
+/// A peer silent this long is no longer active (etcd marks a peer inactive when a message to
+/// it fails; leaders here send at least every heartbeat interval).
+const ACTIVE_GAP: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl PeerFlushes {
     pub fn note(&self, peer: NodeId, micros: u64) {
+        let now = Instant::now();
         let mut m = self.by_peer.lock().unwrap_or_else(|e| e.into_inner());
-        m.insert(peer, micros);
+        let since = match m.get(&peer) {
+            Some((_, last, since)) if now.duration_since(*last) <= ACTIVE_GAP => *since,
+            _ => now,
+        };
+        m.insert(peer, (micros, now, since));
     }
 
     /// The last figure `peer` reported (0: none).
     pub fn of(&self, peer: NodeId) -> u64 {
         let m = self.by_peer.lock().unwrap_or_else(|e| e.into_inner());
-        m.get(&peer).copied().unwrap_or(0)
+        m.get(&peer).map_or(0, |(micros, _, _)| *micros)
+    }
+
+    /// The peers that have answered without a gap for at least `for_at_least` (etcd's
+    /// transport "active since", which its membership checks use).
+    pub fn active_for(
+        &self,
+        for_at_least: std::time::Duration,
+    ) -> std::collections::BTreeSet<NodeId> {
+        let m = self.by_peer.lock().unwrap_or_else(|e| e.into_inner());
+        m.iter()
+            .filter(|(_, (_, last, since))| {
+                last.elapsed() <= ACTIVE_GAP && since.elapsed() >= for_at_least
+            })
+            .map(|(id, _)| *id)
+            .collect()
     }
 }

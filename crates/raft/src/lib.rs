@@ -8,6 +8,7 @@
 //!   over them, fdatasynced before acknowledging, with group commit.
 //! - `network`: the peer transport (gRPC, `tandempb.RaftPeer`), client and service sides.
 //! - `member`: routing to the leader, forwarding, ReadIndex rounds, publishing, status.
+//! - `membership`: etcd's membership changes on the leader; finishing a half-done change.
 //! - `engagement`: when the witness counts (W3), and what it is sent.
 //! - `policy`: leadership decisions as pure functions (leader loss).
 //! - `disk`: whether a write failed because the disk is full (etcd's NOSPACE alarm).
@@ -26,6 +27,7 @@ pub mod incarnation;
 pub mod leadership;
 pub mod log_store;
 pub mod member;
+pub mod membership;
 pub mod mutants;
 pub mod network;
 pub mod policy;

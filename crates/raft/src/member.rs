@@ -42,6 +42,8 @@ pub struct Member<C: Types> {
     pub transfers: Arc<crate::transfers::Transfers>,
     /// A leadership move under way (`crate::leadership`).
     pub leadership: Arc<crate::leadership::Leadership>,
+    /// When each peer last answered, and its flush times (`crate::flushes`).
+    pub peer_flushes: Arc<crate::flushes::PeerFlushes>,
 }
 
 impl<C: Types> Member<C> {
@@ -187,6 +189,40 @@ impl<C: Types> Member<C> {
                     RaftError::Fatal(_) => ReplicaError::Stopped,
                 })?;
                 Ok((None, r.data))
+            }
+            Err(_) => unreachable!("forward_or_here gives back the request it was given"),
+        }
+    }
+
+    /// Carries out a forwarded request on this member (it leads).
+    pub async fn serve_here(
+        &self,
+        req: ForwardRequest,
+    ) -> Result<ForwardResponse<C::R>, ReplicaError> {
+        serve_forward(
+            &self.raft,
+            self.read_policy(),
+            &self.leadership,
+            &self.peer_flushes,
+            req,
+        )
+        .await
+    }
+
+    /// etcd's MemberAdd/Remove/Update/Promote: carried out by the leader; returns the
+    /// membership once the change is committed.
+    pub async fn change_members(
+        &self,
+        change: crate::policy::membership::MemberChange,
+    ) -> Result<crate::membership::Members, ReplicaError> {
+        match self
+            .forward_or_here(ForwardRequest::ChangeMembers(change))
+            .await?
+        {
+            Ok(ForwardResponse::MembersChanged(members)) => Ok(members),
+            Ok(other) => Err(unexpected_answer(other)),
+            Err(ForwardRequest::ChangeMembers(change)) => {
+                crate::membership::change(&self.raft, &self.peer_flushes, change).await
             }
             Err(_) => unreachable!("forward_or_here gives back the request it was given"),
         }
@@ -339,11 +375,7 @@ pub async fn publish<C: Types>(shared: Arc<Member<C>>, me: MemberNode) {
                 let req = ForwardRequest::SetNode(shared.member_id, me.clone());
                 let result = match shared.forward_or_here(req).await {
                     Ok(Ok(_)) => Ok(()),
-                    Ok(Err(req)) => {
-                        serve_forward(&shared.raft, shared.read_policy(), &shared.leadership, req)
-                            .await
-                            .map(|_| ())
-                    }
+                    Ok(Err(req)) => shared.serve_here(req).await.map(|_| ()),
                     Err(e) => Err(e),
                 };
                 match result {
@@ -379,6 +411,9 @@ pub enum ReplicaError {
     Stopped,
     #[error("request timed out")]
     Timeout,
+    /// A membership change refused as etcd refuses it.
+    #[error("{0}")]
+    Membership(crate::policy::membership::MembershipError),
 }
 
 /// Raft-level facts for `Status` and the metrics.
@@ -438,7 +473,11 @@ pub async fn bootstrap_if_new<C: Types>(
 
 /// The members of `m`'s membership, voters and learners, with whether each is a learner.
 pub fn members_of(m: &crate::types::Metrics) -> Vec<(NodeId, MemberNode, bool)> {
-    let membership = m.membership_config.membership();
+    members_in(m.membership_config.membership())
+}
+
+/// The members of `membership`, voters and learners, with whether each is a learner.
+pub fn members_in(membership: &crate::types::Membership) -> Vec<(NodeId, MemberNode, bool)> {
     let voters: std::collections::BTreeSet<NodeId> = membership.voter_ids().collect();
     membership
         .nodes()

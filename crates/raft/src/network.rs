@@ -30,7 +30,7 @@ use crate::codec;
 use crate::flushes::{FlushClock, PeerFlushes};
 use crate::incarnation::Incarnations;
 use crate::leadership::Leadership;
-use crate::member::{not_leader, ReadPolicy, ReplicaError};
+use crate::member::{ReadPolicy, ReplicaError};
 use crate::transfers::{Chunk, Direction, Transfers};
 use crate::types::{Entry, MemberNode, NodeId, Payload, Types};
 
@@ -199,6 +199,12 @@ pub enum ForwardRequest {
     Hello,
     /// Would you vote for a candidate whose last log id is this (`crate::prevote`)?
     PreVote(Option<crate::types::LogId>),
+    /// etcd's MemberAdd/Remove/Update/Promote (`crate::membership`), on the leader.
+    ChangeMembers(crate::policy::membership::MemberChange),
+    /// From a member joining an existing cluster (`--initial-cluster-state existing`), which
+    /// knows neither its id nor the cluster's: the cluster id and the membership this member
+    /// knows. Answered by any member, even without a leader.
+    Members,
 }
 
 /// The leader's answer to a [`ForwardRequest`].
@@ -217,6 +223,12 @@ pub enum ForwardResponse<R> {
     Hello,
     PreVote {
         granted: bool,
+    },
+    /// The membership once the change took effect: each member, and whether it is a learner.
+    MembersChanged(Vec<(NodeId, MemberNode, bool)>),
+    Members {
+        cluster_id: u64,
+        members: Vec<(NodeId, MemberNode, bool)>,
     },
 }
 
@@ -525,6 +537,8 @@ pub struct PeerService<C: Types> {
     /// A witness's payloads (W4, `crate::held`): past the cap it takes no AppendEntries
     /// carrying a payload, so nothing more commits without a data node.
     pub held: Option<Arc<crate::held::HeldPayloads>>,
+    /// When each peer last answered (membership checks, `crate::policy::membership`).
+    pub peer_flushes: Arc<PeerFlushes>,
 }
 
 /// What a member answers pre-votes with.
@@ -545,23 +559,20 @@ pub async fn serve_forward<C: Types>(
     raft: &openraft::Raft<C>,
     read_policy: ReadPolicy,
     leadership: &Leadership,
+    answers: &PeerFlushes,
     req: ForwardRequest,
 ) -> Result<ForwardResponse<C::R>, ReplicaError> {
     if let (
         Some(to),
-        ForwardRequest::Propose(_) | ForwardRequest::ReadIndex | ForwardRequest::SetNode(..),
+        ForwardRequest::Propose(_)
+        | ForwardRequest::ReadIndex
+        | ForwardRequest::SetNode(..)
+        | ForwardRequest::ChangeMembers(_),
     ) = (leadership.moving_to(), &req)
     {
         return Err(ReplicaError::NotLeader(Some(to)));
     }
-    use openraft::error::ClientWriteError;
-    let write_error = |e: RaftError<NodeId, ClientWriteError<NodeId, MemberNode>>| match e {
-        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => not_leader(f.leader_id),
-        RaftError::APIError(ClientWriteError::ChangeMembershipError(_)) => {
-            ReplicaError::LeaderChanged
-        }
-        RaftError::Fatal(_) => ReplicaError::Stopped,
-    };
+    let write_error = crate::membership::write_error;
     match req {
         ForwardRequest::Propose(payload) => {
             let r = raft.client_write(payload).await.map_err(write_error)?;
@@ -583,6 +594,13 @@ pub async fn serve_forward<C: Types>(
         ForwardRequest::Hello => Ok(ForwardResponse::Hello),
         // Answered by the peer service, which knows when this member last heard a leader.
         ForwardRequest::PreVote(_) => Ok(ForwardResponse::PreVote { granted: false }),
+        ForwardRequest::ChangeMembers(change) => Ok(ForwardResponse::MembersChanged(
+            crate::membership::change(raft, answers, change).await?,
+        )),
+        ForwardRequest::Members => Ok(ForwardResponse::Members {
+            cluster_id: 0,
+            members: crate::member::members_of(&raft.metrics().borrow()),
+        }),
         ForwardRequest::Campaign => {
             tracing::info!("asked by the leader to stand for election (the witness hands over, or etcd's MoveLeader)");
             raft.trigger()
@@ -698,7 +716,24 @@ impl<C: Types> RaftPeer for PeerService<C> {
         &self,
         request: tonic::Request<RaftMessage>,
     ) -> Result<tonic::Response<RaftMessage>, tonic::Status> {
-        let req: ForwardRequest = self.open(request.get_ref())?;
+        let m = request.get_ref();
+        if m.cluster_id == 0 && m.sender == 0 {
+            // A member joining an existing cluster: it may ask only who the members are.
+            let req: ForwardRequest = codec::decode(&m.payload)
+                .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
+            let ForwardRequest::Members = req else {
+                return Err(tonic::Status::failed_precondition(
+                    "a member that does not know its cluster may only ask for the members",
+                ));
+            };
+            let answer: Result<ForwardResponse<C::R>, ReplicaError> =
+                Ok(ForwardResponse::Members {
+                    cluster_id: self.cluster_id,
+                    members: crate::member::members_of(&self.raft.metrics().borrow()),
+                });
+            return Ok(self.reply(&answer));
+        }
+        let req: ForwardRequest = self.open(m)?;
         if let (ForwardRequest::PreVote(candidate_last), Some(p)) = (&req, &self.prevote) {
             let m = self.raft.metrics().borrow().clone();
             let ask = crate::prevote::Ask {
@@ -720,7 +755,15 @@ impl<C: Types> RaftPeer for PeerService<C> {
             let refused: Result<ForwardResponse<C::R>, ReplicaError> = Err(ReplicaError::NoLeader);
             return Ok(self.reply(&refused));
         }
-        Ok(self.reply(&serve_forward(&self.raft, self.read_policy, &self.leadership, req).await))
+        let served = serve_forward(
+            &self.raft,
+            self.read_policy,
+            &self.leadership,
+            &self.peer_flushes,
+            req,
+        )
+        .await;
+        Ok(self.reply(&served))
     }
 }
 
@@ -755,4 +798,31 @@ pub async fn greet(
         }
     }
     Ok(())
+}
+
+/// For a member joining an existing cluster: asks each peer at `peer_urls` in turn for the
+/// cluster id and the membership, and returns the first answer (or why none came).
+pub async fn ask_members(
+    peer_urls: &[String],
+    timeout: Duration,
+) -> Result<(u64, Vec<(NodeId, MemberNode, bool)>), String> {
+    let nobody = Incarnations::in_memory(0, 0);
+    let mut errors = Vec::new();
+    for url in peer_urls {
+        let Ok(endpoint) = Endpoint::from_shared(dial_url(url)) else {
+            errors.push(format!("{url}: not a URL"));
+            continue;
+        };
+        let channel = endpoint.connect_timeout(CONNECT_TIMEOUT).connect_lazy();
+        match forward::<()>(channel, 0, &nobody, &ForwardRequest::Members, timeout).await {
+            Ok(ForwardResponse::Members {
+                cluster_id,
+                members,
+            }) => return Ok((cluster_id, members)),
+            Ok(other) => errors.push(format!("{url}: unexpected answer {other:?}")),
+            Err(ForwardFailure::NotSent) => errors.push(format!("{url}: unreachable")),
+            Err(ForwardFailure::Failed(e)) => errors.push(format!("{url}: {e}")),
+        }
+    }
+    Err(errors.join("; "))
 }

@@ -236,6 +236,7 @@ impl Replica {
             contact: prevote.as_ref().map(|p| Arc::clone(&p.contact)),
             transfers,
             leadership,
+            peer_flushes: Arc::clone(&peer_flushes),
         });
         let (proposals, rx) = tokio::sync::mpsc::channel(PROPOSAL_QUEUE_MAX);
         tokio::spawn(proposer(Arc::clone(&shared), rx));
@@ -252,6 +253,10 @@ impl Replica {
             ));
         }
         tokio::spawn(commit_on_restore(raft.clone(), config.member_id));
+        tokio::spawn(raft::membership::finish_changes(
+            raft.clone(),
+            Duration::from_millis(config.election_timeout_ms),
+        ));
         let flush = Arc::new(raft::flushes::FlushClock::new(Arc::clone(&log_stats)));
         tokio::spawn(raft::leadership::hand_over_from_a_slow_disk(
             Arc::clone(&shared),
@@ -309,6 +314,7 @@ impl Replica {
             leadership: Arc::clone(&self.shared.leadership),
             flush: Some(Arc::clone(&self.flush)),
             held: None,
+            peer_flushes: Arc::clone(&self.shared.peer_flushes),
         }
     }
 
@@ -366,6 +372,24 @@ impl Replica {
         timeout: Duration,
     ) -> Result<(), raft::leadership::MoveError> {
         self.shared.move_leader(target, timeout).await
+    }
+
+    /// Resolves once this member has been removed from the cluster (`raft::membership`).
+    pub fn removed(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        raft::membership::removed(
+            self.raft.clone(),
+            self.config.member_id,
+            Duration::from_millis(2 * self.config.election_timeout_ms),
+        )
+    }
+
+    /// etcd's MemberAdd/Remove/Update/Promote, carried out by the leader
+    /// (`raft::membership`); the membership afterwards.
+    pub async fn change_members(
+        &self,
+        change: raft::policy::membership::MemberChange,
+    ) -> Result<raft::membership::Members, ReplicaError> {
+        self.shared.change_members(change).await
     }
 
     /// Snapshots sent to (`Send`) or received from (`Receive`) each peer.

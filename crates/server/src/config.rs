@@ -273,6 +273,54 @@ pub fn member_id(peer_urls: &[String], token: &str) -> u64 {
     hash_id([urls.join("").as_bytes(), token.as_bytes()]) | 1
 }
 
+/// The id of a member added at runtime (etcd's MemberAdd): its peer URLs and the time, so a
+/// machine that is removed and added again comes back as another member.
+pub fn added_member_id(peer_urls: &[String], unix_secs: u64) -> u64 {
+    let mut urls = peer_urls.to_vec();
+    urls.sort();
+    hash_id([urls.join("").as_bytes(), unix_secs.to_string().as_bytes()]) | 1
+}
+
+/// etcd's `types.NewURLs`: each URL is http(s)://host:port or unix(s)://, with no path; the
+/// result is sorted.
+pub fn member_urls(urls: &[String]) -> Result<Vec<String>, String> {
+    let mut out = Vec::with_capacity(urls.len());
+    for u in urls {
+        let u = u.trim();
+        // Go reads "host:port" as scheme "host": a scheme error either way.
+        let (scheme, rest) = u.split_once("://").unwrap_or(("", u));
+        let (host, path) = match rest.find('/') {
+            Some(i) => rest.split_at(i),
+            None => (rest, ""),
+        };
+        match scheme {
+            "http" | "https" => {
+                let port = host.rsplit_once(':');
+                match port {
+                    Some((h, p)) if !h.is_empty() && p.parse::<u16>().is_ok() => {}
+                    _ => {
+                        return Err(format!(
+                            "URL address does not have the form \"host:port\": {u}"
+                        ))
+                    }
+                }
+            }
+            "unix" | "unixs" => {}
+            _ => {
+                return Err(format!(
+                    "URL scheme must be http, https, unix, or unixs: {u}"
+                ))
+            }
+        }
+        if !path.is_empty() {
+            return Err(format!("URL must not contain a path: {u}"));
+        }
+        out.push(u.to_string());
+    }
+    out.sort();
+    Ok(out)
+}
+
 /// A cluster id derived from its members' ids.
 pub fn cluster_id(member_ids: impl Iterator<Item = u64>) -> u64 {
     let mut ids: Vec<[u8; 8]> = member_ids.map(u64::to_be_bytes).collect();
@@ -588,6 +636,29 @@ mod tests {
         assert!(c.initial_members.contains_key(&c.member_id));
         assert_eq!(c.quota_backend_bytes, DEFAULT_QUOTA_BYTES);
         assert_eq!(c.progress_notify_interval, Duration::from_secs(600));
+    }
+
+    #[test]
+    fn member_urls_are_checked_as_etcd_checks_them() {
+        let ok = |u: &[&str]| member_urls(&u.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        assert_eq!(
+            ok(&["http://b:2", " http://a:1"]),
+            Ok(vec!["http://a:1".to_string(), "http://b:2".to_string()])
+        );
+        assert!(ok(&["unix://x"]).is_ok());
+        for (bad, why) in [
+            ("localhost:2380", "URL scheme must be"),
+            ("ftp://a:1", "URL scheme must be"),
+            ("http://a", "host:port"),
+            ("http://a:x", "host:port"),
+            ("http://a:1/p", "must not contain a path"),
+        ] {
+            let e = ok(&[bad]).expect_err(bad);
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+        // The time makes a member added again another member.
+        let urls = vec!["http://a:1".to_string()];
+        assert_ne!(added_member_id(&urls, 1), added_member_id(&urls, 2));
     }
 
     #[test]

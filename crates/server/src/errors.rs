@@ -28,6 +28,22 @@ pub fn replica_error(e: &ReplicaError) -> RpcError {
         ReplicaError::NotLeader(_) | ReplicaError::LeaderChanged => rpctypes::LEADER_CHANGED,
         ReplicaError::Stopped => rpctypes::STOPPED,
         ReplicaError::Timeout => rpctypes::TIMEOUT,
+        ReplicaError::Membership(e) => membership_error(*e),
+    }
+}
+
+/// The etcd error for a refused membership change.
+pub fn membership_error(e: raft::policy::membership::MembershipError) -> RpcError {
+    use raft::policy::membership::MembershipError as M;
+    match e {
+        M::MemberExists => rpctypes::MEMBER_EXIST,
+        M::PeerUrlExists => rpctypes::PEER_URL_EXIST,
+        M::NotFound => rpctypes::MEMBER_NOT_FOUND,
+        M::NotLearner => rpctypes::MEMBER_NOT_LEARNER,
+        M::LearnerNotReady => rpctypes::LEARNER_NOT_READY,
+        M::TooManyLearners => rpctypes::TOO_MANY_LEARNERS,
+        M::NotEnoughStarted => rpctypes::MEMBER_NOT_ENOUGH_STARTED,
+        M::Unhealthy => rpctypes::UNHEALTHY,
     }
 }
 

@@ -44,7 +44,7 @@ pub fn settle(mut config: Config) -> Result<(Config, bool)> {
                     role(config.is_witness),
                 );
             }
-            if witness && cluster_id != config.cluster_id {
+            if witness && config.bootstrap && cluster_id != config.cluster_id {
                 bail!(
                     "refusing to start: the witness data dir {} belongs to cluster \
                      {cluster_id:x} (member {member_id:x}), not to the cluster these flags \

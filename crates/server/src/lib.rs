@@ -119,7 +119,13 @@ pub async fn run(
         tokio::spawn(disk_guard::run(Arc::clone(&node))),
     ];
 
-    let stopped = stop_signal(shutdown);
+    let removed = node.replica.removed();
+    let stopped = stop_signal(async move {
+        tokio::select! {
+            () = shutdown => {}
+            () = removed => {}
+        }
+    });
 
     let mut servers = Vec::new();
     for listener in client_listeners {
@@ -207,6 +213,11 @@ async fn greet_if_new((config, fresh): (Config, bool)) -> anyhow::Result<Config>
     if !fresh {
         return Ok(config);
     }
+    let config = if config.bootstrap {
+        config
+    } else {
+        join_existing(config).await?
+    };
     let peers: Vec<String> = config
         .initial_members
         .iter()
@@ -218,6 +229,88 @@ async fn greet_if_new((config, fresh): (Config, bool)) -> anyhow::Result<Config>
         .await
         .map_err(|e| anyhow::anyhow!("refusing to start: {e}"))?;
     identity::store_new(&config)?;
+    Ok(config)
+}
+
+/// How long a member joining an existing cluster keeps asking its peers for the membership.
+const JOIN_PATIENCE: Duration = Duration::from_secs(10);
+
+/// A member started on a new data dir with `--initial-cluster-state existing` joins a running
+/// cluster that already added it (etcd's MemberAdd): it asks the peers of `--initial-cluster`
+/// for the cluster id and the membership, checks that `--initial-cluster` names the same
+/// members by their peer URLs (as etcd does), and takes the ids the cluster gave it.
+async fn join_existing(mut config: Config) -> anyhow::Result<Config> {
+    let mut own = config.advertise_peer_urls.clone();
+    own.sort();
+    let peers: Vec<String> = config
+        .initial_members
+        .values()
+        .flat_map(|n| n.peer_urls.iter())
+        .filter(|u| !own.contains(u))
+        .cloned()
+        .collect();
+    if peers.is_empty() {
+        anyhow::bail!(
+            "refusing to start: --initial-cluster-state=existing, but --initial-cluster names no \
+             other member to join"
+        );
+    }
+    let deadline = tokio::time::Instant::now() + JOIN_PATIENCE;
+    let (cluster_id, members) = loop {
+        match raft::network::ask_members(&peers, GREETING_TIMEOUT).await {
+            Ok(answer) => break answer,
+            Err(e) if tokio::time::Instant::now() >= deadline => anyhow::bail!(
+                "refusing to start: cannot fetch cluster info from peer urls ({e}); an existing \
+                 cluster's members must be reachable to join it"
+            ),
+            Err(e) => {
+                tracing::info!(error = %e, "asking the cluster's members who they are; will retry");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    };
+    let sorted = |n: &raft::MemberNode| {
+        let mut u = n.peer_urls.clone();
+        u.sort();
+        u
+    };
+    let mut local: Vec<Vec<String>> = config.initial_members.values().map(sorted).collect();
+    let mut remote: Vec<Vec<String>> = members.iter().map(|(_, n, _)| sorted(n)).collect();
+    local.sort();
+    remote.sort();
+    if local != remote {
+        anyhow::bail!(
+            "refusing to start: --initial-cluster does not match the cluster's members (cluster \
+             {cluster_id:x} has peer URLs {remote:?}; --initial-cluster gives {local:?}): add this \
+             member first (etcdctl member add) and start it with the --initial-cluster that \
+             prints"
+        );
+    }
+    let Some((id, node, _)) = members.iter().find(|(_, n, _)| sorted(n) == own) else {
+        anyhow::bail!(
+            "refusing to start: no member of cluster {cluster_id:x} has peer URLs {own:?}"
+        );
+    };
+    if node.witness != config.is_witness {
+        anyhow::bail!(
+            "refusing to start: the cluster added member {id:x} as {}, but \
+             --initial-cluster-witness makes this member {}",
+            if node.witness {
+                "the witness"
+            } else {
+                "a data member"
+            },
+            if config.is_witness {
+                "the witness"
+            } else {
+                "a data member"
+            },
+        );
+    }
+    tracing::info!(member_id = %format!("{id:x}"), cluster_id = %format!("{cluster_id:x}"), "joining an existing cluster");
+    config.member_id = *id;
+    config.cluster_id = cluster_id;
+    config.initial_members = members.into_iter().map(|(id, n, _)| (id, n)).collect();
     Ok(config)
 }
 

@@ -110,6 +110,7 @@ impl Witness {
             incarnations,
             transfers,
             leadership,
+            peer_flushes,
             ..
         } = Wiring::open(
             &dir,
@@ -140,6 +141,7 @@ impl Witness {
             contact: None,
             transfers,
             leadership,
+            peer_flushes,
         });
         let data_floor = Arc::new(AtomicU64::new(0));
         let prevote = PreVoter {
@@ -163,6 +165,10 @@ impl Witness {
             CANDIDACY_PATIENCE_TIMEOUTS * e,
         ));
         tokio::spawn(purge(raft.clone(), Arc::clone(&data_floor)));
+        tokio::spawn(raft::membership::finish_changes(
+            raft.clone(),
+            std::time::Duration::from_millis(e),
+        ));
         let held = Arc::new(raft::held::HeldPayloads::new(options.max_payload_bytes));
         Ok(Witness {
             raft,
@@ -191,6 +197,7 @@ impl Witness {
             leadership: Arc::clone(&self.member.leadership),
             flush: None,
             held: Some(Arc::clone(&self.held)),
+            peer_flushes: Arc::clone(&self.member.peer_flushes),
         }
     }
 

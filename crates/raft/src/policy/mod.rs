@@ -4,6 +4,7 @@
 
 pub mod handoff;
 pub mod leader_loss;
+pub mod membership;
 pub mod slow_disk;
 pub mod transfer;
 
