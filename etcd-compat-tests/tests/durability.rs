@@ -147,13 +147,6 @@ async fn hashkv_is_unchanged_by_restarts() {
     }
 }
 
-fn metric(server: &Server, name: &str) -> i64 {
-    let (_, body) = http_get(&format!("{}/metrics", server.url())).expect("metrics");
-    body.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
-        .unwrap_or_else(|| panic!("{name} not in /metrics"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_writes_share_log_fsyncs() {
     // Group commit: while the log's fsync runs, concurrent writes queue and share the next one.
@@ -166,15 +159,15 @@ async fn concurrent_writes_share_log_fsyncs() {
     )
     .expect("tandem under strace");
     let (commits0, entries0) = (
-        metric(&server, "tandem_raft_log_commits_total"),
-        metric(&server, "tandem_raft_log_entries_total"),
+        metric(&server.url(), "tandem_raft_log_commits_total") as i64,
+        metric(&server.url(), "tandem_raft_log_entries_total") as i64,
     );
     put_concurrently(&server.url(), 64, 64 * 20, |i| {
         (format!("gc/{i}"), b"v".to_vec())
     })
     .await;
-    let commits = metric(&server, "tandem_raft_log_commits_total") - commits0;
-    let entries = metric(&server, "tandem_raft_log_entries_total") - entries0;
+    let commits = metric(&server.url(), "tandem_raft_log_commits_total") as i64 - commits0;
+    let entries = metric(&server.url(), "tandem_raft_log_entries_total") as i64 - entries0;
     let puts = 64 * 20;
     println!("{puts} puts in {entries} log entries and {commits} durable log commits");
     assert!(

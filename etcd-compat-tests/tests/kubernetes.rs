@@ -744,9 +744,17 @@ async fn periodic_progress_notify_matches_etcd() {
 // message instead of hanging.
 #[tokio::test(flavor = "multi_thread")]
 async fn no_leader_is_refused_with_etcds_errors() {
-    // A member told to join an existing cluster that never contacts it knows no leader.
-    let tandem = Server::start_listening(Kind::Tandem, &["--initial-cluster-state=existing"])
-        .expect("tandem");
+    // The last member of three, the other two killed, knows no leader once its election times
+    // out (etcd_server_has_leader 0).
+    let mut cluster = Cluster::start(Kind::Tandem, 3, &[]).expect("3 members");
+    for m in &mut cluster.members[1..] {
+        m.stop("KILL").expect("kill");
+    }
+    let tandem = &cluster.members[0];
+    wait_until("the survivor to lose its leader", WAIT, || {
+        metric(&tandem.url(), "etcd_server_has_leader") == 0.0
+    })
+    .expect("no leader");
     let err = match Stream::open(
         &tandem.url(),
         true,

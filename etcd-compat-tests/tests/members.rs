@@ -284,29 +284,21 @@ async fn client(url: &str) -> etcd_client::Client {
         .expect("connect")
 }
 
-/// Writes one key at a time through `url` until `stop`; returns the keys acknowledged, the
-/// errors seen, and whether a revision ever went back.
-async fn steady_writer(
-    url: String,
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-) -> (Vec<String>, Vec<String>, bool) {
-    let mut c = client(&url).await;
-    let (mut acked, mut errors, mut went_back, mut last) = (Vec::new(), Vec::new(), false, 0);
-    let mut i = 0;
-    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-        let key = format!("g/{i:06}");
-        i += 1;
-        match c.put(key.as_str(), "v", None).await {
-            Ok(r) => {
-                let rev = r.header().expect("header").revision();
-                went_back |= rev <= last;
-                last = rev;
-                acked.push(key);
-            }
-            Err(e) => errors.push(e.to_string()),
-        }
+/// Adds a member named `name` (a learner if `learner`) through `c` and starts it with what
+/// `member add` printed; returns its id.
+async fn add_and_join(cluster: &mut Cluster, c: &Ctl, name: &str, learner: bool) -> String {
+    let m = cluster.new_member(name).expect("a new member");
+    let urls = format!("--peer-urls={}", m.peer_url());
+    let mut args = vec!["member", "add", name, urls.as_str()];
+    if learner {
+        args.push("--learner");
     }
-    (acked, errors, went_back)
+    let added = add_when_connected(c, &args).await;
+    assert_eq!(added.code, 0, "{added:?}");
+    cluster
+        .join(m, &initial_cluster(&added))
+        .unwrap_or_else(|e| panic!("{name} joins: {e:#}"));
+    added_id(&added)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -314,45 +306,15 @@ async fn a_cluster_grows_to_five_and_shrinks_back_under_a_writer() {
     let mut cluster = Cluster::start(Kind::Tandem, 3, &[]).expect("tandem cluster");
     cluster.wait_leader(WAIT).await.expect("a leader");
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let writer = tokio::spawn(steady_writer(
+    let writer = tokio::spawn(etcd_compat_tests::steady_writer(
         cluster.members[1].url(),
+        "g/",
         std::sync::Arc::clone(&stop),
     ));
     let c = ctl(cluster.endpoints());
     // A voter, then a learner promoted once caught up: five voters.
-    let m4 = cluster.new_member("m4").expect("m4");
-    let added = add_when_connected(
-        &c,
-        &[
-            "member",
-            "add",
-            "m4",
-            &format!("--peer-urls={}", m4.peer_url()),
-        ],
-    )
-    .await;
-    assert_eq!(added.code, 0, "{added:?}");
-    let m4_id = added_id(&added);
-    cluster
-        .join(m4, &initial_cluster(&added))
-        .expect("m4 joins");
-    let m5 = cluster.new_member("m5").expect("m5");
-    let added = add_when_connected(
-        &c,
-        &[
-            "member",
-            "add",
-            "m5",
-            "--learner",
-            &format!("--peer-urls={}", m5.peer_url()),
-        ],
-    )
-    .await;
-    assert_eq!(added.code, 0, "{added:?}");
-    let m5_id = added_id(&added);
-    cluster
-        .join(m5, &initial_cluster(&added))
-        .expect("m5 joins");
+    let m4_id = add_and_join(&mut cluster, &c, "m4", false).await;
+    let m5_id = add_and_join(&mut cluster, &c, "m5", true).await;
     wait_until_async("the learner to be promoted", WAIT, || {
         let out = c.run(&["member", "promote", &m5_id], None);
         async move { out.stdout.contains("promoted") }
@@ -424,4 +386,41 @@ async fn a_cluster_grows_to_five_and_shrinks_back_under_a_writer() {
         errors.len(),
         errors.iter().take(3).collect::<Vec<_>>()
     );
+}
+
+/// A member removed while it was down, then restarted on its data dir, learns from the others
+/// that it was removed and stops, as etcd's does ("the member has been permanently removed
+/// from the cluster"), instead of standing for election forever.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_member_removed_while_down_stops_when_restarted() {
+    let mut exits = Vec::new();
+    for kind in [Kind::Etcd35, Kind::Tandem] {
+        let mut cluster = Cluster::start(kind, 3, &[]).expect("cluster");
+        cluster.wait_leader(WAIT).await.expect("a leader");
+        let c = ctl(cluster.endpoints());
+        let id = id_of(&c, cluster.members[2].name());
+        cluster.members[2].stop("KILL").expect("stop the member");
+        cluster
+            .wait_leader(WAIT)
+            .await
+            .expect("a leader of the other two");
+        let rest = ctl(format!(
+            "{},{}",
+            cluster.members[0].url(),
+            cluster.members[1].url()
+        ));
+        let out = rest.run(&["member", "remove", &id], None);
+        assert_eq!(out.code, 0, "{}: remove {id}: {out:?}", kind.name());
+        let (status, log) = cluster.members[2]
+            .restart_refused(WAIT)
+            .unwrap_or_else(|e| panic!("{}: {e}; log:\n{}", kind.name(), cluster.members[2].log()))
+            .unwrap_or_else(|| panic!("{}: the removed member serves again", kind.name()));
+        assert!(
+            log.contains("the member has been permanently removed from the cluster"),
+            "{}: {status}; log:\n{log}",
+            kind.name()
+        );
+        exits.push(status.code());
+    }
+    assert_eq!(exits[1], exits[0], "tandem's exit code, etcd's");
 }

@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use etcd_client::GetOptions;
-use etcd_compat_tests::{assert_same, Cluster, Ctl, CtlVersion, Kind, Transcript, WITNESS_FLAG};
+use etcd_compat_tests::{
+    assert_same, steady_writer, Cluster, Ctl, CtlVersion, Kind, Transcript, WITNESS_FLAG,
+};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -78,35 +80,19 @@ async fn move_leader_matches_etcd() {
     assert_same(&reference, Kind::Etcd35.name(), &ours);
 }
 
-/// Writes as fast as one client can through `url` until `stop`; returns the keys acknowledged,
-/// the errors seen, and whether a revision ever went back.
-async fn steady_writer(url: String, stop: Arc<AtomicBool>) -> (Vec<String>, Vec<String>, bool) {
-    let mut c = client(&url).await;
-    let (mut acked, mut errors, mut went_back, mut last) = (Vec::new(), Vec::new(), false, 0);
-    let mut i = 0;
-    while !stop.load(Ordering::Relaxed) {
-        let key = format!("m/{i:06}");
-        i += 1;
-        match c.put(key.as_str(), "v", None).await {
-            Ok(r) => {
-                let rev = r.header().expect("header").revision();
-                went_back |= rev <= last;
-                last = rev;
-                acked.push(key);
-            }
-            Err(e) => errors.push(e.to_string()),
-        }
-    }
-    (acked, errors, went_back)
-}
-
 /// Moves leadership `moves` times between the data members of `cluster` under a writer on each
 /// data member; returns the longest time a move took.
 async fn moves_under_writers(cluster: &Cluster, moves: usize) -> Duration {
     let stop = Arc::new(AtomicBool::new(false));
     let writers: Vec<_> = cluster
         .data_members()
-        .map(|i| tokio::spawn(steady_writer(cluster.members[i].url(), Arc::clone(&stop))))
+        .map(|i| {
+            tokio::spawn(steady_writer(
+                cluster.members[i].url(),
+                "m/",
+                Arc::clone(&stop),
+            ))
+        })
         .collect();
     let ids = ids(cluster).await;
     let data: Vec<usize> = cluster.data_members().collect();

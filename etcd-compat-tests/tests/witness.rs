@@ -9,7 +9,7 @@
 use std::time::{Duration, Instant};
 
 use etcd_client::GetOptions;
-use etcd_compat_tests::{wait_until, Cluster, Kind, Server, WITNESS_FLAG};
+use etcd_compat_tests::{metric, wait_until, Cluster, Kind, Server, WITNESS_FLAG};
 
 const WAIT: Duration = Duration::from_secs(30);
 const WITNESS: [&str; 2] = [WITNESS_FLAG, "m3"];
@@ -74,17 +74,17 @@ async fn wait_published(url: &str) {
     .expect("published");
 }
 
-/// The value of the metric line starting with `name` on the member at `url`.
-fn metric(url: &str, name: &str) -> f64 {
-    let (_, body) = etcd_compat_tests::http_get(&format!("{url}/metrics")).expect("metrics");
-    body.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no metric {name} in\n{body}"))
-}
-
 /// Every key in `keys` can be read, linearizably, through `url`.
 async fn assert_all_present(url: &str, keys: &[String]) {
+    let missing = missing(url, keys).await;
+    assert!(
+        missing.is_empty(),
+        "acknowledged {missing:?} missing on {url}"
+    );
+}
+
+/// The keys among `keys` a linearizable range over `w/` at `url` does not return.
+async fn missing(url: &str, keys: &[String]) -> Vec<String> {
     let mut c = client(url).await;
     let got = c
         .get("w/", Some(GetOptions::new().with_prefix().with_keys_only()))
@@ -95,9 +95,10 @@ async fn assert_all_present(url: &str, keys: &[String]) {
         .iter()
         .map(|kv| kv.key_str().expect("utf-8").to_string())
         .collect();
-    for k in keys {
-        assert!(present.contains(k), "acknowledged {k} missing on {url}");
-    }
+    keys.iter()
+        .filter(|k| !present.contains(*k))
+        .cloned()
+        .collect()
 }
 
 fn start() -> Cluster {
@@ -514,18 +515,23 @@ async fn the_leader_killed_again_and_again_loses_no_acknowledged_write() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(3);
-    let tandem = failover(
+    let (tandem, lost) = failover(
         Cluster::start(Kind::Tandem, 3, &WITNESS).expect("2 + witness"),
         kills,
     )
     .await;
-    let etcd = failover(Cluster::start(Kind::Etcd35, 3, &[]).expect("etcd"), kills).await;
-    for (name, gaps) in [
-        ("tandem, 2 data + witness", tandem),
-        ("etcd 3.5.1, 3 members", etcd),
+    assert!(lost.is_empty(), "tandem lost acknowledged writes: {lost:?}");
+    // etcd 3.5.0-3.5.2 may lose acknowledged writes on a member SIGKILLed under load (its
+    // consistent index was not saved atomically: etcd-io/etcd#13766, fixed in 3.5.3). The
+    // reference run reports what it lost instead of failing on etcd's bug.
+    let (etcd, etcd_lost) =
+        failover(Cluster::start(Kind::Etcd35, 3, &[]).expect("etcd"), kills).await;
+    for (name, gaps, lost) in [
+        ("tandem, 2 data + witness", tandem, lost),
+        ("etcd 3.5.1, 3 members", etcd, etcd_lost),
     ] {
         eprintln!(
-            "failover over {kills} leader kills, {name}: median {:?}, worst {:?} (all: {gaps:?})",
+            "failover over {kills} leader kills, {name}: median {:?}, worst {:?} (all: {gaps:?}); acknowledged writes missing: {lost:?}",
             gaps[gaps.len() / 2],
             gaps[gaps.len() - 1]
         );
@@ -533,8 +539,9 @@ async fn the_leader_killed_again_and_again_loses_no_acknowledged_write() {
 }
 
 /// Kills the leader `kills` times under a writer on each data member; the sorted times from
-/// each kill to the next acknowledged write sent after it.
-async fn failover(mut cluster: Cluster, kills: usize) -> Vec<Duration> {
+/// each kill to the next acknowledged write sent after it, and the acknowledged writes some
+/// data member's linearizable range then misses (as `url: key`).
+async fn failover(mut cluster: Cluster, kills: usize) -> (Vec<Duration>, Vec<String>) {
     let endpoints: Vec<String> = cluster
         .data_members()
         .map(|i| cluster.members[i].url())
@@ -614,11 +621,17 @@ async fn failover(mut cluster: Cluster, kills: usize) -> Vec<Duration> {
         .iter()
         .map(|a| a.2.clone())
         .collect();
+    let mut lost = Vec::new();
     for url in &endpoints {
-        assert_all_present(url, &acked).await;
+        lost.extend(
+            missing(url, &acked)
+                .await
+                .into_iter()
+                .map(|k| format!("{url}: {k}")),
+        );
     }
     gaps.sort();
-    gaps
+    (gaps, lost)
 }
 
 /// The value of `name{label="value"}` on the member at `url`, if it reports one.

@@ -409,6 +409,9 @@ pub enum ReplicaError {
     LeaderChanged,
     #[error("server stopped")]
     Stopped,
+    /// The leader does not know the member that forwarded the request: it was removed.
+    #[error("the member has been permanently removed from the cluster")]
+    Removed,
     #[error("request timed out")]
     Timeout,
     /// A membership change refused as etcd refuses it.

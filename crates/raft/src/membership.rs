@@ -124,33 +124,71 @@ pub(crate) fn write_error(
 /// been permanently removed from the cluster"); the member then stops, as etcd's does.
 ///
 /// A removed member seldom learns the final configuration: openraft's leader stops sending to
-/// it once it appends that entry. What it does learn is the joint configuration whose new
-/// half leaves it out; the change only moves forward from there (`finish_changes`), so `grace`
-/// after applying that one it stops too. The removal was checked to leave a quorum without it.
-pub async fn removed<C: Types>(raft: openraft::Raft<C>, me: NodeId, grace: std::time::Duration) {
+/// it once it appends that entry. What it may learn is the joint configuration whose new half
+/// leaves it out; the change only moves forward from there (`finish_changes`), so `grace`
+/// after applying that one it stops too. And when it hears no leader for `grace` it asks the
+/// members it knows (as etcd's peers answer a removed member with 410 Gone): one whose
+/// committed membership is later than the last that held this member and leaves it out means
+/// it was removed. The removal was checked to leave a quorum without it.
+pub async fn removed<C: Types>(
+    raft: openraft::Raft<C>,
+    me: NodeId,
+    cluster_id: u64,
+    grace: std::time::Duration,
+    contact: Option<std::sync::Arc<crate::prevote::Contact>>,
+) {
     let mut metrics = raft.metrics();
     // A member joining replays memberships from before it was added: only one that held it
-    // and then one that does not mean it was removed.
-    let mut seen = false;
+    // and then one that does not mean it was removed. Whether an applied membership held it,
+    // and the log index of the last membership in its log that held it (a member restarted
+    // may not know that its last one was committed: nobody tells it any more).
+    let mut held_applied = false;
+    let mut held_at: Option<u64> = None;
+    let mut leaderless_since: Option<tokio::time::Instant> = None;
+    let mut tick = tokio::time::interval(grace);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let leaving = {
+        let (leaving, peers) = {
             let m = metrics.borrow_and_update();
             let membership = m.membership_config.membership();
-            let applied = m
+            let applied_at = m
                 .membership_config
                 .log_id()
-                .is_some_and(|l| m.last_applied.is_some_and(|a| a.index >= l.index));
+                .filter(|l| m.last_applied.is_some_and(|a| a.index >= l.index))
+                .map(|l| l.index);
             let joint = membership.get_joint_config();
             let holds_me = membership.get_node(&me).is_some();
-            seen |= applied && holds_me;
-            if seen && applied && !holds_me {
+            if holds_me {
+                held_applied |= applied_at.is_some();
+                held_at = held_at.max(m.membership_config.log_id().map(|l| l.index));
+            }
+            if held_applied && applied_at.is_some() && !holds_me {
                 tracing::warn!(
                     member_id = %format!("{me:x}"),
                     "the member has been permanently removed from the cluster; stopping"
                 );
                 return;
             }
-            seen && applied && joint.len() > 1 && joint.last().is_some_and(|new| !new.contains(&me))
+            // With pre-votes a member that hears no leader does not stand (nor forget the
+            // leader it knew) until a pre-vote wins: its silence says it.
+            let silent = m.state != ServerState::Leader
+                && contact
+                    .as_ref()
+                    .is_some_and(|c| c.silent_ms() > grace.as_millis() as u64);
+            leaderless_since = match (m.current_leader, silent, leaderless_since) {
+                (Some(_), false, _) => None,
+                (_, _, since) => since.or_else(|| Some(tokio::time::Instant::now())),
+            };
+            let peers: Vec<String> = membership
+                .nodes()
+                .filter(|(id, _)| **id != me)
+                .flat_map(|(_, n)| n.peer_urls.iter().cloned())
+                .collect();
+            let leaving = held_applied
+                && applied_at.is_some()
+                && joint.len() > 1
+                && joint.last().is_some_and(|new| !new.contains(&me));
+            (leaving, peers)
         };
         if leaving {
             tokio::time::sleep(grace).await;
@@ -166,8 +204,38 @@ pub async fn removed<C: Types>(raft: openraft::Raft<C>, me: NodeId, grace: std::
                 return;
             }
         }
-        if metrics.changed().await.is_err() {
-            return std::future::pending().await;
+        let ask = held_at
+            .zip(leaderless_since)
+            .and_then(|(held_at, since)| (since.elapsed() >= grace).then_some(held_at));
+        if let Some(held_at) = ask {
+            for url in &peers {
+                let Ok(answer) = crate::network::ask_members_of(url, grace).await else {
+                    continue;
+                };
+                let ids: Vec<NodeId> = answer.members.iter().map(|(id, _, _)| *id).collect();
+                let seen = crate::policy::membership::Seen {
+                    cluster_id: answer.cluster_id,
+                    members: &ids,
+                    committed_at: answer.committed_at,
+                };
+                if crate::policy::membership::removed_by(me, cluster_id, held_at, &seen) {
+                    tracing::warn!(
+                        member_id = %format!("{me:x}"),
+                        peer = %url,
+                        "the member has been permanently removed from the cluster (a member's \
+                         committed membership leaves it out); stopping"
+                    );
+                    return;
+                }
+            }
+        }
+        tokio::select! {
+            changed = metrics.changed() => {
+                if changed.is_err() {
+                    return std::future::pending().await;
+                }
+            }
+            _ = tick.tick() => {}
         }
     }
 }

@@ -229,7 +229,32 @@ pub enum ForwardResponse<R> {
     Members {
         cluster_id: u64,
         members: Vec<(NodeId, MemberNode, bool)>,
+        /// The log index of that membership when this member has applied it (it is committed).
+        committed_at: Option<u64>,
     },
+}
+
+/// One member's answer to `ForwardRequest::Members`.
+#[derive(Debug, Clone)]
+pub struct MembersAnswer {
+    pub cluster_id: u64,
+    pub members: Vec<(NodeId, MemberNode, bool)>,
+    /// The log index of that membership, when the member answering has applied it.
+    pub committed_at: Option<u64>,
+}
+
+/// The `Members` answer from `raft`'s metrics.
+fn members_answer<R>(cluster_id: u64, m: &crate::types::Metrics) -> ForwardResponse<R> {
+    let committed_at = m
+        .membership_config
+        .log_id()
+        .filter(|l| m.last_applied.is_some_and(|a| a.index >= l.index))
+        .map(|l| l.index);
+    ForwardResponse::Members {
+        cluster_id,
+        members: crate::member::members_of(m),
+        committed_at,
+    }
 }
 
 /// Why a forwarded request failed.
@@ -597,10 +622,7 @@ pub async fn serve_forward<C: Types>(
         ForwardRequest::ChangeMembers(change) => Ok(ForwardResponse::MembersChanged(
             crate::membership::change(raft, answers, change).await?,
         )),
-        ForwardRequest::Members => Ok(ForwardResponse::Members {
-            cluster_id: 0,
-            members: crate::member::members_of(&raft.metrics().borrow()),
-        }),
+        ForwardRequest::Members => Ok(members_answer(0, &raft.metrics().borrow())),
         ForwardRequest::Campaign => {
             tracing::info!("asked by the leader to stand for election (the witness hands over, or etcd's MoveLeader)");
             raft.trigger()
@@ -726,11 +748,10 @@ impl<C: Types> RaftPeer for PeerService<C> {
                     "a member that does not know its cluster may only ask for the members",
                 ));
             };
-            let answer: Result<ForwardResponse<C::R>, ReplicaError> =
-                Ok(ForwardResponse::Members {
-                    cluster_id: self.cluster_id,
-                    members: crate::member::members_of(&self.raft.metrics().borrow()),
-                });
+            let answer: Result<ForwardResponse<C::R>, ReplicaError> = Ok(members_answer(
+                self.cluster_id,
+                &self.raft.metrics().borrow(),
+            ));
             return Ok(self.reply(&answer));
         }
         let req: ForwardRequest = self.open(m)?;
@@ -750,6 +771,30 @@ impl<C: Types> RaftPeer for PeerService<C> {
                     granted: crate::prevote::grant(&ask),
                 });
             return Ok(self.reply(&answer));
+        }
+        let serves_a_member = matches!(
+            req,
+            ForwardRequest::Propose(_)
+                | ForwardRequest::ReadIndex
+                | ForwardRequest::SetNode(..)
+                | ForwardRequest::ChangeMembers(_)
+        );
+        if serves_a_member {
+            // A leader's membership is the newest: a member it does not hold was removed (a new
+            // one is added before it starts). It is not served through the leader (etcd's
+            // peers answer a removed member 410 Gone).
+            let metrics = self.raft.metrics().borrow().clone();
+            if metrics.state == openraft::ServerState::Leader
+                && metrics
+                    .membership_config
+                    .membership()
+                    .get_node(&m.sender)
+                    .is_none()
+            {
+                let refused: Result<ForwardResponse<C::R>, ReplicaError> =
+                    Err(ReplicaError::Removed);
+                return Ok(self.reply(&refused));
+            }
         }
         if self.witness && matches!(req, ForwardRequest::Propose(_)) {
             let refused: Result<ForwardResponse<C::R>, ReplicaError> = Err(ReplicaError::NoLeader);
@@ -802,27 +847,37 @@ pub async fn greet(
 
 /// For a member joining an existing cluster: asks each peer at `peer_urls` in turn for the
 /// cluster id and the membership, and returns the first answer (or why none came).
-pub async fn ask_members(
-    peer_urls: &[String],
-    timeout: Duration,
-) -> Result<(u64, Vec<(NodeId, MemberNode, bool)>), String> {
-    let nobody = Incarnations::in_memory(0, 0);
+pub async fn ask_members(peer_urls: &[String], timeout: Duration) -> Result<MembersAnswer, String> {
     let mut errors = Vec::new();
     for url in peer_urls {
-        let Ok(endpoint) = Endpoint::from_shared(dial_url(url)) else {
-            errors.push(format!("{url}: not a URL"));
-            continue;
-        };
-        let channel = endpoint.connect_timeout(CONNECT_TIMEOUT).connect_lazy();
-        match forward::<()>(channel, 0, &nobody, &ForwardRequest::Members, timeout).await {
-            Ok(ForwardResponse::Members {
-                cluster_id,
-                members,
-            }) => return Ok((cluster_id, members)),
-            Ok(other) => errors.push(format!("{url}: unexpected answer {other:?}")),
-            Err(ForwardFailure::NotSent) => errors.push(format!("{url}: unreachable")),
-            Err(ForwardFailure::Failed(e)) => errors.push(format!("{url}: {e}")),
+        match ask_members_of(url, timeout).await {
+            Ok(answer) => return Ok(answer),
+            Err(e) => errors.push(e),
         }
     }
     Err(errors.join("; "))
+}
+
+/// Asks the member at `url` for its cluster id and membership (as a member that does not know
+/// its cluster may).
+pub async fn ask_members_of(url: &str, timeout: Duration) -> Result<MembersAnswer, String> {
+    let nobody = Incarnations::in_memory(0, 0);
+    let Ok(endpoint) = Endpoint::from_shared(dial_url(url)) else {
+        return Err(format!("{url}: not a URL"));
+    };
+    let channel = endpoint.connect_timeout(CONNECT_TIMEOUT).connect_lazy();
+    match forward::<()>(channel, 0, &nobody, &ForwardRequest::Members, timeout).await {
+        Ok(ForwardResponse::Members {
+            cluster_id,
+            members,
+            committed_at,
+        }) => Ok(MembersAnswer {
+            cluster_id,
+            members,
+            committed_at,
+        }),
+        Ok(other) => Err(format!("{url}: unexpected answer {other:?}")),
+        Err(ForwardFailure::NotSent) => Err(format!("{url}: unreachable")),
+        Err(ForwardFailure::Failed(e)) => Err(format!("{url}: {e}")),
+    }
 }

@@ -379,7 +379,9 @@ impl Replica {
         raft::membership::removed(
             self.raft.clone(),
             self.config.member_id,
+            self.config.cluster_id,
             Duration::from_millis(2 * self.config.election_timeout_ms),
+            self.prevote.as_ref().map(|p| Arc::clone(&p.contact)),
         )
     }
 

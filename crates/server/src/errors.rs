@@ -26,7 +26,8 @@ pub fn replica_error(e: &ReplicaError) -> RpcError {
     match e {
         ReplicaError::NoLeader => rpctypes::NO_LEADER,
         ReplicaError::NotLeader(_) | ReplicaError::LeaderChanged => rpctypes::LEADER_CHANGED,
-        ReplicaError::Stopped => rpctypes::STOPPED,
+        // etcd's removed member stops: its clients see "server stopped".
+        ReplicaError::Stopped | ReplicaError::Removed => rpctypes::STOPPED,
         ReplicaError::Timeout => rpctypes::TIMEOUT,
         ReplicaError::Membership(e) => membership_error(*e),
     }

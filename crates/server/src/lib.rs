@@ -258,7 +258,7 @@ async fn join_existing(mut config: Config) -> anyhow::Result<Config> {
     let deadline = tokio::time::Instant::now() + JOIN_PATIENCE;
     let (cluster_id, members) = loop {
         match raft::network::ask_members(&peers, GREETING_TIMEOUT).await {
-            Ok(answer) => break answer,
+            Ok(answer) => break (answer.cluster_id, answer.members),
             Err(e) if tokio::time::Instant::now() >= deadline => anyhow::bail!(
                 "refusing to start: cannot fetch cluster info from peer urls ({e}); an existing \
                  cluster's members must be reachable to join it"

@@ -212,6 +212,27 @@ pub fn plan(
     }
 }
 
+/// What another member said its membership is (`ForwardRequest::Members`).
+#[derive(Debug, Clone, Copy)]
+pub struct Seen<'a> {
+    pub cluster_id: u64,
+    pub members: &'a [NodeId],
+    /// The log index of that membership, when that member has applied it.
+    pub committed_at: Option<u64>,
+}
+
+/// Whether `seen` proves member `me` of cluster `cluster_id` was removed, when the last
+/// membership in its log that held it is at log index `held_at`: a committed membership of the
+/// same cluster, later than that one, that leaves it out. Committed memberships follow one
+/// another and an id removed never comes back, so a later one without it is its removal (or,
+/// if its own was never committed, says it never joined); an earlier one (a member that lags)
+/// or one not yet committed proves nothing.
+pub fn removed_by(me: NodeId, cluster_id: u64, held_at: u64, seen: &Seen<'_>) -> bool {
+    seen.cluster_id == cluster_id
+        && seen.committed_at.is_some_and(|at| at > held_at)
+        && !seen.members.contains(&me)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -487,5 +508,30 @@ mod tests {
         // The name and client URLs stay.
         assert_eq!(n[&2].name, "m2");
         assert_eq!(n[&2].peer_urls, vec!["http://n2:2380".to_string()]);
+    }
+
+    #[test]
+    fn only_a_later_committed_membership_without_it_removes_a_member() {
+        let seen = |cluster_id, members: &'static [NodeId], committed_at| Seen {
+            cluster_id,
+            members,
+            committed_at,
+        };
+        // (the answer, whether member 3 of cluster 7, last held at index 10, was removed)
+        let table = [
+            (seen(7, &[1, 2], Some(12)), true),
+            (seen(7, &[1, 2, 3], Some(12)), false),
+            // Older than the last membership that held it: a member that lags, or had not
+            // heard of 3 yet.
+            (seen(7, &[1, 2], Some(9)), false),
+            (seen(7, &[1, 2], Some(10)), false),
+            // Not yet applied there: it may not be committed.
+            (seen(7, &[1, 2], None), false),
+            // Another cluster's members say nothing of this one.
+            (seen(8, &[1, 2], Some(12)), false),
+        ];
+        for (answer, removed) in table {
+            assert_eq!(removed_by(3, 7, 10, &answer), removed, "{answer:?}");
+        }
     }
 }
