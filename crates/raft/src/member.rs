@@ -479,6 +479,15 @@ pub fn members_of(m: &crate::types::Metrics) -> Vec<(NodeId, MemberNode, bool)> 
     members_in(m.membership_config.membership())
 }
 
+/// The log index of the membership in `m`, once this member has applied it (so it is
+/// committed).
+pub fn membership_applied_at(m: &crate::types::Metrics) -> Option<u64> {
+    m.membership_config
+        .log_id()
+        .filter(|l| m.last_applied.is_some_and(|a| a.index >= l.index))
+        .map(|l| l.index)
+}
+
 /// The members of `membership`, voters and learners, with whether each is a learner.
 pub fn members_in(membership: &crate::types::Membership) -> Vec<(NodeId, MemberNode, bool)> {
     let voters: std::collections::BTreeSet<NodeId> = membership.voter_ids().collect();

@@ -84,7 +84,7 @@ pub async fn finish_changes<C: Types>(raft: openraft::Raft<C>, settle: std::time
     let joint_of = |m: &crate::types::Metrics| {
         let membership = m.membership_config.membership();
         let log_id = *m.membership_config.log_id();
-        let committed = log_id.is_some_and(|l| m.last_applied.is_some_and(|a| a.index >= l.index));
+        let committed = crate::member::membership_applied_at(m).is_some();
         (m.state == ServerState::Leader && committed && membership.get_joint_config().len() > 1)
             .then(|| (log_id, membership.clone()))
     };
@@ -151,11 +151,7 @@ pub async fn removed<C: Types>(
         let (leaving, peers) = {
             let m = metrics.borrow_and_update();
             let membership = m.membership_config.membership();
-            let applied_at = m
-                .membership_config
-                .log_id()
-                .filter(|l| m.last_applied.is_some_and(|a| a.index >= l.index))
-                .map(|l| l.index);
+            let applied_at = crate::member::membership_applied_at(&m);
             let joint = membership.get_joint_config();
             let holds_me = membership.get_node(&me).is_some();
             if holds_me {

@@ -226,16 +226,11 @@ pub enum ForwardResponse<R> {
     },
     /// The membership once the change took effect: each member, and whether it is a learner.
     MembersChanged(Vec<(NodeId, MemberNode, bool)>),
-    Members {
-        cluster_id: u64,
-        members: Vec<(NodeId, MemberNode, bool)>,
-        /// The log index of that membership when this member has applied it (it is committed).
-        committed_at: Option<u64>,
-    },
+    Members(MembersAnswer),
 }
 
 /// One member's answer to `ForwardRequest::Members`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct MembersAnswer {
     pub cluster_id: u64,
     pub members: Vec<(NodeId, MemberNode, bool)>,
@@ -245,16 +240,11 @@ pub struct MembersAnswer {
 
 /// The `Members` answer from `raft`'s metrics.
 fn members_answer<R>(cluster_id: u64, m: &crate::types::Metrics) -> ForwardResponse<R> {
-    let committed_at = m
-        .membership_config
-        .log_id()
-        .filter(|l| m.last_applied.is_some_and(|a| a.index >= l.index))
-        .map(|l| l.index);
-    ForwardResponse::Members {
+    ForwardResponse::Members(MembersAnswer {
         cluster_id,
         members: crate::member::members_of(m),
-        committed_at,
-    }
+        committed_at: crate::member::membership_applied_at(m),
+    })
 }
 
 /// Why a forwarded request failed.
@@ -783,14 +773,17 @@ impl<C: Types> RaftPeer for PeerService<C> {
             // A leader's membership is the newest: a member it does not hold was removed (a new
             // one is added before it starts). It is not served through the leader (etcd's
             // peers answer a removed member 410 Gone).
-            let metrics = self.raft.metrics().borrow().clone();
-            if metrics.state == openraft::ServerState::Leader
-                && metrics
-                    .membership_config
-                    .membership()
-                    .get_node(&m.sender)
-                    .is_none()
-            {
+            let unknown = {
+                let metrics = self.raft.metrics();
+                let now = metrics.borrow();
+                now.state == openraft::ServerState::Leader
+                    && now
+                        .membership_config
+                        .membership()
+                        .get_node(&m.sender)
+                        .is_none()
+            };
+            if unknown {
                 let refused: Result<ForwardResponse<C::R>, ReplicaError> =
                     Err(ReplicaError::Removed);
                 return Ok(self.reply(&refused));
@@ -867,15 +860,7 @@ pub async fn ask_members_of(url: &str, timeout: Duration) -> Result<MembersAnswe
     };
     let channel = endpoint.connect_timeout(CONNECT_TIMEOUT).connect_lazy();
     match forward::<()>(channel, 0, &nobody, &ForwardRequest::Members, timeout).await {
-        Ok(ForwardResponse::Members {
-            cluster_id,
-            members,
-            committed_at,
-        }) => Ok(MembersAnswer {
-            cluster_id,
-            members,
-            committed_at,
-        }),
+        Ok(ForwardResponse::Members(answer)) => Ok(answer),
         Ok(other) => Err(format!("{url}: unexpected answer {other:?}")),
         Err(ForwardFailure::NotSent) => Err(format!("{url}: unreachable")),
         Err(ForwardFailure::Failed(e)) => Err(format!("{url}: {e}")),
