@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 pub mod faultproxy;
+pub mod fence;
 pub mod loopfs;
 pub mod netns;
 

@@ -27,6 +27,18 @@ impl DiskFull {
     }
 }
 
+/// Writes `bytes` to `dir/name` so that a crash leaves either the old file or the whole new one:
+/// a temporary file, flushed, renamed over it, and the directory flushed.
+pub fn write_durably(dir: &std::path::Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = dir.join(format!("{name}.tmp"));
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_data()?;
+    std::fs::rename(&tmp, dir.join(name))?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

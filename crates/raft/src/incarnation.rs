@@ -11,7 +11,6 @@
 //! written to `peers.tmp`, fdatasynced, renamed, directory fsynced.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -104,12 +103,7 @@ impl Incarnations {
         let Some(dir) = &self.dir else {
             return Ok(());
         };
-        let tmp = dir.join(format!("{FILE}.tmp"));
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&codec::encode(known))?;
-        f.sync_data()?;
-        std::fs::rename(&tmp, dir.join(FILE))?;
-        std::fs::File::open(dir)?.sync_all()
+        crate::disk::write_durably(dir, FILE, &codec::encode(known))
     }
 }
 

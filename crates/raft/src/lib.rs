@@ -21,6 +21,7 @@
 pub mod codec;
 pub mod disk;
 pub mod engagement;
+pub mod fence;
 pub mod flushes;
 pub mod held;
 pub mod incarnation;

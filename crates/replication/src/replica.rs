@@ -135,6 +135,8 @@ pub struct ReplicaConfig {
     pub forward_timeout: Duration,
     /// The incarnation of this member's data dir (W5, `raft::incarnation`).
     pub incarnation: u64,
+    /// Two data members that fence each other (`--fence-command`, `raft::fence`).
+    pub fencing: bool,
 }
 
 /// A running member.
@@ -172,6 +174,9 @@ impl Replica {
              version no longer reads; move the data away and start from an empty data dir",
             config.data_dir.display()
         );
+        // The peer was fenced before this start: continue alone (`raft::fence`). Applied
+        // whatever the flags say now: a marker left for a later start would be stale.
+        raft::fence::apply_marker::<TypeConfig>(&dir, &dir.join("wal"), config.member_id)?;
         let disk_full = Arc::<raft::disk::DiskFull>::default();
         let log = LogStore::<TypeConfig>::open(&dir.join("wal"), Arc::clone(&disk_full))?;
         let log_reader = log.clone();
@@ -208,8 +213,9 @@ impl Replica {
         let raft = Raft::new(config.member_id, Arc::new(raft_config), network, log, sm).await?;
         // Beside a witness, elections wait for a won pre-vote (`raft::prevote`): a data member
         // cut off from its peers must not raise its term and depose a healthy leader on return.
+        // With fencing too: a fenced member that is back must not depose the one that went on.
         let with_witness = config.initial_members.values().any(|m| m.witness);
-        let prevote = with_witness.then(|| PreVoter {
+        let prevote = (with_witness || config.fencing).then(|| PreVoter {
             contact: Arc::default(),
             lease_ms: election_timeout_max,
             election_timeout_ms: config.election_timeout_ms,
@@ -253,6 +259,9 @@ impl Replica {
             ));
         }
         tokio::spawn(commit_on_restore(raft.clone(), config.member_id));
+        if config.fencing {
+            tokio::spawn(raft::fence::promote_returning(Arc::clone(&shared)));
+        }
         tokio::spawn(raft::membership::finish_changes(
             raft.clone(),
             Duration::from_millis(config.election_timeout_ms),
@@ -382,6 +391,28 @@ impl Replica {
             self.config.cluster_id,
             Duration::from_millis(2 * self.config.election_timeout_ms),
             self.prevote.as_ref().map(|p| Arc::clone(&p.contact)),
+        )
+    }
+
+    /// With fencing: watches the peer and fences it when lost (`raft::fence`); resolves once a
+    /// fence succeeded and this member must restart to continue alone.
+    pub fn fence<F, Fut>(
+        &self,
+        settings: raft::policy::fence::Settings,
+        armed: Arc<std::sync::atomic::AtomicBool>,
+        fence: F,
+    ) -> impl std::future::Future<Output = anyhow::Result<raft::types::NodeId>> + Send + 'static
+    where
+        F: Fn(raft::types::MemberNode) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = bool> + Send + 'static,
+    {
+        raft::fence::drive(
+            Arc::clone(&self.shared),
+            settings,
+            Duration::from_millis(self.config.heartbeat_interval_ms),
+            self.config.data_dir.join("member"),
+            armed,
+            fence,
         )
     }
 

@@ -72,6 +72,19 @@ pub struct Flags {
     /// --quota-backend-bytes value). Other members ignore it.
     #[arg(long, env = "TANDEM_WITNESS_MAX_PAYLOAD_BYTES", default_value_t = 0)]
     pub witness_max_payload_bytes: u64,
+    /// Two data members and no witness: the command that fences (powers off) a lost peer before
+    /// this member continues alone, run with `sh -c`, the peer's --name as `$1` and in
+    /// TANDEM_FENCE_PEER; exit status 0 means fenced (tandem's flag).
+    #[arg(long, env = "TANDEM_FENCE_COMMAND")]
+    pub fence_command: Option<String>,
+    /// With --fence-command: how much longer (ms) the member that did not lead waits before
+    /// fencing, so that the leader's fence lands first (Pacemaker's pcmk_delay_base).
+    #[arg(long, env = "TANDEM_FENCE_DELAY", default_value_t = 5000)]
+    pub fence_delay: u64,
+    /// With --fence-command: how long (ms) the command may run before it is killed and counted
+    /// as failed (then tried again).
+    #[arg(long, env = "TANDEM_FENCE_TIMEOUT", default_value_t = 60_000)]
+    pub fence_timeout: u64,
     /// Initial cluster state ("new" or "existing").
     #[arg(long, env = "ETCD_INITIAL_CLUSTER_STATE", default_value = "new")]
     pub initial_cluster_state: String,
@@ -244,6 +257,16 @@ pub struct Config {
     pub corrupt_check_interval: Duration,
     pub server_version: String,
     pub metrics_urls: Vec<String>,
+    /// `--fence-command` (`crate::fence`).
+    pub fence: Option<FenceConfig>,
+}
+
+/// How this member fences its lost peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FenceConfig {
+    pub command: String,
+    pub delay: Duration,
+    pub timeout: Duration,
 }
 
 /// etcd's default backend quota.
@@ -485,6 +508,13 @@ impl Flags {
                 bail!("--initial-cluster-witness={w}: a cluster needs a data member besides the witness");
             }
         }
+        let fence_command = self.fence_command.filter(|c| !c.trim().is_empty());
+        if let (Some(_), Some(w)) = (&fence_command, witness) {
+            bail!(
+                "--fence-command: the cluster has a witness ({w}); fencing is for two data members \
+                 without one"
+            );
+        }
         let is_witness = witness == Some(self.name.as_str());
         let quota = if self.quota_backend_bytes <= 0 {
             DEFAULT_QUOTA_BYTES
@@ -594,6 +624,11 @@ impl Flags {
                 Duration::from_secs(1),
             )?,
             server_version: self.server_version,
+            fence: fence_command.map(|command| FenceConfig {
+                command,
+                delay: Duration::from_millis(self.fence_delay),
+                timeout: Duration::from_millis(self.fence_timeout),
+            }),
             metrics_urls: self
                 .listen_metrics_urls
                 .as_deref()
@@ -711,5 +746,42 @@ mod tests {
             .resolve()
             .unwrap_err();
         assert!(err.to_string().contains("not supported"), "{err}");
+    }
+
+    #[test]
+    fn the_fence_command_is_for_two_data_members_without_a_witness() {
+        let cluster = "a=http://10.0.0.1:2380,b=http://10.0.0.2:2380,w=http://10.0.0.3:2380";
+        let base = [
+            "tandem",
+            "--name=a",
+            "--initial-advertise-peer-urls=http://10.0.0.1:2380",
+        ];
+        let resolve = |extra: &[&str]| {
+            let mut args: Vec<String> = base.iter().map(|s| s.to_string()).collect();
+            args.extend(extra.iter().map(|s| s.to_string()));
+            Flags::parse_from(args).resolve()
+        };
+        let two = "--initial-cluster=a=http://10.0.0.1:2380,b=http://10.0.0.2:2380";
+        let c = resolve(&[two, "--fence-command=fence_redfish -n \"$1\""]).unwrap();
+        assert_eq!(
+            c.fence,
+            Some(FenceConfig {
+                command: "fence_redfish -n \"$1\"".into(),
+                delay: Duration::from_millis(5000),
+                timeout: Duration::from_secs(60),
+            })
+        );
+        assert_eq!(resolve(&[two, "--fence-command= "]).unwrap().fence, None);
+        assert_eq!(resolve(&[two]).unwrap().fence, None);
+        let err = resolve(&[
+            &format!("--initial-cluster={cluster}"),
+            "--initial-cluster-witness=w",
+            "--fence-command=true",
+        ])
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("the cluster has a witness (w)"),
+            "{err}"
+        );
     }
 }

@@ -294,6 +294,12 @@ fn two_node_metrics(registry: &mut Registry, node: &Node) {
         "Whether the witness's acknowledgements count now (this member leads and a data follower is behind). 1 if so.",
         i64::from(node.replica.witness_engaged()),
     );
+    gauge(
+        registry,
+        "tandem_fence_armed",
+        "With --fence-command: whether this member may fence its peer should it be lost (the peer confirmed the committed two-voter membership since this member started). 1 if so.",
+        i64::from(node.fence_armed.load(std::sync::atomic::Ordering::Relaxed)),
+    );
     let entries: Family<Vec<(String, String)>, Gauge> = Family::default();
     let seconds: Family<Vec<(String, String)>, Gauge<f64, std::sync::atomic::AtomicU64>> =
         Family::default();

@@ -12,6 +12,7 @@ pub mod convert;
 pub mod corrupt_check;
 pub mod disk_guard;
 pub mod errors;
+pub mod fence;
 pub mod goaway;
 pub mod http;
 pub mod identity;
@@ -101,6 +102,7 @@ pub async fn run(
         snapshot_catchup_entries: config.snapshot_catchup_entries,
         forward_timeout: node::request_timeout(config.election_timeout_ms),
         incarnation: config.incarnation,
+        fencing: config.fence.is_some(),
     };
     // Serve at once, as etcd does: until a leader is known, requests that need one fail with
     // `etcdserver: no leader` (Unavailable, which clients retry).
@@ -120,10 +122,12 @@ pub async fn run(
     ];
 
     let removed = node.replica.removed();
+    let fenced = fenced(&node);
     let stopped = stop_signal(async move {
         tokio::select! {
             () = shutdown => {}
             () = removed => {}
+            () = fenced => {}
         }
     });
 
@@ -163,13 +167,53 @@ pub async fn run(
     );
     stopped().await;
     tracing::info!("shutting down");
-    join_servers(servers).await;
+    // After a fence the member starts again at once to go on alone: no request in flight can
+    // finish before that anyway (it has no quorum).
+    let grace = if restart_after_fence(&node.config.data_dir) {
+        Duration::ZERO
+    } else {
+        SHUTDOWN_GRACE
+    };
+    join_servers(servers, grace).await;
     for b in background {
         b.abort();
     }
     node.replica.shutdown().await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// With `--fence-command`: resolves once the lost peer is fenced, so that the node stops and
+/// `main` starts it again to continue alone (`raft::fence`); never otherwise.
+fn fenced(node: &Arc<Node>) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> {
+    let Some(fence) = node.config.fence.clone() else {
+        return Box::pin(std::future::pending());
+    };
+    let e = node.config.election_timeout_ms;
+    let settings = raft::policy::fence::Settings {
+        loss_ms: e,
+        delay_ms: fence.delay.as_millis() as u64,
+        retry_ms: fence::retry_after(e).as_millis() as u64,
+    };
+    let watching = node
+        .replica
+        .fence(settings, Arc::clone(&node.fence_armed), move |peer| {
+            let fence = fence.clone();
+            async move { fence::run(&fence, &peer).await }
+        });
+    Box::pin(async move {
+        match watching.await {
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "fencing failed to record the peer's fence; stopping");
+            }
+        }
+    })
+}
+
+/// Whether the node stopped to continue alone after fencing its peer: `main` starts it again.
+pub fn restart_after_fence(data_dir: &std::path::Path) -> bool {
+    data_dir.join("member").join(raft::fence::MARKER).exists()
 }
 
 /// `shutdown` shared: each call of the returned function is a future that completes once
@@ -190,15 +234,35 @@ pub(crate) fn stop_signal(
     }
 }
 
-/// Waits for every server task to stop (after the stop signal), logging those that failed.
+/// How long the servers may take to finish their requests once a node stops; past it the
+/// connections still open are dropped. A connection whose peer went silent (a partition) would
+/// otherwise hold the stop forever.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
+/// Waits, up to `grace`, for every server task to stop (after the stop signal), logging those
+/// that failed; those still running then are aborted.
 pub(crate) async fn join_servers(
     servers: Vec<tokio::task::JoinHandle<Result<(), tonic::transport::Error>>>,
+    grace: Duration,
 ) {
-    for s in servers {
-        match s.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "server stopped with an error"),
-            Err(e) => tracing::warn!(error = %e, "server task failed"),
+    let aborts: Vec<tokio::task::AbortHandle> = servers.iter().map(|s| s.abort_handle()).collect();
+    let joined = tokio::time::timeout(grace, async {
+        for s in servers {
+            match s.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "server stopped with an error"),
+                Err(e) => tracing::warn!(error = %e, "server task failed"),
+            }
+        }
+    })
+    .await;
+    if joined.is_err() {
+        tracing::warn!(
+            grace_ms = grace.as_millis() as u64,
+            "connections still open after the grace period are dropped"
+        );
+        for a in aborts {
+            a.abort();
         }
     }
 }

@@ -46,6 +46,19 @@ async fn shutdown_signal() {
 /// mimalloc's option that keeps it from asking for transparent huge pages.
 const NO_THP: &str = "MIMALLOC_ALLOW_THP";
 
+/// Replaces this process with a new run of tandem with the same arguments (and `env` set);
+/// returns only if that fails.
+fn exec_self(env: Option<(&str, &str)>) -> anyhow::Result<()> {
+    use std::os::unix::process::CommandExt;
+    let exe = std::env::current_exe().context("finding this executable")?;
+    let mut command = std::process::Command::new(exe);
+    command.args(std::env::args_os().skip(1));
+    if let Some((k, v)) = env {
+        command.env(k, v);
+    }
+    Err(command.exec().into())
+}
+
 fn main() -> anyhow::Result<()> {
     let flags = Flags::parse_etcd_style();
     init_logging(&flags.log_level, &flags.log_outputs)?;
@@ -58,22 +71,25 @@ fn main() -> anyhow::Result<()> {
         // whole huge page; only its MIMALLOC_ALLOW_THP=0, read at start-up, stops that: the
         // witness starts itself again with it, before it has opened anything.
         if std::env::var_os(NO_THP).is_none() {
-            use std::os::unix::process::CommandExt;
-            let exe = std::env::current_exe().context("finding this executable")?;
-            let err = std::process::Command::new(exe)
-                .args(std::env::args_os().skip(1))
-                .env(NO_THP, "0")
-                .exec();
-            return Err(err).context("restarting the witness without transparent huge pages");
+            return exec_self(Some((NO_THP, "0")))
+                .context("restarting the witness without transparent huge pages");
         }
         runtime.worker_threads(1);
     }
     let runtime = runtime.enable_all().build()?;
+    let data_dir = config.data_dir.clone();
     runtime.block_on(async move {
         let clients = server::bind(&config.client_urls).await?;
         let peers = server::bind(&config.peer_urls).await?;
         server::run(config, clients, peers, shutdown_signal())
             .await
             .context("tandem stopped with an error")
-    })
+    })?;
+    if server::restart_after_fence(&data_dir) {
+        // The lost peer is fenced: this member starts again, in the same process (same pid for
+        // its supervisor), and takes the one-voter membership before raft opens its log.
+        runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+        return exec_self(None).context("starting again to continue alone after fencing the peer");
+    }
+    Ok(())
 }

@@ -37,6 +37,8 @@ pub struct Node {
     quota: QuotaMeter,
     /// Whether the data directory's filesystem is below its reserve (`disk_guard`).
     pub disk_guard: crate::disk_guard::DiskGuard,
+    /// With `--fence-command`: whether this member may fence its peer now (`raft::fence`).
+    pub fence_armed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// How many bytes may be written before the file or in-use size is measured again.
@@ -104,6 +106,7 @@ impl Node {
             status,
             quota: QuotaMeter::default(),
             disk_guard: Default::default(),
+            fence_armed: Default::default(),
         })
     }
 

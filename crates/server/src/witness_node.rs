@@ -76,7 +76,7 @@ pub async fn run(
     );
     stopped().await;
     tracing::info!("shutting down");
-    crate::join_servers(servers).await;
+    crate::join_servers(servers, crate::SHUTDOWN_GRACE).await;
     node.witness.shutdown().await?;
     tracing::info!("stopped");
     Ok(())

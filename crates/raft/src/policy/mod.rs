@@ -2,6 +2,7 @@
 //! and tested without tokio: leader loss, leadership hand-off from a witness; witness
 //! engagement is in `crate::engagement`, pre-votes in `crate::prevote`.
 
+pub mod fence;
 pub mod handoff;
 pub mod leader_loss;
 pub mod membership;
