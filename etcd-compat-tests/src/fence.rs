@@ -59,6 +59,7 @@ esac
 pattern="--name=$1 .*--initial-cluster-token={token}( |\$)"
 pkill -KILL -f -- "$pattern"
 while pgrep -f -- "$pattern" >/dev/null; do sleep 0.05; done
+echo "$1" >> {d}/off
 echo "fence agent: $1 is off"
 "#
         );
@@ -116,12 +117,10 @@ echo "fence agent: $1 is off"
             .collect()
     }
 
-    /// The peers the agent powered off (successful calls), in order.
+    /// The peers the agent powered off (successful calls, once their process is gone), in
+    /// order.
     pub fn killed(&self) -> Vec<String> {
-        self.calls()
-            .into_iter()
-            .filter(|(_, m)| *m == Mode::Kill)
-            .map(|(n, _)| n)
-            .collect()
+        let text = std::fs::read_to_string(self.dir.path().join("off")).unwrap_or_default();
+        text.lines().map(str::to_string).collect()
     }
 }

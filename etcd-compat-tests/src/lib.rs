@@ -358,6 +358,14 @@ impl Server {
             let addr = format!("{}:{}", self.host, self.client_port);
             return wait_until("the server to listen", START_DEADLINE, || {
                 std::net::TcpStream::connect(&addr).is_ok()
+            })
+            .with_context(|| {
+                format!(
+                    "{} {}; log:\n{}",
+                    self.kind.name(),
+                    self.name,
+                    tail(&without_backtraces(&self.log()), 40)
+                )
             });
         }
         let url = format!("{client}/health");

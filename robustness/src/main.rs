@@ -125,6 +125,45 @@ fn scenarios(seconds: u64) -> Vec<Scenario> {
             env: Vec::new(),
         });
     }
+    // Two data members that fence each other, no witness (two-node-design topology 2): the
+    // fence agent SIGKILLs the peer's process (a stand-in for IPMI), and the fenced member is
+    // started again after each fault.
+    let fencing = [
+        ("SIGKILL the leader", Fault::KillLeader, None),
+        ("SIGKILL the follower", Fault::KillFollower, None),
+        ("SIGSTOP the leader", Fault::PauseLeader, None),
+        (
+            "symmetric partition, 20 races",
+            Fault::PartitionDataMembers,
+            Some(20),
+        ),
+        (
+            "the fence fails, then works",
+            Fault::FenceFailsThenWorks,
+            None,
+        ),
+        (
+            "the fence hangs, then works",
+            Fault::FenceHangsThenWorks,
+            None,
+        ),
+    ];
+    for (what, fault, count) in fencing {
+        out.push(Scenario {
+            name: format!("2 fencing, {what}"),
+            kind: Kind::Tandem,
+            members: 2,
+            fault,
+            duration: Duration::from_secs(seconds),
+            every: Duration::from_secs(4),
+            // Longer than an election timeout, the non-leader's fence delay and a restart.
+            down: Duration::from_secs(4),
+            workload: Default::default(),
+            fault_count: count,
+            flags: Vec::new(),
+            env: Vec::new(),
+        });
+    }
     out
 }
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use etcd_compat_tests::faultproxy::{FaultProxy, Flow};
+use etcd_compat_tests::fence::{FenceAgent, Mode};
 use etcd_compat_tests::loopfs::LoopFs;
 use etcd_compat_tests::netns::Net;
 use etcd_compat_tests::{Cluster, Kind};
@@ -77,6 +78,11 @@ pub enum Fault {
     /// S14: strace attaches to the leader and delays each of its fdatasyncs by 500 ms, for
     /// `down`; leadership must move to a follower (whose disk is fast) within it.
     SlowFsyncLeader,
+    /// Two members that fence each other: the fence agent fails for `down` while the follower
+    /// is SIGKILLed (writes stay refused), then works (the leader fences and goes on alone).
+    FenceFailsThenWorks,
+    /// As [`Fault::FenceFailsThenWorks`], the agent hanging (killed after --fence-timeout).
+    FenceHangsThenWorks,
 }
 
 impl Fault {
@@ -102,6 +108,8 @@ impl Fault {
             Fault::KillFollowerThenLeader => "SIGKILL the follower, then the leader",
             Fault::MoveLeader => "move leadership to a follower and back",
             Fault::SlowFsyncLeader => "slow fdatasync on the leader",
+            Fault::FenceFailsThenWorks => "the fence fails, then works",
+            Fault::FenceHangsThenWorks => "the fence hangs, then works",
         }
     }
 
@@ -140,16 +148,29 @@ pub struct Scenario {
 }
 
 impl Scenario {
-    /// Whether every peer link goes through the fault proxy: a tandem cluster with a witness
-    /// (network faults on the others use network namespaces, as they do for etcd beside them).
+    /// Whether every peer link goes through the fault proxy: a tandem cluster with a witness,
+    /// or two that fence each other (network faults on the others use network namespaces, as
+    /// they do for etcd beside them).
     pub fn through_proxy(&self) -> bool {
         self.kind == Kind::Tandem
-            && self
-                .flags
-                .iter()
-                .any(|f| f == etcd_compat_tests::WITNESS_FLAG)
+            && (self.fencing()
+                || self
+                    .flags
+                    .iter()
+                    .any(|f| f == etcd_compat_tests::WITNESS_FLAG))
+    }
+
+    /// Two tandem members without a witness fence each other (`--fence-command`), with the
+    /// test's fence agent, which SIGKILLs the peer's process (`etcd_compat_tests::fence`).
+    pub fn fencing(&self) -> bool {
+        self.kind == Kind::Tandem && self.members == 2
     }
 }
+
+/// The member that did not lead waits this much longer than the leader before it fences.
+const FENCE_DELAY_MS: u64 = 1000;
+/// A hanging fence command is killed after this long.
+const FENCE_TIMEOUT_MS: u64 = 1000;
 
 /// What a run measured, and what the checks found.
 #[derive(Debug)]
@@ -282,17 +303,23 @@ struct Rig {
     loops: Vec<LoopFs>,
     /// A full disk: while a member's was full.
     full_windows: Vec<Window>,
+    /// Two members that fence each other: the agent their fence command runs.
+    fence: Option<FenceAgent>,
 }
 
 /// Applies the fault once and heals it after `down`.
 async fn inject(cluster: &mut Cluster, rig: &mut Rig, s: &Scenario, rec: &Recorder) -> Result<()> {
     let net = rig.net.as_ref();
     let clocks = rig.clocks.path();
+    if s.fencing() {
+        wait_armed(cluster)?;
+    }
     let leader = if s.members == 1 {
         0
     } else {
         cluster.wait_leader(Duration::from_secs(30)).await?
     };
+    let fenced_before = rig.fence.as_ref().map_or(0, |a| a.killed().len());
     match s.fault {
         Fault::None => {}
         Fault::KillLeader | Fault::KillFollower => {
@@ -458,6 +485,18 @@ async fn inject(cluster: &mut Cluster, rig: &mut Rig, s: &Scenario, rec: &Record
             std::fs::remove_file(disk.ballast())?;
             rig.full_windows.push((leader, from, rec.now()));
         }
+        Fault::FenceFailsThenWorks | Fault::FenceHangsThenWorks => {
+            let agent = rig.fence.as_ref().context("a fencing cluster")?;
+            let follower = follower_of(cluster, leader);
+            agent.set(if s.fault == Fault::FenceFailsThenWorks {
+                Mode::Fail
+            } else {
+                Mode::Hang
+            })?;
+            cluster.members[follower].stop("KILL")?;
+            tokio::time::sleep(s.down).await; // the fault's duration
+            agent.set(Mode::Kill)?;
+        }
         Fault::FsyncEioLeader => {
             let m = &mut cluster.members[leader];
             m.stop("KILL")?;
@@ -478,6 +517,60 @@ async fn inject(cluster: &mut Cluster, rig: &mut Rig, s: &Scenario, rec: &Record
             rig.fsync_windows.push((leader, window_start, window_end));
         }
     }
+    if let Some(agent) = &rig.fence {
+        power_on_fenced(cluster, agent, fenced_before).await?;
+    }
+    Ok(())
+}
+
+/// Two members that fence each other: once the fault has healed, waits until a fence has
+/// powered a member off (the fault left one side without its peer for longer than an election
+/// timeout and the delay), checks that exactly one side runs, and powers the fenced side on
+/// again; it rejoins as a learner and is promoted.
+async fn power_on_fenced(cluster: &mut Cluster, agent: &FenceAgent, before: usize) -> Result<()> {
+    etcd_compat_tests::wait_until("a fence to succeed", Duration::from_secs(30), || {
+        agent.killed().len() > before
+    })?;
+    let killed = agent.killed();
+    anyhow::ensure!(
+        killed.len() == before + 1,
+        "more than one fence in one fault: {:?}",
+        agent.calls()
+    );
+    let fenced = cluster
+        .members
+        .iter()
+        .position(|m| m.name() == killed[before])
+        .context("the fenced member")?;
+    let survivor = 1 - fenced;
+    anyhow::ensure!(
+        !cluster.members[survivor].exited(),
+        "both sides were fenced: {:?}",
+        agent.calls()
+    );
+    // A fault that restarts what it killed (SIGKILL the leader) has powered it on already.
+    let m = &mut cluster.members[fenced];
+    if m.pid() == 0 || m.exited() {
+        m.restart()?;
+    }
+    cluster.wait_healthy(fenced)?;
+    wait_armed(cluster)
+}
+
+/// Waits until both members may fence again (each heard its peer confirm the committed
+/// two-voter membership).
+fn wait_armed(cluster: &Cluster) -> Result<()> {
+    for m in &cluster.members {
+        let url = format!("{}/metrics", m.url());
+        etcd_compat_tests::wait_until(
+            &format!("{} to arm its fencing", m.name()),
+            Duration::from_secs(30),
+            || {
+                etcd_compat_tests::http_get(&url)
+                    .is_ok_and(|(_, body)| body.lines().any(|l| l == "tandem_fence_armed 1"))
+            },
+        )?;
+    }
     Ok(())
 }
 
@@ -488,7 +581,12 @@ pub async fn run(s: &Scenario) -> Result<Summary> {
     for (k, v) in &s.env {
         std::env::set_var(k, v);
     }
-    let flags: Vec<&str> = s.flags.iter().map(String::as_str).collect();
+    let fence = s.fencing().then(FenceAgent::new).transpose()?;
+    let mut flags: Vec<String> = s.flags.clone();
+    if let Some(agent) = &fence {
+        flags.extend(agent.flags(FENCE_DELAY_MS, FENCE_TIMEOUT_MS));
+    }
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let mut rig = Rig {
         net: if s.fault.needs_network() && !s.through_proxy() {
             Some(Net::new(s.members)?)
@@ -502,6 +600,7 @@ pub async fn run(s: &Scenario) -> Result<Summary> {
         fsync_windows: Vec::new(),
         loops: Vec::new(),
         full_windows: Vec::new(),
+        fence,
     };
     let (backing, disks, loops) = (
         rig.backing.path().to_path_buf(),

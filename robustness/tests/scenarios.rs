@@ -444,3 +444,49 @@ async fn witness_s14_slow_fsync_on_the_leader() {
     s.fault_count = Some(1);
     run(s).await;
 }
+
+/// Two data members that fence each other (no witness): one fault each, the fenced member
+/// started again afterwards, the history checked.
+fn fencing_scenario(name: &str, fault: Fault) -> Scenario {
+    let mut s = scenario(&format!("2 fencing, {name}"), Kind::Tandem, 2, fault);
+    // Longer than an election timeout, the non-leader's fence delay and a restart.
+    s.down = Duration::from_secs(4);
+    s.every = Duration::from_secs(3);
+    s.fault_count = Some(1);
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fencing_leader_killed() {
+    run(fencing_scenario("leader SIGKILL", Fault::KillLeader)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fencing_leader_paused() {
+    run(fencing_scenario("leader SIGSTOP", Fault::PauseLeader)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fencing_symmetric_partition() {
+    let mut s = fencing_scenario("symmetric partition", Fault::PartitionDataMembers);
+    s.fault_count = Some(2);
+    run(s).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fencing_fence_fails_then_works() {
+    run(fencing_scenario(
+        "the fence fails, then works",
+        Fault::FenceFailsThenWorks,
+    ))
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fencing_fence_hangs_then_works() {
+    run(fencing_scenario(
+        "the fence hangs, then works",
+        Fault::FenceHangsThenWorks,
+    ))
+    .await;
+}

@@ -74,6 +74,20 @@ impl Lessor {
             .insert(id, Instant::now() + Duration::from_secs(ttl.max(0) as u64));
     }
 
+    /// A keep-alive: starts the lease's TTL over unless it has already run out (its revocation
+    /// is under way, or will be at the next check); whether it did. An expired lease is never
+    /// renewed, as in etcd: the keep-alive would promise a TTL the revocation breaks.
+    fn renew(&self, id: i64, ttl: i64) -> bool {
+        let expired = self
+            .expiry()
+            .get(&id)
+            .is_some_and(|at| *at <= Instant::now());
+        if !expired {
+            self.refresh(id, ttl);
+        }
+        !expired
+    }
+
     /// Seconds left (rounded down, as etcd reports them); a lease the leader has not timed yet
     /// starts its full TTL now.
     pub fn remaining(&self, id: i64, ttl: i64) -> i64 {
@@ -268,16 +282,26 @@ async fn keep_alive(node: &Node, id: i64) -> Result<pb::LeaseKeepAliveResponse, 
     })
 }
 
-/// Renews a lease on the leader: its TTL, or 0 if it does not exist.
+/// Renews a lease on the leader: its TTL, or 0 if it does not exist. A lease that has run out
+/// is not renewed: the answer waits for its revocation (0), as etcd's does.
 async fn renew_here(node: &Node, id: i64) -> Result<i64, Status> {
     node.read_index().await?;
-    Ok(match node.store.lease(id) {
-        Some(l) => {
-            node.lessor.refresh(id, l.ttl);
-            l.ttl
-        }
-        None => 0,
-    })
+    let Some(l) = node.store.lease(id) else {
+        return Ok(0);
+    };
+    if node.lessor.renew(id, l.ttl) {
+        return Ok(l.ttl);
+    }
+    let mut applied = node.status_changes();
+    let revoked = tokio::time::timeout(
+        crate::node::request_timeout(node.config.election_timeout_ms),
+        applied.wait_for(|_| node.store.lease(id).is_none()),
+    )
+    .await;
+    match revoked {
+        Ok(Ok(_)) => Ok(0),
+        _ => Err(rpctypes::TIMEOUT.status()),
+    }
 }
 
 /// A lease's time to live as the leader times it (without header).
@@ -386,5 +410,36 @@ impl LeaderLease for LeaderLeaseService {
         Ok(Response::new(
             time_to_live_here(&self.node, request.get_ref()).await?,
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lessor() -> Lessor {
+        Lessor {
+            expiry: Mutex::new(HashMap::new()),
+            min_ttl: 2,
+            term: Mutex::new(1),
+        }
+    }
+
+    #[test]
+    fn a_lease_that_ran_out_is_not_renewed() {
+        let l = lessor();
+        let now = Instant::now();
+        l.expiry().insert(1, now - Duration::from_millis(1));
+        l.expiry().insert(2, now + Duration::from_secs(3));
+        assert!(!l.renew(1, 10), "expired: its revocation is under way");
+        assert!(
+            l.expiry()[&1] < now,
+            "the expired lease keeps its expiry time (the revocation goes ahead)"
+        );
+        assert!(l.renew(2, 10));
+        assert!(l.expiry()[&2] >= now + Duration::from_secs(10));
+        // Not timed yet by this leader (a new term): renewed, its full TTL from now.
+        assert!(l.renew(3, 10));
+        assert!(l.expiry()[&3] >= now + Duration::from_secs(10));
     }
 }
