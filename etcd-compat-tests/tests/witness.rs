@@ -290,6 +290,115 @@ async fn the_last_data_node_refuses_writes_once_the_witness_and_its_peer_are_los
     assert_all_present(&urls[b], &acked).await;
 }
 
+/// Runs `tandem unsafe-recover` on `data_dir` with `args`, `stdin` as the operator's answer.
+fn unsafe_recover(data_dir: &std::path::Path, args: &[&str], stdin: &str) -> (bool, String) {
+    use std::io::Write;
+    let mut child = std::process::Command::new(etcd_compat_tests::tandem_bin())
+        .arg("unsafe-recover")
+        .arg(format!("--data-dir={}", data_dir.display()))
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("tandem unsafe-recover");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin.as_bytes())
+        .expect("answer");
+    let out = child.wait_with_output().expect("wait");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// S7 with an operator: the witness, then the data follower are lost for good. Only an explicit
+/// `tandem unsafe-recover` on the stopped last data node, which says what may be lost and asks
+/// for confirmation, makes it a one-member cluster that takes writes, with every acknowledged
+/// write.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_last_data_node_takes_writes_only_after_an_explicit_unsafe_recovery() {
+    let mut cluster = start();
+    let a = cluster.wait_leader(WAIT).await.expect("a data node leads");
+    let b = 1 - a;
+    let urls: Vec<String> = cluster.members.iter().map(Server::url).collect();
+    let mut acked = Vec::new();
+    for i in 0..10 {
+        let k = format!("w/s7r-{i}");
+        put_acknowledged(&urls[i % 2], &k).await;
+        acked.push(k);
+    }
+    cluster.members[2].stop("KILL").expect("kill the witness");
+    acked.push("w/s7r-witness-lost".into());
+    put_acknowledged(&urls[a], "w/s7r-witness-lost").await;
+    cluster.members[b]
+        .stop("KILL")
+        .expect("kill the data follower");
+
+    let data_dir = cluster.members[a].data_dir();
+    let (ok, text) = unsafe_recover(&data_dir, &["--yes"], "");
+    assert!(!ok, "refused while the member runs: {text}");
+    assert!(text.contains("stop it first"), "{text}");
+    cluster.members[a]
+        .stop("KILL")
+        .expect("stop the last data node");
+
+    let (ok, text) = unsafe_recover(&data_dir, &[], "no\n");
+    assert!(!ok, "not confirmed: {text}");
+    assert!(
+        text.contains("LOST") && text.contains("not confirmed: nothing changed"),
+        "{text}"
+    );
+    assert!(
+        !data_dir.join("member").join("fenced").exists(),
+        "nothing changed without confirmation"
+    );
+    cluster.members[a].restart().expect("restart");
+    let refused = client(&urls[a]).await.put("w/s7r-refused", "x", None).await;
+    assert!(
+        refused.is_err(),
+        "still refused before the recovery: {refused:?}"
+    );
+    cluster.members[a].stop("KILL").expect("stop");
+
+    let (ok, text) = unsafe_recover(&data_dir, &[], "yes\n");
+    eprintln!("{text}");
+    assert!(ok, "{text}");
+    let removed: Vec<String> = [b, 2]
+        .iter()
+        .map(|i| cluster.members[*i].name().to_string())
+        .collect();
+    for name in &removed {
+        assert!(
+            text.contains(&format!("{name} (")),
+            "{name} named as removed: {text}"
+        );
+    }
+    cluster.members[a].restart().expect("restart");
+    cluster
+        .wait_healthy(a)
+        .expect("the recovered member serves");
+    acked.push("w/s7r-recovered".into());
+    let took = put_acknowledged(&urls[a], "w/s7r-recovered").await;
+    eprintln!("S7 recovered: a write acknowledged {took:?} after the restart");
+    assert_all_present(&urls[a], &acked).await;
+    let members = client(&urls[a])
+        .await
+        .member_list()
+        .await
+        .expect("member list");
+    assert_eq!(
+        members.members().len(),
+        1,
+        "a one-member cluster: {members:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_witness_holds_no_keyspace_and_serves_no_client() {
     let cluster = start();

@@ -145,7 +145,9 @@ pub fn alone_membership(membership: &Membership, me: NodeId) -> Membership {
     Membership::new(vec![BTreeSet::from([me])], nodes)
 }
 
-fn write_marker(dir: &Path, membership: &Membership) -> anyhow::Result<()> {
+/// Stores `membership` in `dir`'s marker, durably: the next start appends it to the log
+/// ([`apply_marker`]).
+pub fn write_marker(dir: &Path, membership: &Membership) -> anyhow::Result<()> {
     crate::disk::write_durably(dir, MARKER, &crate::codec::encode(membership))?;
     Ok(())
 }
@@ -178,6 +180,57 @@ pub fn apply_marker<C: Types>(dir: &Path, wal_dir: &Path, me: NodeId) -> anyhow:
         "took the one-voter membership after fencing the peer"
     );
     Ok(true)
+}
+
+/// What an unsafe recovery (S7: the member is the only one left and no fence can prove the
+/// others gone) would do to the log in `wal_dir`: where it ends, what this member knows to be
+/// committed (the log's committed hint, or what the state machine applied, `applied_to`), and
+/// the membership in effect (the last in the log, else `applied`, the one the state machine
+/// holds).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecoveryPlan {
+    pub last: Option<LogId>,
+    pub committed: Option<LogId>,
+    pub membership: Membership,
+}
+
+impl RecoveryPlan {
+    /// Entries this member holds above what it knows to be committed: they are kept (committed
+    /// by the recovery), though no client may have been told they were.
+    pub fn uncommitted(&self) -> u64 {
+        let at = |l: Option<LogId>| l.map_or(0, |l| l.index);
+        at(self.last).saturating_sub(at(self.committed))
+    }
+}
+
+pub fn recovery_plan<C: Types>(
+    wal_dir: &Path,
+    applied: &Membership,
+    applied_to: Option<LogId>,
+) -> anyhow::Result<RecoveryPlan> {
+    let wal = crate::wal::Wal::open(wal_dir)?;
+    let mut membership = None;
+    for loc in wal.locs().iter().rev() {
+        if let EntryPayload::Membership(m) = loc.read::<C>()?.payload {
+            membership = Some(m);
+            break;
+        }
+    }
+    Ok(RecoveryPlan {
+        last: wal.last_log_id().or(wal.state().purged),
+        committed: wal.state().committed.max(applied_to),
+        membership: membership.unwrap_or_else(|| applied.clone()),
+    })
+}
+
+/// The membership an unsafe recovery continues with: `me` its only member (every other member
+/// removed, as etcd's `--force-new-cluster` does; they are added again with MemberAdd).
+pub fn sole_membership(membership: &Membership, me: NodeId) -> Option<Membership> {
+    let node = membership.get_node(&me)?.clone();
+    Some(Membership::new(
+        vec![BTreeSet::from([me])],
+        std::collections::BTreeMap::from([(me, node)]),
+    ))
 }
 
 /// The membership entry after `last` and the vote that makes `me` its leader, in a term above
@@ -305,5 +358,50 @@ mod tests {
             panic!("not a membership entry: {last:?}");
         };
         assert_eq!(m.voter_ids().collect::<Vec<_>>(), vec![1]);
+    }
+
+    #[test]
+    fn a_recovery_plan_reads_where_the_log_ends_what_is_committed_and_the_membership() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let wal_dir = dir.path().join("wal");
+        let three = Membership::new(
+            vec![BTreeSet::from([1, 2, 3])],
+            std::collections::BTreeMap::from([(1, node("a")), (2, node("b")), (3, node("w"))]),
+        );
+        {
+            let mut wal = crate::wal::Wal::open(&wal_dir).expect("wal");
+            wal.append(&Entry::<Test> {
+                log_id: LogId::new(CommittedLeaderId::new(1, 1), 1),
+                payload: EntryPayload::Membership(three.clone()),
+            })
+            .expect("append");
+            for i in 2..=9 {
+                wal.append(&Entry::<Test> {
+                    log_id: LogId::new(CommittedLeaderId::new(1, 1), i),
+                    payload: EntryPayload::Blank,
+                })
+                .expect("append");
+            }
+            wal.note_committed(Some(LogId::new(CommittedLeaderId::new(1, 1), 4)));
+            wal.save_vote(Vote::new_committed(1, 1)).expect("vote");
+            wal.sync().expect("sync");
+        }
+        let applied_to = |i| Some(LogId::new(CommittedLeaderId::new(1, 1), i));
+        let plan = recovery_plan::<Test>(&wal_dir, &two(), applied_to(2)).expect("plan");
+        assert_eq!(
+            plan.membership, three,
+            "the log's membership, not the applied one"
+        );
+        assert_eq!(plan.last.map(|l| l.index), Some(9));
+        assert_eq!(plan.committed.map(|l| l.index), Some(4));
+        assert_eq!(plan.uncommitted(), 5);
+        // The state machine applied further than the hint says: that is committed too.
+        let plan = recovery_plan::<Test>(&wal_dir, &two(), applied_to(7)).expect("plan");
+        assert_eq!(plan.uncommitted(), 2);
+
+        let sole = sole_membership(&plan.membership, 1).expect("a member");
+        assert_eq!(sole.voter_ids().collect::<Vec<_>>(), vec![1]);
+        assert_eq!(sole.nodes().count(), 1, "every other member removed");
+        assert_eq!(sole_membership(&plan.membership, 7), None, "not a member");
     }
 }

@@ -16,5 +16,5 @@ pub mod types;
 
 pub use raft::{mutants, ReplicaError, ReplicaStatus};
 pub use replica::{Replica, ReplicaConfig};
-pub use state_machine::ApplyListener;
+pub use state_machine::{stored_applied, AppliedState, ApplyListener};
 pub use types::{MemberNode, NodeId, TypeConfig};

@@ -66,6 +66,15 @@ impl codec::Stored for AppliedState {
     }
 }
 
+/// The applied position and membership stored in `store` (a stopped member's, for recovery
+/// tools).
+pub fn stored_applied(store: &Store) -> anyhow::Result<AppliedState> {
+    Ok(match store.meta(META_APPLIED)? {
+        Some(b) => codec::decode_stored(&b)?,
+        None => AppliedState::default(),
+    })
+}
+
 pub struct StateMachine {
     store: Arc<Store>,
     listener: Arc<dyn ApplyListener>,

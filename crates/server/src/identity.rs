@@ -111,6 +111,14 @@ fn incarnation(bytes: &[u8]) -> Result<Option<u64>> {
         .transpose()
 }
 
+/// The member id, cluster id and role stored in `data_dir` (for tools that work on a stopped
+/// member's data dir).
+pub fn stored(data_dir: &Path) -> Result<(u64, u64, bool)> {
+    let path = data_dir.join("member").join(FILE);
+    let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    parse(&bytes).with_context(|| format!("{} is damaged", path.display()))
+}
+
 /// The stored member id, cluster id, and whether the member is the witness (a file without a
 /// role is a data member's: the witness came later).
 fn parse(bytes: &[u8]) -> Result<(u64, u64, bool)> {

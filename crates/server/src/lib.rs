@@ -21,6 +21,7 @@ pub mod lease;
 pub mod maintenance;
 pub mod mutants;
 pub mod node;
+pub mod recover;
 pub mod watch;
 pub mod witness_node;
 

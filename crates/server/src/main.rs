@@ -60,6 +60,11 @@ fn exec_self(env: Option<(&str, &str)>) -> anyhow::Result<()> {
 }
 
 fn main() -> anyhow::Result<()> {
+    if std::env::args().nth(1).as_deref() == Some("unsafe-recover") {
+        use clap::Parser;
+        let args = server::recover::Args::parse_from(std::env::args().skip(1));
+        return server::recover::run(&args, &mut std::io::stdin().lock(), &mut std::io::stdout());
+    }
     let flags = Flags::parse_etcd_style();
     init_logging(&flags.log_level, &flags.log_outputs)?;
     let config = flags.resolve()?;
