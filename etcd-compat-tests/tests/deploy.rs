@@ -2,7 +2,7 @@
 //! `deploy/two-nodes/` (what `deploy/tandem.service` reads from `/etc/default/tandem`) start a
 //! two-member cluster when only the addresses are filled in — for tandem and, as their comments
 //! claim, for etcd 3.5.1 — and the endpoints of `deploy/kubeadm-external-etcd.yaml` are those
-//! members' client URLs. Each "machine" is a loopback address of its own (127.42.x.y), with
+//! members' client URLs; the witness and fencing files start their topologies. Each "machine" is a loopback address of its own (127.42.x.y), with
 //! etcd's default ports, as on two real hosts.
 
 use std::path::PathBuf;
@@ -206,6 +206,57 @@ fn the_witness_env_files_start_two_data_machines_and_a_witness() {
     // Either data machine may go: with B gone, A goes on with the witness.
     drop(b);
     put("http://127.42.2.1:2379", "/after-b");
+}
+
+/// The fencing env files start two machines that arm their fencing; with the peer gone, the
+/// survivor runs the fence command as written (fence_redfish, not installed here: it fails, so
+/// writes stay refused and the failure is in the log).
+#[test]
+fn the_fencing_env_files_start_two_machines_that_fence_each_other() {
+    let ips = [
+        ("NODE_A_IP", "127.42.3.1"),
+        ("NODE_B_IP", "127.42.3.2"),
+        ("NODE_A_BMC_IP", "127.42.3.11"),
+        ("NODE_B_BMC_IP", "127.42.3.12"),
+    ];
+    let bin = tandem_bin();
+    let a = Machine::start(&bin, env_file_with("deploy/fencing/tandem-a.env", &ips));
+    let b = Machine::start(&bin, env_file_with("deploy/fencing/tandem-b.env", &ips));
+    for (ip, m) in [("127.42.3.1", &a), ("127.42.3.2", &b)] {
+        let url = format!("http://{ip}:2379/metrics");
+        if wait_until(&format!("{ip} to arm its fencing"), WAIT, || {
+            http_get(&url).is_ok_and(|(_, body)| body.lines().any(|l| l == "tandem_fence_armed 1"))
+        })
+        .is_err()
+        {
+            panic!("{ip} did not arm its fencing:\n{}", m.log());
+        }
+    }
+    drop(b);
+    let failed = wait_until("A to run the fence command for node-b", WAIT, || {
+        let log = a.log();
+        log.contains("the fence command failed") && log.contains("fence_redfish")
+    });
+    assert!(failed.is_ok(), "{}", a.log());
+    assert!(
+        a.log().contains("\"peer\":\"node-b\""),
+        "the peer named in the log"
+    );
+    let put = Command::new(CtlVersion::V35.bin())
+        .args([
+            "--endpoints=http://127.42.3.1:2379",
+            "--command-timeout=3s",
+            "put",
+            "/unfenced",
+            "v",
+        ])
+        .output()
+        .expect("etcdctl");
+    assert!(
+        !put.status.success(),
+        "no write before the fence succeeds: {}",
+        String::from_utf8_lossy(&put.stdout)
+    );
 }
 
 #[test]
