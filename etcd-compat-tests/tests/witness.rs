@@ -399,6 +399,195 @@ async fn the_last_data_node_takes_writes_only_after_an_explicit_unsafe_recovery(
     );
 }
 
+/// `tandem-ctl member add-witness NAME --peer-urls URL --endpoints ...`: its exit status and
+/// output, once the cluster is healthy enough to consider it (as etcd 3.5.1, a change waits
+/// until every voter has been connected for 5 s).
+fn add_witness(name: &str, peer_url: &str, endpoints: &str) -> (bool, String) {
+    let mut answer = (false, String::new());
+    wait_until("the cluster to consider adding a witness", WAIT, || {
+        answer = add_witness_once(name, peer_url, endpoints);
+        answer.0 || !answer.1.contains("unhealthy cluster")
+    })
+    .expect("an answer");
+    answer
+}
+
+fn add_witness_once(name: &str, peer_url: &str, endpoints: &str) -> (bool, String) {
+    let out =
+        std::process::Command::new(etcd_compat_tests::tandem_bin().with_file_name("tandem-ctl"))
+            .args(["member", "add-witness", name])
+            .arg(format!("--peer-urls={peer_url}"))
+            .arg(format!("--endpoints={endpoints}"))
+            .output()
+            .expect("tandem-ctl");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// The value of `KEY="value"` in what `member add` printed.
+fn printed(text: &str, key: &str) -> String {
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}=\"")))
+        .and_then(|v| v.strip_suffix('"'))
+        .unwrap_or_else(|| panic!("no {key} in {text}"))
+        .to_string()
+}
+
+async fn member_id(url: &str, name: &str) -> u64 {
+    let list = client(url).await.member_list().await.expect("member list");
+    list.members()
+        .iter()
+        .find(|m| m.name() == name)
+        .unwrap_or_else(|| panic!("no member {name}"))
+        .id()
+}
+
+/// Replacing a lost witness (W5's explicit membership change, the walkthrough of
+/// docs/kubernetes.md): the witness's machine is gone; `etcdctl member remove` takes it out,
+/// `tandem-ctl member add-witness` adds a new one, which joins with what that printed; the new
+/// witness then carries the cluster through the loss of a data node (S1).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lost_witness_is_replaced_by_a_new_one() {
+    let mut cluster = start();
+    let a = cluster.wait_leader(WAIT).await.expect("a data node leads");
+    let b = 1 - a;
+    let urls: Vec<String> = cluster.members.iter().map(Server::url).collect();
+    let endpoints = cluster.endpoints();
+    let mut acked = vec!["w/rw-before".to_string()];
+    put_acknowledged(&urls[a], &acked[0]).await;
+    wait_published(&urls[a]).await;
+
+    cluster.members[2]
+        .stop("KILL")
+        .expect("the witness's machine is lost");
+    let old = member_id(&urls[a], "m3").await;
+    client(&urls[a])
+        .await
+        .member_remove(old)
+        .await
+        .expect("remove the lost witness");
+
+    let mut w2 = cluster.new_member("w2").expect("a new member");
+    w2.set_flags(&[WITNESS_FLAG, "w2"]);
+    let (ok, text) = add_witness("w2", &w2.peer_url(), &endpoints);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("added to cluster") && text.contains("as the witness"),
+        "{text}"
+    );
+    assert_eq!(printed(&text, "TANDEM_INITIAL_CLUSTER_WITNESS"), "w2");
+    assert_eq!(printed(&text, "ETCD_INITIAL_CLUSTER_STATE"), "existing");
+    let w2 = cluster
+        .join(w2, &printed(&text, "ETCD_INITIAL_CLUSTER"))
+        .expect("the new witness joins");
+    let role = format!(
+        "tandem_member_role{{member=\"w2\",id=\"{:x}\",role=\"witness\"}}",
+        member_id(&urls[a], "w2").await
+    );
+    wait_until("the leader to list w2 as the witness", WAIT, || {
+        etcd_compat_tests::http_get(&format!("{}/metrics", urls[a]))
+            .is_ok_and(|(_, body)| body.contains(&format!("{role} 1")))
+    })
+    .expect("w2 is the witness");
+    assert!(cluster.members[w2].is_witness());
+    let (again, refused) = add_witness("w3", "http://127.0.0.1:1", &endpoints);
+    assert!(
+        !again && refused.contains("the cluster already has a witness"),
+        "a second witness is refused: {refused}"
+    );
+
+    // S1 with the new witness: the follower is lost, the leader goes on with w2.
+    cluster.members[b]
+        .stop("KILL")
+        .expect("kill the data follower");
+    for i in 0..5 {
+        let k = format!("w/rw-s1-{i}");
+        let took = put_acknowledged(&urls[a], &k).await;
+        eprintln!("S1 with the new witness: {k} acknowledged after {took:?}");
+        acked.push(k);
+    }
+    assert_eq!(metric(&urls[a], "tandem_witness_engaged"), 1.0);
+    cluster.members[b].restart().expect("restart the follower");
+    cluster.wait_healthy(b).expect("healthy");
+    assert_all_present(&urls[b], &acked).await;
+}
+
+/// Replacing a lost data node: `etcdctl member remove`, `member add`, the new member joins with
+/// an empty data dir and catches up; it then carries the cluster with the witness through the
+/// loss of the other data node.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lost_data_node_is_replaced_by_a_new_one() {
+    let mut cluster = start();
+    let a = cluster.wait_leader(WAIT).await.expect("a data node leads");
+    let b = 1 - a;
+    let urls: Vec<String> = cluster.members.iter().map(Server::url).collect();
+    let mut acked = Vec::new();
+    for i in 0..20 {
+        let k = format!("w/rd-{i:02}");
+        put_acknowledged(&urls[i % 2], &k).await;
+        acked.push(k);
+    }
+    wait_published(&urls[a]).await;
+    let b_name = cluster.members[b].name().to_string();
+    cluster.members[b]
+        .stop("KILL")
+        .expect("B's machine is lost");
+    let old = member_id(&urls[a], &b_name).await;
+    client(&urls[a])
+        .await
+        .member_remove(old)
+        .await
+        .expect("remove the lost data node");
+    acked.push("w/rd-after-remove".into());
+    put_acknowledged(&urls[a], "w/rd-after-remove").await;
+
+    let b2 = cluster.new_member("b2").expect("a new member");
+    // As etcd 3.5.1, a change waits until every voter has been connected for 5 s.
+    let added = std::sync::Mutex::new(None);
+    etcd_compat_tests::wait_until_async("b2 to be added", WAIT, || async {
+        match client(&urls[a])
+            .await
+            .member_add([b2.peer_url()], None)
+            .await
+        {
+            Ok(r) => {
+                *added.lock().expect("added") = Some(r);
+                true
+            }
+            Err(e) if e.to_string().contains("unhealthy cluster") => false,
+            Err(e) => panic!("member add: {e}"),
+        }
+    })
+    .await
+    .expect("member add");
+    let added = added.into_inner().expect("added").expect("an answer");
+    let initial: Vec<String> = added
+        .member_list()
+        .iter()
+        .flat_map(|m| {
+            let name = if m.name().is_empty() { "b2" } else { m.name() };
+            m.peer_urls()
+                .iter()
+                .map(move |u| format!("{name}={u}"))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let b2 = cluster.join(b2, &initial.join(",")).expect("b2 joins");
+    let b2_url = cluster.members[b2].url();
+    assert_all_present(&b2_url, &acked).await;
+
+    // The new data node and the witness carry the cluster without A.
+    cluster.members[a].stop("KILL").expect("kill A");
+    acked.push("w/rd-without-a".into());
+    let took = put_acknowledged(&b2_url, "w/rd-without-a").await;
+    eprintln!("the replaced data node leads after {took:?}");
+    assert_all_present(&b2_url, &acked).await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_witness_holds_no_keyspace_and_serves_no_client() {
     let cluster = start();

@@ -1,9 +1,11 @@
 //! `tandem-ctl`: the operator CLI. `bench` is a load generator modelled on etcd's
 //! `tools/benchmark`, so tandem and etcd are measured by the same tool; `status` prints the
-//! cluster's state, one line a member (the witness included). It speaks only the etcd v3 API
+//! cluster's state, one line a member (the witness included); `member add-witness` adds a
+//! witness to a running cluster. It speaks only the etcd v3 API
 //! (`etcd-api`) and the members' HTTP endpoints.
 
 mod bench;
+mod member;
 mod status;
 
 use clap::Parser;
@@ -19,6 +21,9 @@ enum Cli {
     Bench(bench::Args),
     /// The cluster's state, one line a member: role, leader, term, index, lag.
     Status(status::Args),
+    /// Membership changes etcdctl has no command for (adding a witness).
+    #[command(subcommand)]
+    Member(member::Command),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -28,5 +33,6 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse() {
         Cli::Bench(args) => runtime.block_on(bench::run(args)),
         Cli::Status(args) => runtime.block_on(status::run(args)),
+        Cli::Member(command) => runtime.block_on(member::run(command)),
     }
 }

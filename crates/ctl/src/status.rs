@@ -33,7 +33,7 @@ fn url(endpoint: &str) -> String {
     }
 }
 
-async fn channel(endpoint: &str) -> anyhow::Result<Channel> {
+pub(crate) async fn channel(endpoint: &str) -> anyhow::Result<Channel> {
     Ok(Endpoint::from_shared(url(endpoint))?
         .connect_timeout(MEMBER_TIMEOUT)
         .timeout(MEMBER_TIMEOUT)

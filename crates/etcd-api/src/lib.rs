@@ -7,6 +7,11 @@
 
 pub mod rpctypes;
 
+/// gRPC metadata on etcd's `MemberAdd` that asks tandem for a witness rather than a data member
+/// (value [`WITNESS_ROLE`]); `tandem-ctl member add-witness` sets it. etcd ignores it.
+pub const MEMBER_ROLE_METADATA: &str = "tandem-member-role";
+pub const WITNESS_ROLE: &str = "witness";
+
 /// The compiled descriptors of every message in `proto/` (for tests that check the wire contract).
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/etcd_descriptor.bin"));

@@ -101,4 +101,7 @@ table! {
     NO_INFLIGHT_DOWNGRADE = FailedPrecondition, "etcdserver: no inflight downgrade job";
     CANCELED = Cancelled, "etcdserver: request canceled";
     DEADLINE_EXCEEDED = DeadlineExceeded, "etcdserver: context deadline exceeded";
+    // tandem's own (etcd has no witness): adding a witness (`tandem-ctl member add-witness`).
+    WITNESS_EXISTS = FailedPrecondition, "etcdserver: the cluster already has a witness";
+    WITNESS_LEARNER = InvalidArgument, "etcdserver: a witness cannot be a learner";
 }

@@ -214,7 +214,23 @@ impl Replica {
         // Beside a witness, elections wait for a won pre-vote (`raft::prevote`): a data member
         // cut off from its peers must not raise its term and depose a healthy leader on return.
         // With fencing too: a fenced member that is back must not depose the one that went on.
-        let with_witness = config.initial_members.values().any(|m| m.witness);
+        // The flags name the witness of the cluster as it was bootstrapped; one added later
+        // (`tandem-ctl member add-witness`) is in the membership the log holds.
+        let flagged = config.initial_members.values().any(|m| m.witness);
+        let held = raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .nodes()
+            .any(|(_, n)| n.witness);
+        if held && !flagged {
+            tracing::warn!(
+                "the cluster has a witness but this member's flags name none: start it with \
+                 --initial-cluster-witness (TANDEM_INITIAL_CLUSTER_WITNESS) for the election \
+                 timeouts beside a witness"
+            );
+        }
+        let with_witness = flagged || held;
         let prevote = (with_witness || config.fencing).then(|| PreVoter {
             contact: Arc::default(),
             lease_ms: election_timeout_max,

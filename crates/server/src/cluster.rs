@@ -52,6 +52,10 @@ impl pb::cluster_server::Cluster for ClusterService {
         &self,
         request: Request<pb::MemberAddRequest>,
     ) -> Result<Response<pb::MemberAddResponse>, Status> {
+        let witness = request
+            .metadata()
+            .get(etcd_api::MEMBER_ROLE_METADATA)
+            .is_some_and(|v| v == etcd_api::WITNESS_ROLE);
         let r = request.into_inner();
         let peer_urls = crate::config::member_urls(&r.peer_ur_ls).map_err(|e| {
             tracing::debug!(error = %e, "member add: bad peer URLs");
@@ -65,8 +69,8 @@ impl pb::cluster_server::Cluster for ClusterService {
             name: String::new(),
             peer_urls: peer_urls.clone(),
             client_urls: Vec::new(),
-            // etcd's MemberAdd adds data members; adding a witness is not served yet.
-            witness: false,
+            // etcd's MemberAdd adds data members; tandem's metadata asks for a witness.
+            witness,
         };
         let members = self
             .change(MemberChange::Add {

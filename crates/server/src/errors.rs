@@ -45,6 +45,8 @@ pub fn membership_error(e: raft::policy::membership::MembershipError) -> RpcErro
         M::TooManyLearners => rpctypes::TOO_MANY_LEARNERS,
         M::NotEnoughStarted => rpctypes::MEMBER_NOT_ENOUGH_STARTED,
         M::Unhealthy => rpctypes::UNHEALTHY,
+        M::WitnessExists => rpctypes::WITNESS_EXISTS,
+        M::WitnessLearner => rpctypes::WITNESS_LEARNER,
     }
 }
 

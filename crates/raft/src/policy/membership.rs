@@ -65,6 +65,12 @@ pub enum MembershipError {
     NotEnoughStarted,
     #[error("unhealthy cluster")]
     Unhealthy,
+    /// tandem's own: a second witness.
+    #[error("the cluster already has a witness")]
+    WitnessExists,
+    /// tandem's own: a witness votes or is nothing.
+    #[error("a witness cannot be a learner")]
+    WitnessLearner,
 }
 
 /// What the leader knows when it checks a change.
@@ -132,6 +138,14 @@ pub fn plan(
                 .any(|u| node.peer_urls.contains(u));
             if taken {
                 return Err(MembershipError::PeerUrlExists);
+            }
+            if node.witness {
+                if *learner {
+                    return Err(MembershipError::WitnessLearner);
+                }
+                if facts.membership.nodes().any(|(_, n)| n.witness) {
+                    return Err(MembershipError::WitnessExists);
+                }
             }
             if *learner {
                 let learners = facts.membership.nodes().count() - voters.len();
@@ -268,6 +282,17 @@ mod tests {
         }
     }
 
+    fn add_witness(id: NodeId, learner: bool) -> MemberChange {
+        MemberChange::Add {
+            id,
+            node: MemberNode {
+                witness: true,
+                ..node("", &format!("http://h{id}:2380"))
+            },
+            learner,
+        }
+    }
+
     fn add(id: NodeId, url: &str, learner: bool) -> MemberChange {
         MemberChange::Add {
             id,
@@ -290,6 +315,22 @@ mod tests {
         use MembershipError::*;
         let plain = membership(&[], &[]);
         let with_learner = membership(&[], &[4]);
+        let with_witness = {
+            let nodes = membership(&[], &[])
+                .nodes()
+                .map(|(id, n)| {
+                    let witness = *id == 3;
+                    (
+                        *id,
+                        MemberNode {
+                            witness,
+                            ..n.clone()
+                        },
+                    )
+                })
+                .collect::<BTreeMap<_, _>>();
+            Membership::new(vec![BTreeSet::from([1, 2, 3])], nodes)
+        };
         let two_unstarted = membership(&[2, 3], &[]);
         let all = [2, 3];
         let cases: Vec<Case<'_>> = vec![
@@ -327,6 +368,21 @@ mod tests {
                 add(9, "http://h9:2380", true),
                 &all,
                 Err(TooManyLearners),
+            ),
+            ("a witness", &plain, add_witness(9, false), &all, Ok(())),
+            (
+                "a witness as a learner",
+                &plain,
+                add_witness(9, true),
+                &all,
+                Err(WitnessLearner),
+            ),
+            (
+                "a second witness",
+                &with_witness,
+                add_witness(9, false),
+                &all,
+                Err(WitnessExists),
             ),
             // 1 started of 4 members: below the quorum of 3.
             (
