@@ -41,6 +41,8 @@ fn scenarios(seconds: u64) -> Vec<Scenario> {
         (Kind::Tandem, 3, Fault::PowerCut),
         (Kind::Tandem, 3, Fault::ClockJumps),
         (Kind::Tandem, 3, Fault::MoveLeader),
+        (Kind::Tandem, 3, Fault::GrowAndShrink),
+        (Kind::Tandem, 3, Fault::KillLeaderDuringMemberAdd),
         (Kind::Etcd35, 3, Fault::None),
         (Kind::Etcd35, 3, Fault::KillLeader),
         (Kind::Etcd35, 3, Fault::KillFollower),
@@ -50,6 +52,8 @@ fn scenarios(seconds: u64) -> Vec<Scenario> {
         (Kind::Etcd35, 3, Fault::FlapLeader),
         (Kind::Etcd35, 3, Fault::PowerCut),
         (Kind::Etcd35, 3, Fault::MoveLeader),
+        (Kind::Etcd35, 3, Fault::GrowAndShrink),
+        (Kind::Etcd35, 3, Fault::KillLeaderDuringMemberAdd),
     ];
     for (kind, members, fault) in shapes {
         let what = match (members, fault) {
@@ -101,6 +105,11 @@ fn scenarios(seconds: u64) -> Vec<Scenario> {
         ("S19 flap the leader's links", Fault::FlapLeader),
         ("move leadership and back", Fault::MoveLeader),
         ("S14 slow fdatasync on the leader", Fault::SlowFsyncLeader),
+        (
+            "S11 SIGKILL the leader during a member add",
+            Fault::KillLeaderDuringMemberAdd,
+        ),
+        ("grow by two members and shrink back", Fault::GrowAndShrink),
     ];
     for (what, fault) in witness {
         out.push(Scenario {
@@ -110,7 +119,10 @@ fn scenarios(seconds: u64) -> Vec<Scenario> {
             fault,
             duration: Duration::from_secs(seconds),
             every: Duration::from_secs(match fault {
-                Fault::KillFollowerThenLeader | Fault::SlowFsyncLeader => 15,
+                Fault::KillFollowerThenLeader
+                | Fault::SlowFsyncLeader
+                | Fault::GrowAndShrink
+                | Fault::KillLeaderDuringMemberAdd => 15,
                 _ => 6,
             }),
             // A slow disk is handed over from after 3 s of slow flushes (raft::leadership).

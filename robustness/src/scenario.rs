@@ -83,6 +83,13 @@ pub enum Fault {
     FenceFailsThenWorks,
     /// As [`Fault::FenceFailsThenWorks`], the agent hanging (killed after --fence-timeout).
     FenceHangsThenWorks,
+    /// Membership changes under the workload: a voter added and started, a learner added,
+    /// started and promoted, then both removed (the cluster grows by two and shrinks back).
+    GrowAndShrink,
+    /// S11: the leader is SIGKILLed just after a voter was asked for (etcd's MemberAdd, the
+    /// new member never started), restarted after `down`; exactly one membership must be in
+    /// effect on every member afterwards; the added member, if the change survived, is removed.
+    KillLeaderDuringMemberAdd,
 }
 
 impl Fault {
@@ -110,6 +117,8 @@ impl Fault {
             Fault::SlowFsyncLeader => "slow fdatasync on the leader",
             Fault::FenceFailsThenWorks => "the fence fails, then works",
             Fault::FenceHangsThenWorks => "the fence hangs, then works",
+            Fault::GrowAndShrink => "grow by a voter and a learner, shrink back",
+            Fault::KillLeaderDuringMemberAdd => "SIGKILL the leader during a member add",
         }
     }
 
@@ -497,6 +506,105 @@ async fn inject(cluster: &mut Cluster, rig: &mut Rig, s: &Scenario, rec: &Record
             tokio::time::sleep(s.down).await; // the fault's duration
             agent.set(Mode::Kill)?;
         }
+        Fault::GrowAndShrink => {
+            let voter = add_member(cluster, leader, false).await?;
+            let learner = add_member(cluster, leader, true).await?;
+            let id = cluster.members[learner].client().await?.status().await?;
+            let id = id.header().context("a status header")?.member_id();
+            etcd_compat_tests::wait_until_async(
+                "the learner to be promoted",
+                s.down * 4,
+                || async {
+                    match cluster.members[leader].client().await {
+                        Ok(mut c) => c.member_promote(id).await.is_ok(),
+                        Err(_) => false,
+                    }
+                },
+            )
+            .await?;
+            tokio::time::sleep(s.down).await; // five members take the workload for a while
+            for i in [learner, voter] {
+                let id = member_id_of(cluster, leader, i).await?;
+                cluster.members[leader]
+                    .client()
+                    .await?
+                    .member_remove(id)
+                    .await?;
+            }
+            for i in [learner, voter] {
+                let m = &mut cluster.members[i];
+                etcd_compat_tests::wait_until("a removed member to stop", s.down * 4, || {
+                    m.exited()
+                })?;
+            }
+            cluster.members.truncate(voter);
+            check_one_membership(cluster).await?;
+        }
+        Fault::KillLeaderDuringMemberAdd => {
+            let name = format!("x{}", cluster.members.len() + 1);
+            let m = cluster.new_member(&name)?;
+            let url = m.peer_url();
+            let mut c = cluster.members[leader].client().await?;
+            // Asked again while refused as "unhealthy cluster" (etcd 3.5.1 changes nothing
+            // until every voter has been connected for 5 s); any other answer ends it.
+            let asked = url.clone();
+            let add = tokio::spawn(async move {
+                loop {
+                    match c.member_add([asked.clone()], None).await {
+                        Err(e) if e.to_string().contains("unhealthy cluster") => {
+                            // A client's back-off before asking again.
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                        other => return other,
+                    }
+                }
+            });
+            // The leader dies once a follower has applied the first step of the change.
+            let follower = follower_of(cluster, leader);
+            let started = etcd_compat_tests::wait_until_async(
+                "a follower to apply the member add's first step",
+                Duration::from_secs(30),
+                || async {
+                    match cluster.members[follower].client().await {
+                        Ok(mut f) => f.member_list().await.is_ok_and(|l| {
+                            l.members().iter().any(|x| x.peer_urls().contains(&url))
+                        }),
+                        Err(_) => false,
+                    }
+                },
+            )
+            .await;
+            cluster.members[leader].stop("KILL")?;
+            started?;
+            let added = add.await?;
+            tokio::time::sleep(s.down).await; // the fault's duration
+            cluster.members[leader].restart()?;
+            for i in cluster.data_members().collect::<Vec<_>>() {
+                cluster.wait_healthy(i)?;
+            }
+            check_one_membership(cluster).await?;
+            let any = cluster.data_members().next().context("a data member")?;
+            let list = cluster.members[any].client().await?.member_list().await?;
+            let stray = list
+                .members()
+                .iter()
+                .find(|x| x.peer_urls().contains(&m.peer_url()))
+                .map(|x| x.id());
+            eprintln!(
+                "member add during the leader's crash: answered {}, in effect afterwards: {}",
+                if added.is_ok() { "ok" } else { "an error" },
+                stray.is_some()
+            );
+            if let Some(id) = stray {
+                let leader = cluster.wait_leader(Duration::from_secs(30)).await?;
+                cluster.members[leader]
+                    .client()
+                    .await?
+                    .member_remove(id)
+                    .await?;
+                check_one_membership(cluster).await?;
+            }
+        }
         Fault::FsyncEioLeader => {
             let m = &mut cluster.members[leader];
             m.stop("KILL")?;
@@ -521,6 +629,94 @@ async fn inject(cluster: &mut Cluster, rig: &mut Rig, s: &Scenario, rec: &Record
         power_on_fenced(cluster, agent, fenced_before).await?;
     }
     Ok(())
+}
+
+/// Adds a member through `leader` (etcd's MemberAdd, retried while the cluster is not yet
+/// considered healthy for a change), starts it with the membership the answer lists, and
+/// returns its index once it serves.
+async fn add_member(cluster: &mut Cluster, leader: usize, learner: bool) -> Result<usize> {
+    let name = format!("x{}", cluster.members.len() + 1);
+    let m = cluster.new_member(&name)?;
+    let options = learner.then(|| etcd_client::MemberAddOptions::new().with_is_learner());
+    let added = std::sync::Mutex::new(None);
+    etcd_compat_tests::wait_until_async(
+        "the cluster to accept a member add",
+        Duration::from_secs(30),
+        || async {
+            let mut c = match cluster.members[leader].client().await {
+                Ok(c) => c,
+                Err(_) => return false,
+            };
+            match c.member_add([m.peer_url()], options.clone()).await {
+                Ok(r) => {
+                    *added.lock().expect("added") = Some(Ok(r));
+                    true
+                }
+                Err(e) if e.to_string().contains("unhealthy cluster") => false,
+                Err(e) => {
+                    *added.lock().expect("added") = Some(Err(e));
+                    true
+                }
+            }
+        },
+    )
+    .await?;
+    let added = added.into_inner().expect("added").context("an answer")??;
+    let id = added.member().context("the added member")?.id();
+    let initial: Vec<String> = added
+        .member_list()
+        .iter()
+        .flat_map(|x| {
+            let n = if x.id() == id {
+                name.clone()
+            } else {
+                x.name().to_string()
+            };
+            x.peer_urls()
+                .iter()
+                .map(move |u| format!("{n}={u}"))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    cluster.join(m, &initial.join(","))
+}
+
+async fn member_id_of(cluster: &Cluster, via: usize, i: usize) -> Result<u64> {
+    let url = cluster.members[i].peer_url();
+    let list = cluster.members[via].client().await?.member_list().await?;
+    list.members()
+        .iter()
+        .find(|m| m.peer_urls().contains(&url))
+        .map(|m| m.id())
+        .context("the member is not listed")
+}
+
+/// S11: every running member lists the same membership (ids, peer URLs, learners).
+async fn check_one_membership(cluster: &Cluster) -> Result<()> {
+    etcd_compat_tests::wait_until_async(
+        "every member to list one membership",
+        Duration::from_secs(30),
+        || async {
+            let mut lists = Vec::new();
+            for i in cluster.data_members() {
+                let Ok(mut c) = cluster.members[i].client().await else {
+                    return false;
+                };
+                let Ok(l) = c.member_list().await else {
+                    return false;
+                };
+                let mut v: Vec<(u64, Vec<String>, bool)> = l
+                    .members()
+                    .iter()
+                    .map(|m| (m.id(), m.peer_urls().to_vec(), m.is_learner()))
+                    .collect();
+                v.sort();
+                lists.push(v);
+            }
+            lists.windows(2).all(|w| w[0] == w[1])
+        },
+    )
+    .await
 }
 
 /// Two members that fence each other: once the fault has healed, waits until a fence has

@@ -490,3 +490,52 @@ async fn fencing_fence_hangs_then_works() {
     ))
     .await;
 }
+
+/// One membership fault, then the workload a little longer.
+fn membership_scenario(mut s: Scenario) -> Scenario {
+    s.fault_count = Some(1);
+    s.every = Duration::from_secs(2);
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_members_grow_and_shrink() {
+    run(membership_scenario(scenario(
+        "three members, grown by two and shrunk back",
+        Kind::Tandem,
+        3,
+        Fault::GrowAndShrink,
+    )))
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn etcd_three_members_grow_and_shrink() {
+    run(membership_scenario(scenario(
+        "three members, grown by two and shrunk back",
+        Kind::Etcd35,
+        3,
+        Fault::GrowAndShrink,
+    )))
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_members_s11_leader_killed_during_a_member_add() {
+    run(membership_scenario(scenario(
+        "three members, S11 leader SIGKILL during a member add",
+        Kind::Tandem,
+        3,
+        Fault::KillLeaderDuringMemberAdd,
+    )))
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn witness_s11_leader_killed_during_a_member_add() {
+    run(membership_scenario(witness_scenario(
+        "S11 leader SIGKILL during a member add",
+        Fault::KillLeaderDuringMemberAdd,
+    )))
+    .await;
+}
