@@ -124,3 +124,20 @@ echo "fence agent: $1 is off"
         text.lines().map(str::to_string).collect()
     }
 }
+
+/// Waits until every member of `cluster` may fence (each heard its peer confirm the committed
+/// two-voter membership since it started: `tandem_fence_armed 1` on its `/metrics`).
+pub fn wait_armed(cluster: &crate::Cluster) -> Result<()> {
+    for m in &cluster.members {
+        let url = format!("{}/metrics", m.url());
+        crate::wait_until(
+            &format!("{} to arm its fencing", m.name()),
+            crate::START_DEADLINE,
+            || {
+                crate::http_get(&url)
+                    .is_ok_and(|(_, body)| body.lines().any(|l| l == "tandem_fence_armed 1"))
+            },
+        )?;
+    }
+    Ok(())
+}

@@ -9,7 +9,7 @@
 use std::time::{Duration, Instant};
 
 use etcd_client::GetOptions;
-use etcd_compat_tests::fence::{FenceAgent, Mode};
+use etcd_compat_tests::fence::{wait_armed, FenceAgent, Mode};
 use etcd_compat_tests::{wait_until, wait_until_async, Cluster, Kind, Server};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -66,6 +66,16 @@ async fn keys(url: &str) -> std::collections::BTreeSet<String> {
         .collect()
 }
 
+/// Every key of `acked` is in a linearizable range at `url`.
+async fn assert_all_present(url: &str, acked: &[String]) {
+    let present = keys(url).await;
+    let missing: Vec<&String> = acked.iter().filter(|k| !present.contains(*k)).collect();
+    assert!(
+        missing.is_empty(),
+        "acknowledged {missing:?} missing on {url}"
+    );
+}
+
 /// (name, is learner) of every member, as `url` lists them.
 async fn members(url: &str) -> Vec<(String, bool)> {
     let list = client(url).await.member_list().await.expect("member list");
@@ -79,19 +89,6 @@ fn start(agent: &FenceAgent, timeout_ms: u64) -> Cluster {
     let flags = agent.flags(DELAY_MS, timeout_ms);
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     Cluster::start(Kind::Tandem, 2, &flags).expect("two members that fence each other")
-}
-
-/// Waits until both members may fence (each heard its peer confirm the committed two-voter
-/// membership since it started).
-fn wait_armed(cluster: &Cluster) {
-    for m in &cluster.members {
-        let url = m.url();
-        wait_until(&format!("{} to arm its fencing", m.name()), WAIT, || {
-            etcd_compat_tests::http_get(&format!("{url}/metrics"))
-                .is_ok_and(|(_, body)| body.lines().any(|l| l == "tandem_fence_armed 1"))
-        })
-        .expect("armed");
-    }
 }
 
 /// Starts the fenced member `i` again (powered on) and waits until it has rejoined: promoted
@@ -123,7 +120,7 @@ async fn a_lost_peer_is_fenced_and_the_survivor_goes_on_with_every_acknowledged_
         put_acknowledged(&urls[i % 2], &k).await;
         acked.push(k);
     }
-    wait_armed(&cluster);
+    wait_armed(&cluster).expect("armed");
 
     // Round 1: the leader is SIGKILLed; the follower fences it (after its delay) and goes on.
     let leader = cluster.wait_leader(WAIT).await.expect("a leader");
@@ -156,14 +153,9 @@ async fn a_lost_peer_is_fenced_and_the_survivor_goes_on_with_every_acknowledged_
 
     power_on(&mut cluster, leader, survivor).await;
     for url in &urls {
-        let present = keys(url).await;
-        let missing: Vec<&String> = acked.iter().filter(|k| !present.contains(*k)).collect();
-        assert!(
-            missing.is_empty(),
-            "acknowledged {missing:?} missing on {url}"
-        );
+        assert_all_present(url, &acked).await;
     }
-    wait_armed(&cluster);
+    wait_armed(&cluster).expect("armed");
 
     // Round 2: whoever leads now is paused (SIGSTOP) past the election timeout; the other
     // fences it, so it never answers again, and goes on.
@@ -189,9 +181,7 @@ async fn a_lost_peer_is_fenced_and_the_survivor_goes_on_with_every_acknowledged_
     );
     power_on(&mut cluster, leader, survivor).await;
 
-    let present = keys(&urls[leader]).await;
-    let missing: Vec<&String> = acked.iter().filter(|k| !present.contains(*k)).collect();
-    assert!(missing.is_empty(), "acknowledged {missing:?} missing");
+    assert_all_present(&urls[leader], &acked).await;
     // I5: equal keyspaces at equal revision.
     let rev = client(&urls[0])
         .await
@@ -212,7 +202,7 @@ async fn a_lost_peer_is_fenced_and_the_survivor_goes_on_with_every_acknowledged_
 async fn a_failing_or_hanging_fence_keeps_writes_refused_and_is_tried_again() {
     let agent = FenceAgent::new().expect("agent");
     let mut cluster = start(&agent, 1000);
-    wait_armed(&cluster);
+    wait_armed(&cluster).expect("armed");
     let leader = cluster.wait_leader(WAIT).await.expect("a leader");
     let follower = 1 - leader;
     let url = cluster.members[leader].url();
@@ -293,7 +283,7 @@ async fn a_symmetric_partition_is_won_by_exactly_one_side() {
     let urls: Vec<String> = cluster.members.iter().map(Server::url).collect();
     let mut acked = Vec::new();
     for race in 0..races {
-        wait_armed(&cluster);
+        wait_armed(&cluster).expect("armed");
         let leader = cluster.wait_leader(WAIT).await.expect("a leader");
         let started = Instant::now();
         proxy.cut(0, 1);
@@ -340,11 +330,6 @@ async fn a_symmetric_partition_is_won_by_exactly_one_side() {
         agent.calls()
     );
     for url in &urls {
-        let present = keys(url).await;
-        let missing: Vec<&String> = acked.iter().filter(|k| !present.contains(*k)).collect();
-        assert!(
-            missing.is_empty(),
-            "acknowledged {missing:?} missing on {url}"
-        );
+        assert_all_present(url, &acked).await;
     }
 }

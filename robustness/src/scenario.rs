@@ -321,7 +321,7 @@ async fn inject(cluster: &mut Cluster, rig: &mut Rig, s: &Scenario, rec: &Record
     let net = rig.net.as_ref();
     let clocks = rig.clocks.path();
     if s.fencing() {
-        wait_armed(cluster)?;
+        etcd_compat_tests::fence::wait_armed(cluster)?;
     }
     let leader = if s.members == 1 {
         0
@@ -750,24 +750,7 @@ async fn power_on_fenced(cluster: &mut Cluster, agent: &FenceAgent, before: usiz
         m.restart()?;
     }
     cluster.wait_healthy(fenced)?;
-    wait_armed(cluster)
-}
-
-/// Waits until both members may fence again (each heard its peer confirm the committed
-/// two-voter membership).
-fn wait_armed(cluster: &Cluster) -> Result<()> {
-    for m in &cluster.members {
-        let url = format!("{}/metrics", m.url());
-        etcd_compat_tests::wait_until(
-            &format!("{} to arm its fencing", m.name()),
-            Duration::from_secs(30),
-            || {
-                etcd_compat_tests::http_get(&url)
-                    .is_ok_and(|(_, body)| body.lines().any(|l| l == "tandem_fence_armed 1"))
-            },
-        )?;
-    }
-    Ok(())
+    etcd_compat_tests::fence::wait_armed(cluster)
 }
 
 /// Runs the scenario; `Err` only when the run itself could not be carried out.

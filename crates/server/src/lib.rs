@@ -123,7 +123,8 @@ pub async fn run(
     ];
 
     let removed = node.replica.removed();
-    let fenced = fenced(&node);
+    let fence_failure = Arc::new(std::sync::Mutex::new(None));
+    let fenced = fenced(&node, Arc::clone(&fence_failure));
     let stopped = stop_signal(async move {
         tokio::select! {
             () = shutdown => {}
@@ -181,12 +182,24 @@ pub async fn run(
     }
     node.replica.shutdown().await?;
     tracing::info!("stopped");
+    if let Some(e) = fence_failure
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take()
+    {
+        // A failure, so that a supervisor (systemd's Restart=on-failure) starts it again.
+        return Err(e);
+    }
     Ok(())
 }
 
 /// With `--fence-command`: resolves once the lost peer is fenced, so that the node stops and
-/// `main` starts it again to continue alone (`raft::fence`); never otherwise.
-fn fenced(node: &Arc<Node>) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> {
+/// `main` starts it again to continue alone (`raft::fence`); never otherwise. If the marker
+/// that records the fence cannot be written, it resolves too, with the error in `failure`.
+fn fenced(
+    node: &Arc<Node>,
+    failure: Arc<std::sync::Mutex<Option<anyhow::Error>>>,
+) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> {
     let Some(fence) = node.config.fence.clone() else {
         return Box::pin(std::future::pending());
     };
@@ -203,11 +216,10 @@ fn fenced(node: &Arc<Node>) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>
             async move { fence::run(&fence, &peer).await }
         });
     Box::pin(async move {
-        match watching.await {
-            Ok(_) => {}
-            Err(e) => {
-                tracing::error!(error = %format!("{e:#}"), "fencing failed to record the peer's fence; stopping");
-            }
+        if let Err(e) = watching.await {
+            tracing::error!(error = %format!("{e:#}"), "fencing failed to record the peer's fence; stopping");
+            *failure.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some(e.context("recording the peer's fence"));
         }
     })
 }
