@@ -74,32 +74,12 @@ where
             .copied()
             .find(|v| *v != me && voters.len() == 2);
         let node = peer.and_then(|p| membership.get_node(&p).cloned());
-        let mut answer = None;
-        if let Some(channel) = node.as_ref().and_then(|n| member.channels.to(n)) {
-            // The grpc-timeout only bounds the peer's side: a silent link is bounded here.
-            let asked = tokio::time::timeout(
-                ask_timeout,
-                network::forward::<C::R>(
-                    channel,
-                    member.cluster_id,
-                    &member.incarnations,
-                    &ForwardRequest::Members,
-                    ask_timeout,
-                ),
-            )
-            .await;
-            if let Ok(Ok(ForwardResponse::Members(a))) = asked {
-                heard_ms = now_ms();
-                answer = Some(PeerView {
-                    voters: a
-                        .members
-                        .iter()
-                        .filter(|(_, _, learner)| !learner)
-                        .map(|(id, _, _)| *id)
-                        .collect(),
-                    committed: a.committed_at.is_some(),
-                });
-            }
+        let answer = match &node {
+            Some(n) => ask(&member, n, ask_timeout).await,
+            None => None,
+        };
+        if answer.is_some() {
+            heard_ms = now_ms();
         }
         let was_armed = arming.armed();
         let armed_against = arming.observe(me, &voters, answer.as_ref());
@@ -134,6 +114,39 @@ where
             return Ok(peer);
         }
     }
+}
+
+/// The peer's view of the membership in effect, if it answers within `timeout`.
+async fn ask<C: Types>(
+    member: &Member<C>,
+    peer: &MemberNode,
+    timeout: Duration,
+) -> Option<PeerView> {
+    let channel = member.channels.to(peer)?;
+    // The grpc-timeout only bounds the peer's side: a silent link is bounded here.
+    let asked = tokio::time::timeout(
+        timeout,
+        network::forward::<C::R>(
+            channel,
+            member.cluster_id,
+            &member.incarnations,
+            &ForwardRequest::Members,
+            timeout,
+        ),
+    )
+    .await;
+    let Ok(Ok(ForwardResponse::Members(a))) = asked else {
+        return None;
+    };
+    Some(PeerView {
+        voters: a
+            .members
+            .iter()
+            .filter(|(_, _, learner)| !learner)
+            .map(|(id, _, _)| *id)
+            .collect(),
+        committed: a.committed_at.is_some(),
+    })
 }
 
 /// `membership` with `me` its only voter and every other member a learner.
