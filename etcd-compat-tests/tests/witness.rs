@@ -1045,13 +1045,23 @@ async fn a_follower_killed_while_installing_a_snapshot_recovers_consistent() {
         (hb.hash(), hb.compact_version()),
         "I5: the two data members differ at revision {revision}"
     );
-    let rb = on_b
-        .put("w/s20-after", "v", None)
-        .await
-        .expect("a write after")
-        .header()
-        .expect("header")
-        .revision();
+    // Asked again only while refused with `no leader` (refused before anything is proposed, so
+    // the revision tells whether the write landed right after the leader's): a member just
+    // back from a snapshot install on a loaded machine may miss a heartbeat.
+    let rb = std::sync::Mutex::new(None);
+    etcd_compat_tests::wait_until_async("a write after", WAIT, || async {
+        match client(&urls[b]).await.put("w/s20-after", "v", None).await {
+            Ok(r) => {
+                *rb.lock().expect("rb") = r.header().map(|h| h.revision());
+                true
+            }
+            Err(e) if e.to_string().contains("etcdserver: no leader") => false,
+            Err(e) => panic!("a write after: {e}"),
+        }
+    })
+    .await
+    .expect("a write after");
+    let rb = rb.into_inner().expect("rb").expect("a header");
     assert_eq!(rb, revision + 1, "the revision goes on from the leader's");
 }
 

@@ -51,6 +51,14 @@ async fn every_mutant_is_caught() {
             check: "linearizability",
         },
         Mutant {
+            name: "deposed-leader-read",
+            members: 3,
+            fault: Fault::PauseLeader,
+            count: None,
+            caught: |r| !r.linearizability.is_empty(),
+            check: "linearizability",
+        },
+        Mutant {
             name: "lease-early",
             members: 1,
             fault: Fault::None,

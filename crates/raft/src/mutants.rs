@@ -9,7 +9,10 @@
 //! - `ack-before-fsync`: the raft log is never fdatasynced, so entries are acknowledged before
 //!   they are durable (only a power cut shows it);
 //! - `fsync-errors-ignored`: a failed fdatasync of the raft log is logged and taken for success
-//!   (fsyncgate: the node goes on acknowledging writes that may not be on disk).
+//!   (fsyncgate: the node goes on acknowledging writes that may not be on disk);
+//! - `deposed-leader-read`: a member that believes it leads serves a linearizable read from its
+//!   keyspace without a round that confirms it still does (a lease that was never granted: a
+//!   leader paused past the election timeout answers with old data once it resumes).
 //!
 //! The switch lives here, the lowest crate with a mutant; the server's `mutants` feature turns
 //! on this crate's.

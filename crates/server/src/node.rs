@@ -232,7 +232,9 @@ impl Node {
 
     /// Waits until a linearizable read may be served from the local keyspace.
     pub async fn read_index(&self) -> Result<(), Status> {
-        if crate::mutants::on("stale-read") {
+        if crate::mutants::on("stale-read")
+            || (crate::mutants::on("deposed-leader-read") && self.status().is_leader)
+        {
             return Ok(());
         }
         let timeout = request_timeout(self.config.election_timeout_ms);
