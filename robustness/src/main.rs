@@ -98,6 +98,10 @@ fn scenarios(seconds: u64) -> Vec<Scenario> {
             "S9 SIGKILL the follower, then the leader",
             Fault::KillFollowerThenLeader,
         ),
+        (
+            "S9 SIGKILL the follower, then the leader and the witness",
+            Fault::KillFollowerThenLeaderAndWitness,
+        ),
         ("S10 power cut on every member", Fault::PowerCut),
         ("S15/S16 clock jumps and skew", Fault::ClockJumps),
         ("S17 SIGSTOP the leader", Fault::PauseLeader),
@@ -120,6 +124,7 @@ fn scenarios(seconds: u64) -> Vec<Scenario> {
             duration: Duration::from_secs(seconds),
             every: Duration::from_secs(match fault {
                 Fault::KillFollowerThenLeader
+                | Fault::KillFollowerThenLeaderAndWitness
                 | Fault::SlowFsyncLeader
                 | Fault::GrowAndShrink
                 | Fault::KillLeaderDuringMemberAdd => 15,

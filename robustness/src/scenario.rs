@@ -83,6 +83,11 @@ pub enum Fault {
     FenceFailsThenWorks,
     /// As [`Fault::FenceFailsThenWorks`], the agent hanging (killed after --fence-timeout).
     FenceHangsThenWorks,
+    /// S9 with the witness restarted: the data follower B is SIGKILLed; after `down` (the leader
+    /// A commits with the witness) A and the witness are SIGKILLed, the witness and B restarted;
+    /// once B serves, A is restarted. Nothing acknowledged may be lost (W1: the witness kept
+    /// what it acknowledged).
+    KillFollowerThenLeaderAndWitness,
     /// Membership changes under the workload: a voter added and started, a learner added,
     /// started and promoted, then both removed (the cluster grows by two and shrinks back).
     GrowAndShrink,
@@ -117,6 +122,9 @@ impl Fault {
             Fault::SlowFsyncLeader => "slow fdatasync on the leader",
             Fault::FenceFailsThenWorks => "the fence fails, then works",
             Fault::FenceHangsThenWorks => "the fence hangs, then works",
+            Fault::KillFollowerThenLeaderAndWitness => {
+                "SIGKILL the follower, then the leader and the witness"
+            }
             Fault::GrowAndShrink => "grow by a voter and a learner, shrink back",
             Fault::KillLeaderDuringMemberAdd => "SIGKILL the leader during a member add",
         }
@@ -409,6 +417,20 @@ async fn inject(cluster: &mut Cluster, rig: &mut Rig, s: &Scenario, rec: &Record
             cluster.wait_healthy(b)?;
             cluster.members[leader].restart()?;
             cluster.wait_healthy(leader)?;
+        }
+        Fault::KillFollowerThenLeaderAndWitness => {
+            let b = follower_of(cluster, leader);
+            let w = cluster.witness().context("the cluster has no witness")?;
+            cluster.members[b].stop("KILL")?;
+            tokio::time::sleep(s.down).await; // the leader commits with the witness meanwhile
+            cluster.members[leader].stop("KILL")?;
+            cluster.members[w].stop("KILL")?;
+            cluster.members[w].restart()?;
+            cluster.members[b].restart()?;
+            cluster.wait_healthy(b)?;
+            cluster.members[leader].restart()?;
+            cluster.wait_healthy(leader)?;
+            cluster.wait_healthy(w)?;
         }
         Fault::PauseLeader => {
             let pid = cluster.members[leader].pid();

@@ -335,6 +335,16 @@ async fn witness_s9_follower_then_leader_killed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn witness_s9_follower_then_leader_and_witness_killed() {
+    let mut s = witness_scenario(
+        "S9 follower, then leader and witness SIGKILL",
+        Fault::KillFollowerThenLeaderAndWitness,
+    );
+    s.fault_count = Some(1);
+    run(s).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn witness_s17_leader_paused() {
     run(witness_scenario("S17 leader SIGSTOP", Fault::PauseLeader)).await;
 }

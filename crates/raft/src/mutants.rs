@@ -12,7 +12,9 @@
 //!   (fsyncgate: the node goes on acknowledging writes that may not be on disk);
 //! - `deposed-leader-read`: a member that believes it leads serves a linearizable read from its
 //!   keyspace without a round that confirms it still does (a lease that was never granted: a
-//!   leader paused past the election timeout answers with old data once it resumes).
+//!   leader paused past the election timeout answers with old data once it resumes);
+//! - `witness-forgets`: the witness starts with an empty log and no vote (W1 broken: after a
+//!   double failure its vote elects a data member that lacks acknowledged writes).
 //!
 //! The switch lives here, the lowest crate with a mutant; the server's `mutants` feature turns
 //! on this crate's.

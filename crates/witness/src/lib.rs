@@ -81,6 +81,12 @@ impl Witness {
     pub async fn open(options: WitnessOptions) -> anyhow::Result<Self> {
         let dir = options.data_dir.join("member");
         std::fs::create_dir_all(&dir)?;
+        if raft::mutants::on("witness-forgets") {
+            // W1 broken: the witness starts with no log, no vote and no snapshot (its identity
+            // kept, so its peers take it back).
+            let _ = std::fs::remove_dir_all(dir.join("wal"));
+            let _ = std::fs::remove_file(dir.join("witness-snapshot"));
+        }
         let log =
             LogStore::<WitnessConfig>::open_with(&dir.join("wal"), Arc::default(), LOG_LIMITS)?;
         let log_reader = log.clone();
