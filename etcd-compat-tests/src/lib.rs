@@ -631,6 +631,45 @@ impl Cluster {
         Ok(i)
     }
 
+    /// Adds a member named `name` (a learner if `learner`) through member `via` with etcd's
+    /// MemberAdd — asked again while refused as "unhealthy cluster": etcd 3.5 changes nothing
+    /// until every voter has been connected to the member asked for 5 s — and starts it with
+    /// the membership the answer lists, as `etcdctl member add` prints it; its index once healthy.
+    pub async fn add_and_join(&mut self, via: usize, name: &str, learner: bool) -> Result<usize> {
+        let m = self.new_member(name)?;
+        let options = learner.then(|| etcd_client::MemberAddOptions::new().with_is_learner());
+        let added = std::sync::Mutex::new(None);
+        wait_until_async(
+            "the cluster to accept a member add",
+            START_DEADLINE,
+            || async {
+                let answer = match self.members[via].client().await {
+                    Ok(mut c) => c.member_add([m.peer_url()], options.clone()).await,
+                    Err(_) => return false,
+                };
+                match answer {
+                    Err(e) if e.to_string().contains("unhealthy cluster") => false,
+                    answer => {
+                        *added.lock().expect("added") = Some(answer);
+                        true
+                    }
+                }
+            },
+        )
+        .await?;
+        let added = added.into_inner().expect("added").context("an answer")??;
+        let id = added.member().context("the added member")?.id();
+        let initial: Vec<String> = added
+            .member_list()
+            .iter()
+            .flat_map(|x| {
+                let n = if x.id() == id { name } else { x.name() };
+                x.peer_urls().iter().map(move |u| format!("{n}={u}"))
+            })
+            .collect();
+        self.join(m, &initial.join(","))
+    }
+
     /// Waits until member `i` reports healthy (it knows a leader and can serve a quorum read).
     pub fn wait_healthy(&self, i: usize) -> Result<()> {
         let m = &self.members[i];
@@ -844,29 +883,35 @@ impl Ctl {
     }
 
     pub fn run(&self, args: &[&str], stdin: Option<&str>) -> CtlOutput {
-        let mut c = self.command(args);
-        c.stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-        let mut child = c.spawn().expect("running etcdctl");
-        if let Some(input) = stdin {
-            child
-                .stdin
-                .take()
-                .expect("stdin")
-                .write_all(input.as_bytes())
-                .expect("writing etcdctl stdin");
-        }
-        let out = child.wait_with_output().expect("etcdctl output");
-        CtlOutput {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).to_string(),
-            stderr: String::from_utf8_lossy(&out.stderr).to_string(),
-        }
+        run_command(self.command(args), stdin)
+    }
+}
+
+/// Runs a command to its end, `stdin` written to it (if any); its exit code and output.
+pub fn run_command(mut c: Command, stdin: Option<&str>) -> CtlOutput {
+    c.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let mut child = c
+        .spawn()
+        .unwrap_or_else(|e| panic!("running {:?}: {e}", c.get_program()));
+    if let Some(input) = stdin {
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input.as_bytes())
+            .expect("writing stdin");
+    }
+    let out = child.wait_with_output().expect("output");
+    CtlOutput {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).to_string(),
+        stderr: String::from_utf8_lossy(&out.stderr).to_string(),
     }
 }
 

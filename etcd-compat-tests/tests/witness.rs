@@ -292,29 +292,12 @@ async fn the_last_data_node_refuses_writes_once_the_witness_and_its_peer_are_los
 
 /// Runs `tandem unsafe-recover` on `data_dir` with `args`, `stdin` as the operator's answer.
 fn unsafe_recover(data_dir: &std::path::Path, args: &[&str], stdin: &str) -> (bool, String) {
-    use std::io::Write;
-    let mut child = std::process::Command::new(etcd_compat_tests::tandem_bin())
-        .arg("unsafe-recover")
+    let mut c = std::process::Command::new(etcd_compat_tests::tandem_bin());
+    c.arg("unsafe-recover")
         .arg(format!("--data-dir={}", data_dir.display()))
-        .args(args)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("tandem unsafe-recover");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(stdin.as_bytes())
-        .expect("answer");
-    let out = child.wait_with_output().expect("wait");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+        .args(args);
+    let out = etcd_compat_tests::run_command(c, Some(stdin));
+    (out.code == 0, out.stdout + &out.stderr)
 }
 
 /// S7 with an operator: the witness, then the data follower are lost for good. Only an explicit
@@ -413,19 +396,13 @@ fn add_witness(name: &str, peer_url: &str, endpoints: &str) -> (bool, String) {
 }
 
 fn add_witness_once(name: &str, peer_url: &str, endpoints: &str) -> (bool, String) {
-    let out =
-        std::process::Command::new(etcd_compat_tests::tandem_bin().with_file_name("tandem-ctl"))
-            .args(["member", "add-witness", name])
-            .arg(format!("--peer-urls={peer_url}"))
-            .arg(format!("--endpoints={endpoints}"))
-            .output()
-            .expect("tandem-ctl");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    let mut c =
+        std::process::Command::new(etcd_compat_tests::tandem_bin().with_file_name("tandem-ctl"));
+    c.args(["member", "add-witness", name])
+        .arg(format!("--peer-urls={peer_url}"))
+        .arg(format!("--endpoints={endpoints}"));
+    let out = etcd_compat_tests::run_command(c, None);
+    (out.code == 0, out.stdout + &out.stderr)
 }
 
 /// The value of `KEY="value"` in what `member add` printed.
@@ -545,38 +522,10 @@ async fn a_lost_data_node_is_replaced_by_a_new_one() {
     acked.push("w/rd-after-remove".into());
     put_acknowledged(&urls[a], "w/rd-after-remove").await;
 
-    let b2 = cluster.new_member("b2").expect("a new member");
-    // As etcd 3.5.1, a change waits until every voter has been connected for 5 s.
-    let added = std::sync::Mutex::new(None);
-    etcd_compat_tests::wait_until_async("b2 to be added", WAIT, || async {
-        match client(&urls[a])
-            .await
-            .member_add([b2.peer_url()], None)
-            .await
-        {
-            Ok(r) => {
-                *added.lock().expect("added") = Some(r);
-                true
-            }
-            Err(e) if e.to_string().contains("unhealthy cluster") => false,
-            Err(e) => panic!("member add: {e}"),
-        }
-    })
-    .await
-    .expect("member add");
-    let added = added.into_inner().expect("added").expect("an answer");
-    let initial: Vec<String> = added
-        .member_list()
-        .iter()
-        .flat_map(|m| {
-            let name = if m.name().is_empty() { "b2" } else { m.name() };
-            m.peer_urls()
-                .iter()
-                .map(move |u| format!("{name}={u}"))
-                .collect::<Vec<_>>()
-        })
-        .collect();
-    let b2 = cluster.join(b2, &initial.join(",")).expect("b2 joins");
+    let b2 = cluster
+        .add_and_join(a, "b2", false)
+        .await
+        .expect("b2 joins");
     let b2_url = cluster.members[b2].url();
     assert_all_present(&b2_url, &acked).await;
 

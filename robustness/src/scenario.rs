@@ -529,8 +529,12 @@ async fn inject(cluster: &mut Cluster, rig: &mut Rig, s: &Scenario, rec: &Record
             agent.set(Mode::Kill)?;
         }
         Fault::GrowAndShrink => {
-            let voter = add_member(cluster, leader, false).await?;
-            let learner = add_member(cluster, leader, true).await?;
+            let voter = cluster
+                .add_and_join(leader, &format!("x{}", cluster.members.len() + 1), false)
+                .await?;
+            let learner = cluster
+                .add_and_join(leader, &format!("x{}", cluster.members.len() + 1), true)
+                .await?;
             let id = cluster.members[learner].client().await?.status().await?;
             let id = id.header().context("a status header")?.member_id();
             etcd_compat_tests::wait_until_async(
@@ -651,56 +655,6 @@ async fn inject(cluster: &mut Cluster, rig: &mut Rig, s: &Scenario, rec: &Record
         power_on_fenced(cluster, agent, fenced_before).await?;
     }
     Ok(())
-}
-
-/// Adds a member through `leader` (etcd's MemberAdd, retried while the cluster is not yet
-/// considered healthy for a change), starts it with the membership the answer lists, and
-/// returns its index once it serves.
-async fn add_member(cluster: &mut Cluster, leader: usize, learner: bool) -> Result<usize> {
-    let name = format!("x{}", cluster.members.len() + 1);
-    let m = cluster.new_member(&name)?;
-    let options = learner.then(|| etcd_client::MemberAddOptions::new().with_is_learner());
-    let added = std::sync::Mutex::new(None);
-    etcd_compat_tests::wait_until_async(
-        "the cluster to accept a member add",
-        Duration::from_secs(30),
-        || async {
-            let mut c = match cluster.members[leader].client().await {
-                Ok(c) => c,
-                Err(_) => return false,
-            };
-            match c.member_add([m.peer_url()], options.clone()).await {
-                Ok(r) => {
-                    *added.lock().expect("added") = Some(Ok(r));
-                    true
-                }
-                Err(e) if e.to_string().contains("unhealthy cluster") => false,
-                Err(e) => {
-                    *added.lock().expect("added") = Some(Err(e));
-                    true
-                }
-            }
-        },
-    )
-    .await?;
-    let added = added.into_inner().expect("added").context("an answer")??;
-    let id = added.member().context("the added member")?.id();
-    let initial: Vec<String> = added
-        .member_list()
-        .iter()
-        .flat_map(|x| {
-            let n = if x.id() == id {
-                name.clone()
-            } else {
-                x.name().to_string()
-            };
-            x.peer_urls()
-                .iter()
-                .map(move |u| format!("{n}={u}"))
-                .collect::<Vec<_>>()
-        })
-        .collect();
-    cluster.join(m, &initial.join(","))
 }
 
 async fn member_id_of(cluster: &Cluster, via: usize, i: usize) -> Result<u64> {

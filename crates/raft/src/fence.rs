@@ -178,7 +178,7 @@ pub fn apply_marker<C: Types>(dir: &Path, wal_dir: &Path, me: NodeId) -> anyhow:
     let membership: Membership = crate::codec::decode(&bytes)
         .map_err(|e| anyhow::anyhow!("{} is not a fence marker: {e}", path.display()))?;
     let mut wal = crate::wal::Wal::open(wal_dir)?;
-    let last = wal.last_log_id().or(wal.state().purged);
+    let last = wal.last_log_id();
     let vote = wal.state().vote;
     let (entry, vote) = alone_entry::<C>(membership, me, last, vote);
     wal.append(&entry)?;
@@ -208,11 +208,20 @@ pub struct RecoveryPlan {
 }
 
 impl RecoveryPlan {
+    /// The index the log ends at (0: empty).
+    pub fn last_index(&self) -> u64 {
+        self.last.map_or(0, |l| l.index)
+    }
+
+    /// The index up to which entries are known committed (0: none).
+    pub fn committed_index(&self) -> u64 {
+        self.committed.map_or(0, |l| l.index)
+    }
+
     /// Entries this member holds above what it knows to be committed: they are kept (committed
     /// by the recovery), though no client may have been told they were.
     pub fn uncommitted(&self) -> u64 {
-        let at = |l: Option<LogId>| l.map_or(0, |l| l.index);
-        at(self.last).saturating_sub(at(self.committed))
+        self.last_index().saturating_sub(self.committed_index())
     }
 }
 
@@ -230,7 +239,7 @@ pub fn recovery_plan<C: Types>(
         }
     }
     Ok(RecoveryPlan {
-        last: wal.last_log_id().or(wal.state().purged),
+        last: wal.last_log_id(),
         committed: wal.state().committed.max(applied_to),
         membership: membership.unwrap_or_else(|| applied.clone()),
     })

@@ -61,7 +61,6 @@ pub fn run(args: &Args, input: &mut dyn BufRead, out: &mut dyn Write) -> Result<
         .filter(|(id, _)| **id != me)
         .map(|(id, n)| format!("{} ({id:x})", n.name))
         .collect();
-    let index = |l: Option<raft::types::LogId>| l.map_or(0, |l| l.index);
     writeln!(
         out,
         "member {me:x} of cluster {cluster:x} ({})",
@@ -71,21 +70,21 @@ pub fn run(args: &Args, input: &mut dyn BufRead, out: &mut dyn Write) -> Result<
         out,
         "its log ends at index {}; it knows entries up to index {} to be committed (the hint is \
          written lazily: more may be)",
-        index(plan.last),
-        index(plan.committed)
+        plan.last_index(),
+        plan.committed_index()
     )?;
     writeln!(
         out,
         "- {} entries above index {} are kept and become committed (none is dropped; those not \
          committed before were never acknowledged)",
         plan.uncommitted(),
-        index(plan.committed)
+        plan.committed_index()
     )?;
     writeln!(
         out,
         "- entries the other members committed above index {} without this member are LOST \
          (how many cannot be known here)",
-        index(plan.committed)
+        plan.committed_index()
     )?;
     writeln!(
         out,
