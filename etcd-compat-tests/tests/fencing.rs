@@ -15,8 +15,12 @@ use etcd_compat_tests::{wait_until, wait_until_async, Cluster, Kind, Server};
 const WAIT: Duration = Duration::from_secs(30);
 /// The member that did not lead waits this much longer than the leader before it fences.
 const DELAY_MS: u64 = 1000;
+/// How long the race test's fence takes: longer than the two members' detections of the
+/// silence can lie apart (a question to a silent peer waits half an election timeout), so
+/// that without the delay both fences would run.
+const RACE_FENCE_MS: u64 = 1500;
 /// With a fence that takes time, the delay must be longer than the fence.
-const RACE_DELAY_MS: u64 = 2000;
+const RACE_DELAY_MS: u64 = 3000;
 
 async fn client(url: &str) -> etcd_client::Client {
     let opts = etcd_client::ConnectOptions::new().with_timeout(Duration::from_secs(3));
@@ -263,8 +267,8 @@ async fn a_failing_or_hanging_fence_keeps_writes_refused_and_is_tried_again() {
 
 /// Races of a symmetric partition with both members alive: `TANDEM_FENCE_RACES` (default 3;
 /// 20 for the acceptance run) partitions, each won by exactly one side. Both lose their peer
-/// at the same moment and a fence takes half a second, so without the non-leader's delay both
-/// would fence each other.
+/// at the same moment and a fence takes 1.5 s, so without the non-leader's delay both would
+/// fence each other.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_symmetric_partition_is_won_by_exactly_one_side() {
     let races: usize = std::env::var("TANDEM_FENCE_RACES")
@@ -273,7 +277,7 @@ async fn a_symmetric_partition_is_won_by_exactly_one_side() {
         .unwrap_or(3);
     let agent = FenceAgent::new().expect("agent");
     agent
-        .set_duration(Duration::from_millis(500))
+        .set_duration(Duration::from_millis(RACE_FENCE_MS))
         .expect("duration");
     let flags = agent.flags(RACE_DELAY_MS, 10_000);
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();

@@ -123,19 +123,15 @@ async fn ask<C: Types>(
     timeout: Duration,
 ) -> Option<PeerView> {
     let channel = member.channels.to(peer)?;
-    // The grpc-timeout only bounds the peer's side: a silent link is bounded here.
-    let asked = tokio::time::timeout(
+    let asked = network::forward::<C::R>(
+        channel,
+        member.cluster_id,
+        &member.incarnations,
+        &ForwardRequest::Members,
         timeout,
-        network::forward::<C::R>(
-            channel,
-            member.cluster_id,
-            &member.incarnations,
-            &ForwardRequest::Members,
-            timeout,
-        ),
     )
     .await;
-    let Ok(Ok(ForwardResponse::Members(a))) = asked else {
+    let Ok(ForwardResponse::Members(a)) = asked else {
         return None;
     };
     Some(PeerView {

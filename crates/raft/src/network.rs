@@ -298,9 +298,10 @@ pub async fn forward<R: DeserializeOwned>(
 ) -> Result<ForwardResponse<R>, ForwardFailure> {
     let mut request = tonic::Request::new(message(cluster_id, me, codec::encode(req), 0));
     request.set_timeout(timeout);
-    let reply = RaftPeerClient::new(channel)
-        .forward(request)
+    // The grpc-timeout is for the peer; a link that went silent is bounded here.
+    let reply = tokio::time::timeout(timeout, RaftPeerClient::new(channel).forward(request))
         .await
+        .map_err(|_| ForwardFailure::Failed(ReplicaError::Timeout))?
         .map_err(|s| {
             if never_connected(&s) {
                 return ForwardFailure::NotSent;
