@@ -798,6 +798,26 @@ pub async fn run(s: &Scenario) -> Result<Summary> {
             stop_rx.clone(),
         )));
     }
+    if s.workload.pinned {
+        let readers = workload::Config {
+            reads_only: true,
+            ..s.workload.clone()
+        };
+        for (i, endpoint) in endpoints.iter().enumerate() {
+            for (id, cfg) in [
+                (PINNED_IDS + i as u32, &s.workload),
+                (PINNED_READER_IDS + i as u32, &readers),
+            ] {
+                tasks.push(tokio::spawn(workload::run_client(
+                    vec![endpoint.clone()],
+                    cfg.clone(),
+                    id,
+                    rec.clone(),
+                    stop_rx.clone(),
+                )));
+            }
+        }
+    }
     for w in 0..2 {
         watchers.push(tokio::spawn(workload::run_watcher(
             endpoints.clone(),
@@ -989,6 +1009,11 @@ fn failed_with(r: &history::Record, message: &str) -> bool {
 }
 
 /// etcd's refusal of a write while NOSPACE is raised.
+/// Client ids of the clients pinned to one member, with the whole mix and reads only
+/// (balanced clients count from 0, watchers from 1000).
+const PINNED_IDS: u32 = 100;
+const PINNED_READER_IDS: u32 = 500;
+
 const NO_SPACE: &str = "etcdserver: mvcc: database space exceeded";
 
 /// I5: every member's HashKV at the same revision is equal.

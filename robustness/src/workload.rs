@@ -23,6 +23,15 @@ pub struct Config {
     pub pace: Duration,
     pub lease_ttl: i64,
     pub seed: u64,
+    /// Besides the balanced clients, two clients per member that talk to that member alone:
+    /// one sends only linearizable gets and ranges, the other the whole mix. A member that
+    /// answers without knowing it is current (a deposed or partitioned leader) is then read
+    /// from throughout a fault, while the majority side goes on taking writes; balanced
+    /// clients soon all wait on a write stuck at the cut-off member, and then nothing is
+    /// written for a stale read to miss.
+    pub pinned: bool,
+    /// Only linearizable gets and ranges (a pinned reader).
+    pub reads_only: bool,
 }
 
 impl Default for Config {
@@ -33,6 +42,8 @@ impl Default for Config {
             pace: Duration::from_millis(2),
             lease_ttl: 5,
             seed: 1,
+            pinned: true,
+            reads_only: false,
         }
     }
 }
@@ -176,6 +187,15 @@ fn choose(rng: &mut StdRng, cfg: &Config, id: u32, st: &mut ClientState) -> Op {
     let key = key(k);
     st.seq += 1;
     let value = format!("c{id}-{}", st.seq);
+    if cfg.reads_only {
+        return match rng.gen_range(0..2) {
+            0 => Op::Get { key },
+            _ => Op::Range {
+                start: KEY_PREFIX.to_string(),
+                end: prefix_end(KEY_PREFIX),
+            },
+        };
+    }
     match rng.gen_range(0..100) {
         0..=24 => Op::Put {
             key,

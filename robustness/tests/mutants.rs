@@ -56,7 +56,7 @@ async fn every_mutant_is_caught() {
         Mutant {
             name: "deposed-leader-read",
             members: 3,
-            fault: Fault::PauseLeader,
+            fault: Fault::PartitionLeader,
             count: None,
             caught: |r| !r.linearizability.is_empty(),
             check: "linearizability",
@@ -137,16 +137,32 @@ async fn every_mutant_is_caught() {
         };
         let started = Instant::now();
         // A run that could not be carried out (a member not healthy in time) says nothing
-        // either way: it is tried once more, and the error shown.
-        let summary = match scenario::run(&s).await {
-            Ok(summary) => summary,
-            Err(e) => {
+        // either way: it is tried once more, and the error shown. One that ended because a
+        // member crashed fails the suite as surely as a finding does (a witness that forgets
+        // its log can make a data member's raft core panic on a commit index that went back).
+        let mut outcome = scenario::run(&s).await;
+        if let Err(e) = &outcome {
+            if !crashed(e) {
                 println!(
                     "{}: the run could not be carried out, trying again: {e:#}",
                     m.name
                 );
-                scenario::run(&s).await.expect("the run")
+                outcome = scenario::run(&s).await;
             }
+        }
+        let summary = match outcome {
+            Ok(summary) => summary,
+            Err(e) if crashed(&e) => {
+                let e = format!("{e:#}");
+                println!("{}: a member crashed: {}", m.name, &e[..e.len().min(2000)]);
+                table.push(format!(
+                    "{}: caught (a member crashed, run of {:.0} s)",
+                    m.name,
+                    started.elapsed().as_secs_f64()
+                ));
+                continue;
+            }
+            Err(e) => panic!("{}: the run could not be carried out: {e:#}", m.name),
         };
         println!("{}", summary.line());
         let caught = (m.caught)(&summary.report);
@@ -175,4 +191,10 @@ async fn every_mutant_is_caught() {
         "{}",
         table.join("\n")
     );
+}
+
+/// Whether a run ended because a member's process or raft core panicked (its log, which the
+/// error carries, says so).
+fn crashed(e: &anyhow::Error) -> bool {
+    format!("{e:#}").to_lowercase().contains("panicked")
 }
