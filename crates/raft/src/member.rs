@@ -23,7 +23,16 @@ const ROUTE_RECHECK: Duration = Duration::from_millis(100);
 /// The pause before a ReadIndex round that missed its quorum is tried again.
 const READ_INDEX_RETRY: Duration = Duration::from_millis(50);
 
-pub type ReadWaiter = tokio::sync::oneshot::Sender<Result<(), ReplicaError>>;
+/// A read waiting for a ReadIndex round (see [`read_barriers`]).
+pub type ReadWaiter = Ask<()>;
+
+/// An ask to join the next ReadIndex round: how many reads it stands for (a member's batch
+/// counts as its reads: rounds are paced by load, `crate::policy::read_rounds`), and where the
+/// round's result goes.
+pub struct Ask<T> {
+    pub reads: usize,
+    pub answer: tokio::sync::oneshot::Sender<Result<T, ReplicaError>>,
+}
 
 /// What every task of a member shares: raft, and the way to the leader.
 pub struct Member<C: Types> {
@@ -44,6 +53,9 @@ pub struct Member<C: Types> {
     pub leadership: Arc<crate::leadership::Leadership>,
     /// When each peer last answered, and its flush times (`crate::flushes`).
     pub peer_flushes: Arc<crate::flushes::PeerFlushes>,
+    /// This member's ReadIndex rounds while it leads, shared by its own reads and those its
+    /// followers forward ([`LeaderReads`]).
+    pub leader_reads: LeaderReads,
 }
 
 impl<C: Types> Member<C> {
@@ -155,13 +167,6 @@ impl<C: Types> Member<C> {
         }
     }
 
-    pub fn read_policy(&self) -> ReadPolicy {
-        ReadPolicy {
-            timeout: self.forward_timeout,
-            election_timeout_ms: self.election_timeout_ms,
-        }
-    }
-
     /// Waits until this member has applied the entry at `index`.
     pub async fn applied(&self, index: u64) -> Result<(), ReplicaError> {
         let mut data = self.raft.data_metrics();
@@ -201,7 +206,7 @@ impl<C: Types> Member<C> {
     ) -> Result<ForwardResponse<C::R>, ReplicaError> {
         serve_forward(
             &self.raft,
-            self.read_policy(),
+            &self.leader_reads,
             &self.leadership,
             &self.peer_flushes,
             req,
@@ -230,12 +235,16 @@ impl<C: Types> Member<C> {
 
     /// One ReadIndex round: returns once this member has applied everything committed before
     /// the round began.
-    pub async fn read_index(&self) -> Result<(), ReplicaError> {
-        match self.forward_or_here(ForwardRequest::ReadIndex).await? {
+    /// `reads`: how many reads the round serves.
+    pub async fn read_index(&self, reads: usize) -> Result<(), ReplicaError> {
+        let req = ForwardRequest::ReadIndex {
+            reads: reads.try_into().unwrap_or(u32::MAX),
+        };
+        match self.forward_or_here(req).await? {
             Ok(ForwardResponse::ReadIndex { index }) => self.applied(index).await,
             Ok(other) => Err(unexpected_answer(other)),
             Err(_) => {
-                let read = self.read_policy().leader_read_index(&self.raft).await?;
+                let read = self.leader_reads.read_index(reads).await?;
                 self.applied(read).await
             }
         }
@@ -332,19 +341,67 @@ pub fn read_error(e: RaftError<NodeId, CheckIsLeaderError<NodeId, MemberNode>>) 
 /// ReadIndex question (to raft here, or to the leader). A read joins only a round that starts
 /// after it was asked, so the round's read index covers every write that completed before the
 /// read began.
-pub async fn read_barriers<C: Types>(
-    shared: Arc<Member<C>>,
-    mut rx: tokio::sync::mpsc::Receiver<ReadWaiter>,
-) {
+pub async fn read_barriers<C: Types>(shared: Arc<Member<C>>, rx: Rounds<()>) {
+    run_rounds(rx, |reads| shared.read_index(reads)).await
+}
+
+/// Where reads ask to join the next round; each is answered with the round's result.
+pub type Rounds<T> = tokio::sync::mpsc::Receiver<Ask<T>>;
+
+/// Runs `round` once for every batch of the asks waiting on `rx` when it starts, paced under
+/// load (`crate::policy::read_rounds`), and answers each ask of the batch with its result.
+async fn run_rounds<T, F, Fut>(mut rx: Rounds<T>, mut round: F)
+where
+    T: Clone,
+    F: FnMut(usize) -> Fut,
+    Fut: std::future::Future<Output = Result<T, ReplicaError>>,
+{
+    let mut next = tokio::time::Instant::now();
     while let Some(first) = rx.recv().await {
+        // (A sleep that is already over still waits for the timer's next tick: skipped.)
+        if next > tokio::time::Instant::now() {
+            tokio::time::sleep_until(next).await;
+        }
         let mut waiters = vec![first];
         while let Ok(w) = rx.try_recv() {
             waiters.push(w);
         }
-        let result = shared.read_index().await;
+        let reads = waiters.iter().map(|w| w.reads).sum();
+        next = tokio::time::Instant::now() + crate::policy::read_rounds::spacing(reads);
+        let result = round(reads).await;
         for w in waiters {
-            let _ = w.send(result.clone());
+            let _ = w.answer.send(result.clone());
         }
+    }
+}
+
+/// The leader's ReadIndex rounds, batched: every read index asked for while no round is under
+/// way — by this member's own reads (already batched by [`read_barriers`]) or forwarded by a
+/// follower (each forwarded request is a follower's batch) — is answered by the next round's
+/// single quorum confirmation, instead of a heartbeat round each. A request joins only a round
+/// that starts after it was asked, so the index covers every write that completed before it.
+#[derive(Clone)]
+pub struct LeaderReads {
+    asks: tokio::sync::mpsc::Sender<Ask<u64>>,
+}
+
+impl LeaderReads {
+    /// Starts the task that runs the rounds on `raft` (it ends with the last handle).
+    pub fn spawn<C: Types>(raft: openraft::Raft<C>, policy: ReadPolicy) -> Self {
+        let (asks, rx) = tokio::sync::mpsc::channel(4096);
+        tokio::spawn(async move { run_rounds(rx, |_| policy.leader_read_index(&raft)).await });
+        LeaderReads { asks }
+    }
+
+    /// This leader's read index, confirmed by a quorum in a round that started after the call,
+    /// for `reads` reads.
+    pub async fn read_index(&self, reads: usize) -> Result<u64, ReplicaError> {
+        let (answer, rx) = tokio::sync::oneshot::channel();
+        self.asks
+            .send(Ask { reads, answer })
+            .await
+            .map_err(|_| ReplicaError::Stopped)?;
+        rx.await.map_err(|_| ReplicaError::Stopped)?
     }
 }
 

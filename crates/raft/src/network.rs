@@ -30,7 +30,7 @@ use crate::codec;
 use crate::flushes::{FlushClock, PeerFlushes};
 use crate::incarnation::Incarnations;
 use crate::leadership::Leadership;
-use crate::member::{ReadPolicy, ReplicaError};
+use crate::member::{LeaderReads, ReplicaError};
 use crate::transfers::{Chunk, Direction, Transfers};
 use crate::types::{Entry, MemberNode, NodeId, Payload, Types};
 
@@ -186,8 +186,9 @@ impl Wiring {
 pub enum ForwardRequest {
     /// Replicate this payload as one entry.
     Propose(Payload),
-    /// The index a linearizable read must wait for (ReadIndex).
-    ReadIndex,
+    /// The index a linearizable read must wait for (ReadIndex), for `reads` reads (the
+    /// leader paces its rounds by load, `crate::policy::read_rounds`).
+    ReadIndex { reads: u32 },
     /// Record this member's attributes (name and URLs) in the membership.
     SetNode(NodeId, MemberNode),
     /// From a witness that leads: this data node is caught up and should stand for election
@@ -536,7 +537,8 @@ impl<C: Types> RaftNetwork<C> for PeerClient {
 pub struct PeerService<C: Types> {
     pub raft: openraft::Raft<C>,
     pub cluster_id: u64,
-    pub read_policy: ReadPolicy,
+    /// This member's ReadIndex rounds (forwarded ReadIndex requests join them).
+    pub leader_reads: LeaderReads,
     pub on_data_floor: Option<std::sync::Arc<dyn Fn(u64) + Send + Sync>>,
     /// This member is the witness: it takes no proposals, even while it leads.
     pub witness: bool,
@@ -573,7 +575,7 @@ pub struct PreVoter {
 /// waits for the next leader (nothing was appended, so sending it again is safe).
 pub async fn serve_forward<C: Types>(
     raft: &openraft::Raft<C>,
-    read_policy: ReadPolicy,
+    leader_reads: &LeaderReads,
     leadership: &Leadership,
     answers: &PeerFlushes,
     req: ForwardRequest,
@@ -581,7 +583,7 @@ pub async fn serve_forward<C: Types>(
     if let (
         Some(to),
         ForwardRequest::Propose(_)
-        | ForwardRequest::ReadIndex
+        | ForwardRequest::ReadIndex { .. }
         | ForwardRequest::SetNode(..)
         | ForwardRequest::ChangeMembers(_),
     ) = (leadership.moving_to(), &req)
@@ -597,8 +599,8 @@ pub async fn serve_forward<C: Types>(
                 applied: r.data,
             })
         }
-        ForwardRequest::ReadIndex => Ok(ForwardResponse::ReadIndex {
-            index: read_policy.leader_read_index(raft).await?,
+        ForwardRequest::ReadIndex { reads } => Ok(ForwardResponse::ReadIndex {
+            index: leader_reads.read_index(reads as usize).await?,
         }),
         ForwardRequest::SetNode(id, node) => {
             let nodes = std::collections::BTreeMap::from([(id, node)]);
@@ -766,7 +768,7 @@ impl<C: Types> RaftPeer for PeerService<C> {
         let serves_a_member = matches!(
             req,
             ForwardRequest::Propose(_)
-                | ForwardRequest::ReadIndex
+                | ForwardRequest::ReadIndex { .. }
                 | ForwardRequest::SetNode(..)
                 | ForwardRequest::ChangeMembers(_)
         );
@@ -796,7 +798,7 @@ impl<C: Types> RaftPeer for PeerService<C> {
         }
         let served = serve_forward(
             &self.raft,
-            self.read_policy,
+            &self.leader_reads,
             &self.leadership,
             &self.peer_flushes,
             req,

@@ -12,9 +12,11 @@ use mvcc::{Command, Store};
 use openraft::{Config, ServerState, SnapshotPolicy};
 use raft::engagement;
 use raft::log_store::LogStore;
-use raft::member::{bootstrap_if_new, members_of, publish, read_barriers, status_of, ReadWaiter};
+use raft::member::{
+    bootstrap_if_new, members_of, publish, read_barriers, status_of, LeaderReads, ReadWaiter,
+};
 use raft::network::{PeerService, PreVoter, Wiring};
-use raft::{Member, ReplicaError, ReplicaStatus};
+use raft::{Member, ReadPolicy, ReplicaError, ReplicaStatus};
 
 use crate::state_machine::{ApplyListener, StateMachine};
 use crate::types::{Batch, CommandResult, MemberNode, NodeId, Raft, TypeConfig};
@@ -259,6 +261,13 @@ impl Replica {
             transfers,
             leadership,
             peer_flushes: Arc::clone(&peer_flushes),
+            leader_reads: LeaderReads::spawn(
+                raft.clone(),
+                ReadPolicy {
+                    timeout: config.forward_timeout,
+                    election_timeout_ms: config.election_timeout_ms,
+                },
+            ),
         });
         let (proposals, rx) = tokio::sync::mpsc::channel(PROPOSAL_QUEUE_MAX);
         tokio::spawn(proposer(Arc::clone(&shared), rx));
@@ -330,7 +339,7 @@ impl Replica {
         PeerService {
             raft: self.raft.clone(),
             cluster_id: self.config.cluster_id,
-            read_policy: self.shared.read_policy(),
+            leader_reads: self.shared.leader_reads.clone(),
             on_data_floor: None,
             witness: false,
             incarnations: Arc::clone(&self.shared.incarnations),
@@ -377,9 +386,9 @@ impl Replica {
         if self.sole_voter_caught_up() {
             return Ok(());
         }
-        let (tx, rx) = tokio::sync::oneshot::channel();
+        let (answer, rx) = tokio::sync::oneshot::channel();
         self.reads
-            .send(tx)
+            .send(ReadWaiter { reads: 1, answer })
             .await
             .map_err(|_| ReplicaError::Stopped)?;
         rx.await.map_err(|_| ReplicaError::Stopped)?

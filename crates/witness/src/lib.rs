@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use openraft::{Config, ServerState, SnapshotPolicy};
 use raft::log_store::LogStore;
+use raft::member::LeaderReads;
 use raft::member::{bootstrap_if_new, members_of, publish, status_of};
 use raft::network::{self as net, ForwardRequest, PeerService, PreVoter, Wiring};
 use raft::policy::handoff::{self, Handoff};
@@ -148,6 +149,13 @@ impl Witness {
             transfers,
             leadership,
             peer_flushes,
+            leader_reads: LeaderReads::spawn(
+                raft.clone(),
+                ReadPolicy {
+                    timeout: options.forward_timeout,
+                    election_timeout_ms: options.election_timeout_ms,
+                },
+            ),
         });
         let data_floor = Arc::new(AtomicU64::new(0));
         let prevote = PreVoter {
@@ -192,7 +200,7 @@ impl Witness {
         PeerService {
             raft: self.raft.clone(),
             cluster_id: self.options.cluster_id,
-            read_policy: self.member.read_policy(),
+            leader_reads: self.member.leader_reads.clone(),
             on_data_floor: Some(Arc::new(move |f| {
                 floor.fetch_max(f, Ordering::Relaxed);
             })),
@@ -205,10 +213,6 @@ impl Witness {
             held: Some(Arc::clone(&self.held)),
             peer_flushes: Arc::clone(&self.member.peer_flushes),
         }
-    }
-
-    pub fn read_policy(&self) -> ReadPolicy {
-        self.member.read_policy()
     }
 
     pub fn member_id(&self) -> NodeId {

@@ -59,6 +59,12 @@ struct Args {
     /// The witness-off-the-hot-path report.
     #[arg(long, default_value = "docs/witness-path.md")]
     witness_path_out: PathBuf,
+    /// Run only the workloads whose names start with one of these (separated by ';', e.g.
+    /// "range, 1000;range serializable") against the two-machine systems (tandem's 2 nodes +
+    /// witness, etcd 3.5.1's 3 members), print their medians and write no report: a quick look
+    /// at one target.
+    #[arg(long, value_delimiter = ';')]
+    workloads: Vec<String>,
     /// The directory holding the release `tandem` and `tandem-ctl` binaries.
     #[arg(long, default_value = "target/release")]
     bin_dir: PathBuf,
@@ -640,6 +646,58 @@ fn footprint(bins: &Bins, cluster: &Cluster, args: &Args) -> Result<Footprint> {
     Ok(fp)
 }
 
+/// `--workloads`: the chosen workloads on the two-machine systems, medians printed.
+fn only(args: &Args, bins: &Bins, work: &std::path::Path) -> Result<()> {
+    let chosen: Vec<&Workload> = WORKLOADS
+        .iter()
+        .filter(|w| {
+            args.workloads
+                .iter()
+                .any(|p| w.name.starts_with(p.as_str()))
+        })
+        .collect();
+    anyhow::ensure!(
+        !chosen.is_empty(),
+        "no workload is named {:?}",
+        args.workloads
+    );
+    let systems = [System::Etcd35x3, System::TandemWitness];
+    let clusters: Vec<Cluster> = systems
+        .iter()
+        .enumerate()
+        .map(|(i, s)| Cluster::start(*s, bins, work, 21_000 + 10 * i as u16))
+        .collect::<Result<_>>()?;
+    let duration = ["--duration".to_string(), args.seconds.to_string()];
+    let mut qps: BTreeMap<(usize, usize), Vec<f64>> = BTreeMap::new();
+    for _ in 0..args.rounds {
+        for (w, workload) in chosen.iter().enumerate() {
+            for (c, cluster) in clusters.iter().enumerate() {
+                let f = bench(bins, cluster, workload.args, &duration)?;
+                eprintln!(
+                    "{} on {}: {:.0} QPS",
+                    workload.name,
+                    cluster.system.label(),
+                    f.qps
+                );
+                qps.entry((w, c)).or_default().push(f.qps);
+            }
+        }
+    }
+    for (w, workload) in chosen.iter().enumerate() {
+        let etcd = median(qps.remove(&(w, 0)).unwrap_or_default());
+        let tandem = median(qps.remove(&(w, 1)).unwrap_or_default());
+        println!(
+            "{}: {} {tandem:.0} QPS, {} {etcd:.0} QPS: {:.2}x (median of {} rounds)",
+            workload.name,
+            systems[1].label(),
+            systems[0].label(),
+            tandem / etcd,
+            args.rounds
+        );
+    }
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let args = Args::parse();
     let bins = Bins::find(&args)?;
@@ -650,6 +708,9 @@ fn main() -> Result<()> {
         print!("{md}");
         eprintln!("wrote {}", args.witness_path_out.display());
         return Ok(());
+    }
+    if !args.workloads.is_empty() {
+        return only(&args, &bins, &work);
     }
     let started = Instant::now();
     let mut figures: BTreeMap<(usize, System), Vec<Figures>> = BTreeMap::new();
