@@ -396,13 +396,22 @@ impl LeaderReads {
     /// This leader's read index, confirmed by a quorum in a round that started after the call,
     /// for `reads` reads.
     pub async fn read_index(&self, reads: usize) -> Result<u64, ReplicaError> {
-        let (answer, rx) = tokio::sync::oneshot::channel();
-        self.asks
-            .send(Ask { reads, answer })
-            .await
-            .map_err(|_| ReplicaError::Stopped)?;
-        rx.await.map_err(|_| ReplicaError::Stopped)?
+        join_round(&self.asks, reads).await
     }
+}
+
+/// Asks to join the next round of the task reading `rounds`, for `reads` reads, and waits for
+/// that round's result.
+pub async fn join_round<T>(
+    rounds: &tokio::sync::mpsc::Sender<Ask<T>>,
+    reads: usize,
+) -> Result<T, ReplicaError> {
+    let (answer, rx) = tokio::sync::oneshot::channel();
+    rounds
+        .send(Ask { reads, answer })
+        .await
+        .map_err(|_| ReplicaError::Stopped)?;
+    rx.await.map_err(|_| ReplicaError::Stopped)?
 }
 
 /// Records this member's attributes (name, peer and client URLs) in the membership once a leader
@@ -552,4 +561,57 @@ pub fn members_in(membership: &crate::types::Membership) -> Vec<(NodeId, MemberN
         .nodes()
         .map(|(id, n)| (*id, n.clone(), !voters.contains(id)))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use super::*;
+
+    /// Waits for `done`, yielding, for at most 5 s.
+    async fn until(what: &str, done: impl Fn() -> bool) {
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while !done() {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{what}"));
+    }
+
+    /// A read asked while a round is under way is answered by the next round, never by the one
+    /// it missed the start of (its index could predate a write that completed before the read).
+    #[tokio::test]
+    async fn a_read_asked_during_a_round_waits_for_the_next() {
+        let (asks, rx) = tokio::sync::mpsc::channel(16);
+        let started = Arc::new(AtomicU64::new(0));
+        let (release, released) = tokio::sync::watch::channel(0u64);
+        let rounds = Arc::clone(&started);
+        tokio::spawn(run_rounds(rx, move |_| {
+            let round = rounds.fetch_add(1, Ordering::SeqCst) + 1;
+            let mut released = released.clone();
+            async move {
+                let _ = released.wait_for(|r| *r >= round).await;
+                Ok::<u64, ReplicaError>(round)
+            }
+        }));
+        let ask = |asks: tokio::sync::mpsc::Sender<Ask<u64>>| {
+            tokio::spawn(async move { join_round(&asks, 1).await })
+        };
+        let first = ask(asks.clone());
+        until("the first round starts", || {
+            started.load(Ordering::SeqCst) == 1
+        })
+        .await;
+        let second = ask(asks.clone());
+        until("the second read is queued during round 1", || {
+            asks.capacity() < asks.max_capacity()
+        })
+        .await;
+        release.send_replace(1);
+        assert_eq!(first.await.unwrap(), Ok(1));
+        release.send_replace(2);
+        assert_eq!(second.await.unwrap(), Ok(2));
+    }
 }

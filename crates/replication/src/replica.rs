@@ -13,7 +13,8 @@ use openraft::{Config, ServerState, SnapshotPolicy};
 use raft::engagement;
 use raft::log_store::LogStore;
 use raft::member::{
-    bootstrap_if_new, members_of, publish, read_barriers, status_of, LeaderReads, ReadWaiter,
+    bootstrap_if_new, join_round, members_of, publish, read_barriers, status_of, LeaderReads,
+    ReadWaiter,
 };
 use raft::network::{PeerService, PreVoter, Wiring};
 use raft::{Member, ReadPolicy, ReplicaError, ReplicaStatus};
@@ -386,12 +387,7 @@ impl Replica {
         if self.sole_voter_caught_up() {
             return Ok(());
         }
-        let (answer, rx) = tokio::sync::oneshot::channel();
-        self.reads
-            .send(ReadWaiter { reads: 1, answer })
-            .await
-            .map_err(|_| ReplicaError::Stopped)?;
-        rx.await.map_err(|_| ReplicaError::Stopped)?
+        join_round(&self.reads, 1).await
     }
 
     /// Whether the witness counts now (this member leads and a data follower is behind).
