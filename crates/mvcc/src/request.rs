@@ -227,6 +227,13 @@ pub enum Command {
     AlarmDeactivate(Alarm),
     /// Changes nothing; used to commit an entry of a new term.
     Noop,
+    /// Revokes a lease whose TTL the leader of `term` saw run out. Expiry times live in that
+    /// leader's memory alone, so this holds only in an entry of the same term
+    /// ([`Command::in_entry_of_term`]).
+    LeaseExpire {
+        id: i64,
+        term: u64,
+    },
 }
 
 impl Command {
@@ -250,7 +257,8 @@ impl Command {
             | Command::DeleteRange(_)
             | Command::Compact { .. }
             | Command::LeaseGrant { .. }
-            | Command::LeaseRevoke { .. } => true,
+            | Command::LeaseRevoke { .. }
+            | Command::LeaseExpire { .. } => true,
             Command::Txn(t) => t
                 .success
                 .iter()
@@ -278,6 +286,18 @@ impl Command {
 }
 
 impl Command {
+    /// What this command does as a log entry of `term`: an expiry the leader of another term
+    /// decided changes nothing. A deposed leader's expiry, forwarded to its successor, would
+    /// otherwise revoke a lease the successor has renewed since, breaking the TTL its keep-alive
+    /// promised. (An expiry that reached the log in its own term is applied by a successor before
+    /// the successor renews anything: its first read index covers every entry it inherited.)
+    pub fn in_entry_of_term(self, term: u64) -> Command {
+        match self {
+            Command::LeaseExpire { term: decided, .. } if decided != term => Command::Noop,
+            cmd => cmd,
+        }
+    }
+
     /// Roughly how many bytes applying this may write (keys and values of its puts).
     pub fn approx_bytes(&self) -> usize {
         fn ops_bytes(ops: &[RequestOp]) -> usize {

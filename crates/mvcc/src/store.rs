@@ -745,7 +745,7 @@ impl Writer<'_, '_> {
                     revision: current,
                 }
             }
-            Command::LeaseRevoke { id } => {
+            Command::LeaseRevoke { id } | Command::LeaseExpire { id, .. } => {
                 let Some(l) = self.inner.leases.remove(id) else {
                     return Ok(Err(Error::LeaseNotFound));
                 };

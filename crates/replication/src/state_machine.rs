@@ -200,7 +200,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         sm_err(ErrorVerb::Read, format!("entry {}: {err}", e.log_id))
                     })?;
                     sizes.push(batch.len());
-                    cmds.extend(batch);
+                    let term = e.log_id.leader_id.term;
+                    cmds.extend(batch.into_iter().map(|c| c.in_entry_of_term(term)));
                 }
                 EntryPayload::Blank => sizes.push(0),
                 EntryPayload::Membership(m) => {

@@ -1,5 +1,6 @@
 //! openraft's storage conformance suite, run on tandem's log store and state machine, plus a
-//! snapshot round trip between two state machines (HashKV must be identical after the install).
+//! snapshot round trip between two state machines (HashKV must be identical after the install)
+//! and the term rule of lease expiries.
 
 use std::sync::Arc;
 
@@ -42,10 +43,71 @@ fn openraft_storage_suite() {
 }
 
 fn entry(index: u64, cmd: Command) -> Entry {
+    entry_of_term(1, index, cmd)
+}
+
+fn entry_of_term(term: u64, index: u64, cmd: Command) -> Entry {
     Entry {
-        log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+        log_id: LogId::new(CommittedLeaderId::new(term, 1), index),
         payload: EntryPayload::Normal(Batch(vec![cmd]).encode()),
     }
+}
+
+/// A lease expiry is carried out only by an entry of the term whose leader saw the TTL run out:
+/// a deposed leader's expiry, forwarded to its successor (so in an entry of a later term),
+/// changes nothing, since the successor may have renewed the lease since.
+#[tokio::test]
+async fn a_lease_expires_only_in_the_term_that_timed_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut sm = state_machine(dir.path());
+    let put = Command::Put(PutRequest {
+        key: b"k".to_vec(),
+        value: b"v".to_vec(),
+        lease: 7,
+        ..Default::default()
+    });
+    sm.apply(vec![
+        entry_of_term(1, 1, Command::LeaseGrant { id: 7, ttl: 5 }),
+        entry_of_term(1, 2, put),
+    ])
+    .await
+    .expect("apply");
+    let revision = sm.store().current_revision();
+
+    sm.apply(vec![entry_of_term(
+        2,
+        3,
+        Command::LeaseExpire { id: 7, term: 1 },
+    )])
+    .await
+    .expect("apply");
+    let lease = sm
+        .store()
+        .lease(7)
+        .expect("the lease outlives an expiry of term 1 in term 2");
+    assert_eq!(lease.keys, [b"k".to_vec()]);
+    assert_eq!(
+        sm.store().current_revision(),
+        revision,
+        "nothing was deleted"
+    );
+
+    sm.apply(vec![entry_of_term(
+        2,
+        4,
+        Command::LeaseExpire { id: 7, term: 2 },
+    )])
+    .await
+    .expect("apply");
+    assert!(
+        sm.store().lease(7).is_none(),
+        "revoked by its own term's expiry"
+    );
+    assert_eq!(
+        sm.store().current_revision(),
+        revision + 1,
+        "its key deleted"
+    );
 }
 
 #[tokio::test]

@@ -1,7 +1,9 @@
 //! Leases. Grants and revocations are log entries; expiry is decided by the leader alone, on the
 //! monotonic clock, and carried out through the log (a `LeaseRevoke` entry deletes every attached
 //! key in one revision). Expiry times live only in the leader's memory: a new leader (and a
-//! restarted one) starts every lease's full TTL again, so a lease may expire late but never early.
+//! restarted one) starts every lease's full TTL again, so a lease may expire late but never early;
+//! and an expiry counts only if it reaches the log in the term of the leader that timed it
+//! (`Command::LeaseExpire`).
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -32,11 +34,16 @@ const KEEPALIVE_BUFFER: usize = 16;
 
 /// The leader's view of when each lease expires.
 pub struct Lessor {
-    expiry: Mutex<HashMap<i64, Instant>>,
+    timed: Mutex<Timed>,
     /// The shortest TTL granted, as etcd derives it from the election timeout.
     pub min_ttl: i64,
-    /// The term in which the expiry times were set; another term starts them over.
-    term: Mutex<u64>,
+}
+
+/// Expiry times and the term of the leadership that set them.
+#[derive(Default)]
+struct Timed {
+    term: u64,
+    expiry: HashMap<i64, Instant>,
 }
 
 impl Lessor {
@@ -44,70 +51,78 @@ impl Lessor {
         // etcd: ceil(1.5 × election timeout), in seconds.
         let min_ttl_ms = 3 * config.election_timeout_ms / 2;
         Self {
-            expiry: Mutex::new(HashMap::new()),
+            timed: Mutex::new(Timed::default()),
             min_ttl: min_ttl_ms.div_ceil(1000) as i64,
-            term: Mutex::new(0),
         }
     }
 
-    fn expiry(&self) -> std::sync::MutexGuard<'_, HashMap<i64, Instant>> {
-        self.expiry.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Forgets every expiry time when leadership moved, so each lease gets its full TTL again.
-    fn on_term(&self, term: u64) {
-        let mut t = self.term.lock().unwrap_or_else(|e| e.into_inner());
-        if *t != term {
-            *t = term;
-            self.expiry().clear();
+    /// The expiry times as the leader of `term` keeps them: those set in another term are
+    /// forgotten, so that each lease gets its full TTL again when leadership moved (a follower
+    /// keeps none: it forgets with term 0).
+    fn timed(&self, term: u64) -> std::sync::MutexGuard<'_, Timed> {
+        let mut t = self.timed.lock().unwrap_or_else(|e| e.into_inner());
+        if t.term != term {
+            t.term = term;
+            t.expiry.clear();
         }
+        t
     }
 
-    /// Starts a lease's TTL over (grant or keep-alive).
-    pub fn refresh(&self, id: i64, ttl: i64) {
+    /// Forgets every expiry time (this member does not lead).
+    fn forget(&self) {
+        drop(self.timed(0));
+    }
+
+    /// Starts a lease's TTL over, as the leader of `term` (grant or keep-alive).
+    pub fn refresh(&self, id: i64, ttl: i64, term: u64) {
         let ttl = if crate::mutants::on("lease-early") {
             ttl / 2
         } else {
             ttl
         };
-        self.expiry()
+        self.timed(term)
+            .expiry
             .insert(id, Instant::now() + Duration::from_secs(ttl.max(0) as u64));
     }
 
-    /// A keep-alive: starts the lease's TTL over unless it has already run out (its revocation
-    /// is under way, or will be at the next check); whether it did. An expired lease is never
-    /// renewed, as in etcd: the keep-alive would promise a TTL the revocation breaks.
-    fn renew(&self, id: i64, ttl: i64) -> bool {
+    /// A keep-alive on the leader of `term`: starts the lease's TTL over unless it has already
+    /// run out (its revocation is under way, or will be at the next check); whether it did. An
+    /// expired lease is never renewed, as in etcd: the keep-alive would promise a TTL the
+    /// revocation breaks.
+    fn renew(&self, id: i64, ttl: i64, term: u64) -> bool {
         let expired = self
-            .expiry()
+            .timed(term)
+            .expiry
             .get(&id)
             .is_some_and(|at| *at <= Instant::now());
         if !expired {
-            self.refresh(id, ttl);
+            self.refresh(id, ttl, term);
         }
         !expired
     }
 
-    /// Seconds left (rounded down, as etcd reports them); a lease the leader has not timed yet
-    /// starts its full TTL now.
-    pub fn remaining(&self, id: i64, ttl: i64) -> i64 {
+    /// Seconds left (rounded down, as etcd reports them) as the leader of `term` times the
+    /// lease; one it has not timed yet starts its full TTL now.
+    pub fn remaining(&self, id: i64, ttl: i64, term: u64) -> i64 {
         let now = Instant::now();
-        let mut exp = self.expiry();
-        let at = *exp
+        let mut timed = self.timed(term);
+        let at = *timed
+            .expiry
             .entry(id)
             .or_insert_with(|| now + Duration::from_secs(ttl.max(0) as u64));
         at.saturating_duration_since(now).as_secs() as i64
     }
 
-    /// Leases whose TTL has run out, given every lease the keyspace holds in id order (as
-    /// `Store::leases` returns them).
-    fn expired(&self, leases: &[(i64, i64)]) -> Vec<i64> {
+    /// Leases whose TTL has run out as the leader of `term` timed them, given every lease the
+    /// keyspace holds in id order (as `Store::leases` returns them).
+    fn expired(&self, leases: &[(i64, i64)], term: u64) -> Vec<i64> {
         debug_assert!(
             leases.windows(2).all(|w| w[0].0 < w[1].0),
             "leases in id order"
         );
         let now = Instant::now();
-        let mut exp = self.expiry();
+        let mut timed = self.timed(term);
+        let exp = &mut timed.expiry;
         exp.retain(|id, _| leases.binary_search_by_key(id, |(l, _)| *l).is_ok());
         let mut out = Vec::new();
         for (id, ttl) in leases {
@@ -129,13 +144,16 @@ pub async fn expiry_loop(node: Arc<Node>) {
         tick.tick().await;
         let status = node.status();
         if !status.is_leader {
-            node.lessor.on_term(0);
+            node.lessor.forget();
             continue;
         }
-        node.lessor.on_term(status.term);
-        for id in node.lessor.expired(&node.store.leases()) {
+        let term = status.term;
+        for id in node.lessor.expired(&node.store.leases(), term) {
             tracing::debug!(lease = id, "lease expired; revoking");
-            if let Err(e) = node.propose(Command::LeaseRevoke { id }, 0).await {
+            // Carried out only if it reaches the log in this term (`Command::LeaseExpire`):
+            // once deposed, this member would forward it to a leader that may have renewed
+            // the lease since.
+            if let Err(e) = node.propose(Command::LeaseExpire { id, term }, 0).await {
                 if node.store.lease(id).is_some() {
                     tracing::warn!(lease = id, error = %e, "revoking an expired lease failed; retrying");
                 }
@@ -172,7 +190,12 @@ impl pb::lease_server::Lease for LeaseService {
             .await?
         {
             CommandResponse::LeaseGrant { id, ttl, revision } => {
-                self.node.lessor.refresh(id, ttl);
+                // A follower leaves the timing to the leader, which starts it when it first
+                // sees the lease.
+                let status = self.node.status();
+                if status.is_leader {
+                    self.node.lessor.refresh(id, ttl, status.term);
+                }
                 Ok(Response::new(pb::LeaseGrantResponse {
                     header: self.node.header(revision),
                     id,
@@ -289,7 +312,7 @@ async fn renew_here(node: &Node, id: i64) -> Result<i64, Status> {
     let Some(l) = node.store.lease(id) else {
         return Ok(0);
     };
-    if node.lessor.renew(id, l.ttl) {
+    if node.lessor.renew(id, l.ttl, node.term()) {
         return Ok(l.ttl);
     }
     let mut applied = node.status_changes();
@@ -320,7 +343,7 @@ async fn time_to_live_here(
     Ok(pb::LeaseTimeToLiveResponse {
         header: None,
         id: r.id,
-        ttl: node.lessor.remaining(r.id, l.ttl),
+        ttl: node.lessor.remaining(r.id, l.ttl, node.term()),
         granted_ttl: l.ttl,
         keys: if r.keys {
             l.keys.into_iter().map(Into::into).collect()
@@ -419,27 +442,44 @@ mod tests {
 
     fn lessor() -> Lessor {
         Lessor {
-            expiry: Mutex::new(HashMap::new()),
+            timed: Mutex::new(Timed::default()),
             min_ttl: 2,
-            term: Mutex::new(1),
         }
+    }
+
+    fn expiry(l: &Lessor, id: i64) -> Instant {
+        l.timed(1).expiry[&id]
     }
 
     #[test]
     fn a_lease_that_ran_out_is_not_renewed() {
         let l = lessor();
         let now = Instant::now();
-        l.expiry().insert(1, now - Duration::from_millis(1));
-        l.expiry().insert(2, now + Duration::from_secs(3));
-        assert!(!l.renew(1, 10), "expired: its revocation is under way");
+        l.timed(1).expiry.insert(1, now - Duration::from_millis(1));
+        l.timed(1).expiry.insert(2, now + Duration::from_secs(3));
+        assert!(!l.renew(1, 10, 1), "expired: its revocation is under way");
         assert!(
-            l.expiry()[&1] < now,
+            expiry(&l, 1) < now,
             "the expired lease keeps its expiry time (the revocation goes ahead)"
         );
-        assert!(l.renew(2, 10));
-        assert!(l.expiry()[&2] >= now + Duration::from_secs(10));
-        // Not timed yet by this leader (a new term): renewed, its full TTL from now.
-        assert!(l.renew(3, 10));
-        assert!(l.expiry()[&3] >= now + Duration::from_secs(10));
+        assert!(l.renew(2, 10, 1));
+        assert!(expiry(&l, 2) >= now + Duration::from_secs(10));
+        // Not timed yet by this leader: renewed, its full TTL from now.
+        assert!(l.renew(3, 10, 1));
+        assert!(expiry(&l, 3) >= now + Duration::from_secs(10));
+    }
+
+    #[test]
+    fn another_term_times_every_lease_afresh() {
+        let l = lessor();
+        let now = Instant::now();
+        l.timed(1).expiry.insert(1, now - Duration::from_millis(1));
+        // Leadership moved (or this member was a follower in between): the lease that ran out
+        // under the last leadership is renewed with its full TTL, and is not expired.
+        assert!(l.renew(1, 10, 2), "timed afresh in term 2");
+        assert!(l.timed(2).expiry[&1] >= now + Duration::from_secs(10));
+        l.timed(2).expiry.insert(2, now - Duration::from_millis(1));
+        l.forget();
+        assert_eq!(l.expired(&[(1, 10), (2, 10)], 2), Vec::<i64>::new());
     }
 }
