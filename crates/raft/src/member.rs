@@ -386,8 +386,17 @@ pub struct LeaderReads {
 }
 
 impl LeaderReads {
-    /// Starts the task that runs the rounds on `raft` (it ends with the last handle).
-    pub fn spawn<C: Types>(raft: openraft::Raft<C>, policy: ReadPolicy) -> Self {
+    /// Starts the task that runs the rounds on `raft` (it ends with the last handle); a round
+    /// that missed its quorum is retried until `timeout` ([`ReadPolicy`]).
+    pub fn spawn<C: Types>(
+        raft: openraft::Raft<C>,
+        timeout: Duration,
+        election_timeout_ms: u64,
+    ) -> Self {
+        let policy = ReadPolicy {
+            timeout,
+            election_timeout_ms,
+        };
         let (asks, rx) = tokio::sync::mpsc::channel(4096);
         tokio::spawn(async move { run_rounds(rx, |_| policy.leader_read_index(&raft)).await });
         LeaderReads { asks }

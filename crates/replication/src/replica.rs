@@ -17,7 +17,7 @@ use raft::member::{
     ReadWaiter,
 };
 use raft::network::{PeerService, PreVoter, Wiring};
-use raft::{Member, ReadPolicy, ReplicaError, ReplicaStatus};
+use raft::{Member, ReplicaError, ReplicaStatus};
 
 use crate::state_machine::{ApplyListener, StateMachine};
 use crate::types::{Batch, CommandResult, MemberNode, NodeId, Raft, TypeConfig};
@@ -264,10 +264,8 @@ impl Replica {
             peer_flushes: Arc::clone(&peer_flushes),
             leader_reads: LeaderReads::spawn(
                 raft.clone(),
-                ReadPolicy {
-                    timeout: config.forward_timeout,
-                    election_timeout_ms: config.election_timeout_ms,
-                },
+                config.forward_timeout,
+                config.election_timeout_ms,
             ),
         });
         let (proposals, rx) = tokio::sync::mpsc::channel(PROPOSAL_QUEUE_MAX);

@@ -75,14 +75,7 @@ impl Lessor {
 
     /// Starts a lease's TTL over, as the leader of `term` (grant or keep-alive).
     pub fn refresh(&self, id: i64, ttl: i64, term: u64) {
-        let ttl = if crate::mutants::on("lease-early") {
-            ttl / 2
-        } else {
-            ttl
-        };
-        self.timed(term)
-            .expiry
-            .insert(id, Instant::now() + Duration::from_secs(ttl.max(0) as u64));
+        self.timed(term).expiry.insert(id, ends_after(ttl));
     }
 
     /// A keep-alive on the leader of `term`: starts the lease's TTL over unless it has already
@@ -90,15 +83,16 @@ impl Lessor {
     /// expired lease is never renewed, as in etcd: the keep-alive would promise a TTL the
     /// revocation breaks.
     fn renew(&self, id: i64, ttl: i64, term: u64) -> bool {
-        let expired = self
-            .timed(term)
+        let mut timed = self.timed(term);
+        if timed
             .expiry
             .get(&id)
-            .is_some_and(|at| *at <= Instant::now());
-        if !expired {
-            self.refresh(id, ttl, term);
+            .is_some_and(|at| *at <= Instant::now())
+        {
+            return false;
         }
-        !expired
+        timed.expiry.insert(id, ends_after(ttl));
+        true
     }
 
     /// Seconds left (rounded down, as etcd reports them) as the leader of `term` times the
@@ -135,6 +129,16 @@ impl Lessor {
         }
         out
     }
+}
+
+/// When a TTL of `ttl` seconds started now runs out.
+fn ends_after(ttl: i64) -> Instant {
+    let ttl = if crate::mutants::on("lease-early") {
+        ttl / 2
+    } else {
+        ttl
+    };
+    Instant::now() + Duration::from_secs(ttl.max(0) as u64)
 }
 
 /// The leader's expiry loop: revokes expired leases through the log.

@@ -28,7 +28,7 @@ use raft::member::{bootstrap_if_new, members_of, publish, status_of};
 use raft::network::{self as net, ForwardRequest, PeerService, PreVoter, Wiring};
 use raft::policy::handoff::{self, Handoff};
 use raft::types::{MemberNode, NodeId};
-use raft::{Member, ReadPolicy, ReplicaStatus};
+use raft::{Member, ReplicaStatus};
 
 use crate::state_machine::WitnessStateMachine;
 use crate::types::{Raft, WitnessConfig};
@@ -151,10 +151,8 @@ impl Witness {
             peer_flushes,
             leader_reads: LeaderReads::spawn(
                 raft.clone(),
-                ReadPolicy {
-                    timeout: options.forward_timeout,
-                    election_timeout_ms: options.election_timeout_ms,
-                },
+                options.forward_timeout,
+                options.election_timeout_ms,
             ),
         });
         let data_floor = Arc::new(AtomicU64::new(0));
