@@ -414,13 +414,27 @@ fn printed(text: &str, key: &str) -> String {
         .to_string()
 }
 
+/// The ID of the member named `name`, once the member list shows that name: a member that has
+/// just joined is listed unnamed until it has published its attributes through the log.
 async fn member_id(url: &str, name: &str) -> u64 {
-    let list = client(url).await.member_list().await.expect("member list");
-    list.members()
-        .iter()
-        .find(|m| m.name() == name)
-        .unwrap_or_else(|| panic!("no member {name}"))
-        .id()
+    let id = std::sync::Mutex::new(None);
+    etcd_compat_tests::wait_until_async(
+        &format!("the member list to name {name}"),
+        WAIT,
+        || async {
+            let list = client(url).await.member_list().await.expect("member list");
+            let found = list
+                .members()
+                .iter()
+                .find(|m| m.name() == name)
+                .map(|m| m.id());
+            *id.lock().expect("id") = found;
+            found.is_some()
+        },
+    )
+    .await
+    .expect("the member is named");
+    id.into_inner().expect("id").expect("found")
 }
 
 /// Replacing a lost witness (W5's explicit membership change, the walkthrough of
