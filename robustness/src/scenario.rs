@@ -838,7 +838,10 @@ pub async fn run(s: &Scenario) -> Result<Summary> {
         };
         while more(faults) {
             tokio::time::sleep(s.every).await; // time between faults
-            inject(&mut cluster, &mut rig, s, &rec).await?;
+            if let Err(e) = inject(&mut cluster, &mut rig, s, &rec).await {
+                let kept = keep_artifacts(s, &cluster, &rec.lines())?;
+                return Err(e.context(format!("members' logs in {}", kept.display())));
+            }
             faults += 1;
         }
         let left = match s.fault_count {

@@ -24,6 +24,9 @@ use crate::types::{Entry, LogId, Metrics, NodeId, Types};
 pub const TICK: Duration = Duration::from_millis(20);
 /// Consecutive prompt catch-ups of the data followers before the witness is disengaged.
 const PROMPT_STREAK_MIN: u32 = 3;
+/// A leadership that began this soon after a leader asked this member to stand was asked for
+/// (a move asks again every second until the target leads).
+const ASKED_WITHIN_MS: u64 = 2_000;
 
 /// What the leader tells its transport to the witness.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -46,6 +49,12 @@ pub struct Observation {
     /// The lowest index every data follower is known to hold; `None` when there is none (a
     /// single data node with a witness: the witness always counts).
     pub data_matched: Option<u64>,
+    /// Every data follower has answered this leader at least once (a new leader's peer that
+    /// has not, when no leader asked this one to take over, is most likely the leader it
+    /// replaced, lost).
+    pub data_answered: bool,
+    /// How long ago a leader asked this member to stand for election (`None`: never).
+    pub asked_to_stand_ms: Option<u64>,
 }
 
 /// The engagement decision.
@@ -53,6 +62,15 @@ pub struct Observation {
 pub struct Policy {
     /// How long a data follower may leave an entry unacknowledged before the witness counts.
     engage_after_ms: u64,
+    /// How long a new leader waits for its data followers' first answer before the witness
+    /// counts: a live follower answers within a round trip, and a leader elected after its
+    /// data peer fell silent (the usual failover: the peer was the leader, and is gone) should
+    /// not also wait `engage_after_ms` before its first write commits on itself and the witness.
+    /// Not when the old leader asked it to take over (a move: the old leader is alive, maybe
+    /// slow, S14, and the usual delay applies).
+    first_answer_ms: u64,
+    /// When this member was first seen leading, and whether it took over unasked.
+    leading_since: Option<(u64, bool)>,
     /// The entry the data followers are waiting to acknowledge, and since when.
     pending: Option<(u64, u64)>,
     engaged: bool,
@@ -60,9 +78,11 @@ pub struct Policy {
 }
 
 impl Policy {
-    pub fn new(engage_after: Duration) -> Self {
+    pub fn new(engage_after: Duration, first_answer: Duration) -> Self {
         Policy {
             engage_after_ms: engage_after.as_millis() as u64,
+            first_answer_ms: first_answer.as_millis() as u64,
+            leading_since: None,
             pending: None,
             engaged: false,
             prompt_streak: 0,
@@ -71,9 +91,16 @@ impl Policy {
 
     pub fn observe(&mut self, o: Observation) -> State {
         if !o.leading {
-            *self = Policy::new(Duration::from_millis(self.engage_after_ms));
+            *self = Policy::new(
+                Duration::from_millis(self.engage_after_ms),
+                Duration::from_millis(self.first_answer_ms),
+            );
             return State::default();
         }
+        let (since, unasked) = *self.leading_since.get_or_insert((
+            o.now_ms,
+            o.asked_to_stand_ms.is_none_or(|ago| ago > ASKED_WITHIN_MS),
+        ));
         let Some(matched) = o.data_matched else {
             self.engaged = true;
             return State {
@@ -94,12 +121,15 @@ impl Policy {
         } else if self.pending.is_none() {
             self.pending = Some((o.last_index, o.now_ms));
         }
-        if let Some((_, since)) = self.pending {
-            if o.now_ms.saturating_sub(since) >= self.engage_after_ms {
+        let unanswered =
+            unasked && !o.data_answered && o.now_ms.saturating_sub(since) >= self.first_answer_ms;
+        if let Some((_, pending_since)) = self.pending {
+            if unanswered || o.now_ms.saturating_sub(pending_since) >= self.engage_after_ms {
                 if !self.engaged {
                     tracing::info!(
                         behind_index = matched,
                         last_index = o.last_index,
+                        answered = o.data_answered,
                         "a data follower is not keeping up; the witness is engaged"
                     );
                 }
@@ -249,27 +279,35 @@ impl Handle {
     }
 }
 
-/// The lowest index every data follower of the leader whose metrics are `m` is known to hold;
-/// `None` when it has no data follower.
-pub fn data_matched(m: &Metrics) -> Option<u64> {
+/// The lowest index every data follower of the leader whose metrics are `m` is known to hold
+/// (`None` when it has no data follower), and whether every data follower has answered it.
+pub fn data_matched(m: &Metrics) -> (Option<u64>, bool) {
     let membership = m.membership_config.membership();
     let replication = m.replication.as_ref();
     let mut lowest = None;
+    let mut answered = true;
     for id in membership.voter_ids().filter(|v| *v != m.id) {
         if membership.get_node(&id).is_some_and(|n| n.witness) {
             continue;
         }
         let matched = replication
             .and_then(|r| r.get(&id))
-            .and_then(|l| l.map(|l| l.index))
-            .unwrap_or(0);
+            .and_then(|l| l.map(|l| l.index));
+        answered &= matched.is_some();
+        let matched = matched.unwrap_or(0);
         lowest = Some(lowest.map_or(matched, |l: u64| l.min(matched)));
     }
-    lowest
+    (lowest, answered)
 }
 
-/// Feeds the policy from `raft`'s metrics every [`TICK`] until the member stops.
-pub async fn drive<C: Types>(raft: openraft::Raft<C>, mut policy: Policy, publisher: Publisher) {
+/// Feeds the policy from `raft`'s metrics (and `contact`: when a leader asked this member to
+/// stand) every [`TICK`] until the member stops.
+pub async fn drive<C: Types>(
+    raft: openraft::Raft<C>,
+    mut policy: Policy,
+    publisher: Publisher,
+    contact: Option<std::sync::Arc<crate::prevote::Contact>>,
+) {
     let started = tokio::time::Instant::now();
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -297,12 +335,15 @@ pub async fn drive<C: Types>(raft: openraft::Raft<C>, mut policy: Policy, publis
                 })
                 .collect();
             *publisher.lags.lock().unwrap_or_else(|e| e.into_inner()) = lags;
+            let (data_matched, data_answered) = data_matched(&m);
             Observation {
                 now_ms,
                 leading: m.state == ServerState::Leader,
                 last_index,
                 applied: m.last_applied.map_or(0, |l| l.index),
-                data_matched: data_matched(&m),
+                data_matched,
+                data_answered,
+                asked_to_stand_ms: contact.as_ref().and_then(|c| c.asked_ago_ms()),
             }
         };
         let state = policy.observe(o);
@@ -332,6 +373,7 @@ mod tests {
     use super::*;
 
     const ENGAGE_AFTER: Duration = Duration::from_millis(300);
+    const FIRST_ANSWER: Duration = Duration::from_millis(100);
 
     fn obs(now_ms: u64, last_index: u64, matched: u64) -> Observation {
         Observation {
@@ -340,12 +382,14 @@ mod tests {
             last_index,
             applied: last_index,
             data_matched: Some(matched),
+            data_answered: true,
+            asked_to_stand_ms: None,
         }
     }
 
     /// Runs the policy over a table of (observation, expected engaged, expected floor).
     fn table(rows: &[(Observation, bool, u64)]) {
-        let mut p = Policy::new(ENGAGE_AFTER);
+        let mut p = Policy::new(ENGAGE_AFTER, FIRST_ANSWER);
         for (i, (o, engaged, floor)) in rows.iter().enumerate() {
             let s = p.observe(*o);
             assert_eq!(
@@ -377,6 +421,52 @@ mod tests {
             (obs(319, 20, 10), false, 10),
             (obs(320, 20, 10), true, 10),
             (obs(2000, 500, 10), true, 10),
+        ]);
+    }
+
+    #[test]
+    fn a_new_leader_whose_data_peer_never_answers_engages_the_witness_at_once() {
+        let silent = |now_ms, last_index| Observation {
+            data_answered: false,
+            ..obs(now_ms, last_index, 0)
+        };
+        table(&[
+            (silent(1000, 21), false, 0),
+            (silent(1060, 21), false, 0),
+            // One first-answer window into the leadership, not the whole engagement delay.
+            (silent(1100, 22), true, 0),
+            (silent(1500, 40), true, 0),
+        ]);
+    }
+
+    #[test]
+    fn a_leader_asked_to_take_over_waits_the_usual_delay() {
+        // The old leader moved its leadership here a moment ago: it is alive, only slow.
+        let asked = |now_ms, last_index| Observation {
+            data_answered: false,
+            asked_to_stand_ms: Some(150),
+            ..obs(now_ms, last_index, 0)
+        };
+        table(&[
+            (asked(1000, 21), false, 0),
+            (asked(1100, 22), false, 0),
+            (asked(1299, 22), false, 0),
+            (asked(1300, 22), true, 0),
+        ]);
+    }
+
+    #[test]
+    fn a_new_leader_whose_data_peer_answers_keeps_the_witness_out() {
+        let silent = |now_ms, last_index| Observation {
+            data_answered: false,
+            ..obs(now_ms, last_index, 0)
+        };
+        table(&[
+            (silent(1000, 21), false, 0),
+            (obs(1020, 21, 20), false, 20),
+            // Answered, but behind: the usual engagement delay applies.
+            (obs(1200, 22, 21), false, 21),
+            (obs(1400, 22, 22), false, 22),
         ]);
     }
 

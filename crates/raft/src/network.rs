@@ -748,6 +748,9 @@ impl<C: Types> RaftPeer for PeerService<C> {
             return Ok(self.reply(&answer));
         }
         let req: ForwardRequest = self.open(m)?;
+        if let (ForwardRequest::Campaign, Some(p)) = (&req, &self.prevote) {
+            p.contact.note_asked();
+        }
         if let (ForwardRequest::PreVote(candidate_last), Some(p)) = (&req, &self.prevote) {
             let m = self.raft.metrics().borrow().clone();
             let ask = crate::prevote::Ask {

@@ -23,11 +23,14 @@ use crate::types::{LogId, Types};
 const TICK: Duration = Duration::from_millis(50);
 const ROUND_EVERY: Duration = Duration::from_millis(100);
 
-/// When this member last took a leader's AppendEntries (heartbeats included).
+/// When this member last took a leader's AppendEntries (heartbeats included), and when a
+/// leader last asked it to stand for election (a move of leadership).
 #[derive(Debug)]
 pub struct Contact {
     since: tokio::time::Instant,
     last_ms: AtomicU64,
+    /// 0: never asked.
+    asked_ms: AtomicU64,
 }
 
 impl Default for Contact {
@@ -35,6 +38,7 @@ impl Default for Contact {
         Contact {
             since: tokio::time::Instant::now(),
             last_ms: AtomicU64::new(0),
+            asked_ms: AtomicU64::new(0),
         }
     }
 }
@@ -50,6 +54,20 @@ impl Contact {
 
     pub fn last_ms(&self) -> u64 {
         self.last_ms.load(Ordering::Relaxed)
+    }
+
+    /// A leader asks this member to stand for election now.
+    pub fn note_asked(&self) {
+        self.asked_ms
+            .fetch_max(self.now_ms().max(1), Ordering::Relaxed);
+    }
+
+    /// How long ago a leader last asked this member to stand (`None`: never).
+    pub fn asked_ago_ms(&self) -> Option<u64> {
+        match self.asked_ms.load(Ordering::Relaxed) {
+            0 => None,
+            t => Some(self.now_ms().saturating_sub(t)),
+        }
     }
 
     /// How long since a leader was last heard from.

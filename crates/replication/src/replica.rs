@@ -246,8 +246,12 @@ impl Replica {
         let engage_after = Duration::from_millis(config.election_timeout_ms / 3);
         tokio::spawn(engagement::drive(
             raft.clone(),
-            engagement::Policy::new(engage_after),
+            engagement::Policy::new(
+                engage_after,
+                Duration::from_millis(config.heartbeat_interval_ms),
+            ),
             engagement_publisher,
+            prevote.as_ref().map(|p| Arc::clone(&p.contact)),
         ));
         bootstrap_if_new(&raft, config.bootstrap, &config.initial_members, "data").await?;
         let shared = Arc::new(Shared {
