@@ -142,6 +142,7 @@ pub async fn run(
             .accept_http1(true)
             .tcp_nodelay(true)
             .http2_keepalive_interval(Some(Duration::from_secs(2 * 60 * 60)))
+            .layer(NameUnknownMethods)
             .add_routes(routes)
             .serve_with_incoming_shutdown(client_incoming(listener), stopped());
         servers.push(tokio::spawn(server));
@@ -426,29 +427,92 @@ fn client_routes(node: &Arc<Node>) -> tonic::service::Routes {
             .max_decoding_message_size(max),
         )
         .add_service(AuthServer::new(auth::AuthService { node }).max_decoding_message_size(max))
-        .into_axum_router()
-        .layer(axum::middleware::from_fn(name_unknown_methods))
-        .into()
 }
 
 /// gRPC-go's messages for a method or service that does not exist (etcd: `unknown method
 /// NoSuch for service etcdserverpb.KV`, `unknown service etcdserverpb.NoSuch`); tonic answers
-/// the first with an empty message and the second as an HTTP 404.
-async fn name_unknown_methods(
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
-    use axum::http::StatusCode;
-    let grpc = req
-        .headers()
-        .get(axum::http::header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
-    if !grpc {
-        return next.run(req).await;
+/// the first with an empty message and the second as an HTTP 404. A layer around the whole
+/// client service, with a future of its own: on the path of every request, it allocates
+/// nothing (a clone of the URI shares its bytes) and boxes nothing.
+#[derive(Debug, Clone, Copy)]
+struct NameUnknownMethods;
+
+impl<S> tower::Layer<S> for NameUnknownMethods {
+    type Service = NamingUnknownMethods<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        NamingUnknownMethods { inner }
     }
-    // A clone of the URI shares its bytes: nothing is allocated on the path of known methods.
-    let uri = req.uri().clone();
-    let resp = next.run(req).await;
+}
+
+#[derive(Debug, Clone)]
+struct NamingUnknownMethods<S> {
+    inner: S,
+}
+
+impl<S, B, RB> tower::Service<axum::http::Request<B>> for NamingUnknownMethods<S>
+where
+    S: tower::Service<axum::http::Request<B>, Response = axum::http::Response<RB>>,
+    RB: Default,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = NamingFuture<S::Future>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: axum::http::Request<B>) -> Self::Future {
+        let grpc = req
+            .headers()
+            .get(axum::http::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+        NamingFuture {
+            uri: grpc.then(|| req.uri().clone()),
+            inner: self.inner.call(req),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    struct NamingFuture<F> {
+        #[pin]
+        inner: F,
+        // The request's URI, for a gRPC request.
+        uri: Option<axum::http::Uri>,
+    }
+}
+
+impl<F, RB, E> std::future::Future for NamingFuture<F>
+where
+    F: std::future::Future<Output = Result<axum::http::Response<RB>, E>>,
+    RB: Default,
+{
+    type Output = F::Output;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let this = self.project();
+        let resp = std::task::ready!(this.inner.poll(cx))?;
+        std::task::Poll::Ready(Ok(match this.uri.take() {
+            Some(uri) => name_unknown(resp, &uri),
+            None => resp,
+        }))
+    }
+}
+
+/// `resp` to a gRPC request for `uri`, with gRPC-go's message when it names no method.
+fn name_unknown<RB: Default>(
+    mut resp: axum::http::Response<RB>,
+    uri: &axum::http::Uri,
+) -> axum::http::Response<RB> {
+    use axum::http::StatusCode;
     let not_found = resp.status() == StatusCode::NOT_FOUND;
     let unnamed = resp
         .headers()
@@ -464,7 +528,6 @@ async fn name_unknown_methods(
     if not_found {
         return tonic::Status::unimplemented(format!("unknown service {service}")).into_http();
     }
-    let mut resp = resp;
     let message = format!("unknown method {method} for service {service}");
     if let Ok(v) = axum::http::HeaderValue::from_str(&message) {
         resp.headers_mut().insert("grpc-message", v);
