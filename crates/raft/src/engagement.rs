@@ -424,12 +424,19 @@ mod tests {
         ]);
     }
 
+    /// A new leader's look before its data follower has answered it (`asked_ms`: how long ago a
+    /// leader asked it to stand).
+    fn unanswered(now_ms: u64, last_index: u64, asked_ms: Option<u64>) -> Observation {
+        Observation {
+            data_answered: false,
+            asked_to_stand_ms: asked_ms,
+            ..obs(now_ms, last_index, 0)
+        }
+    }
+
     #[test]
     fn a_new_leader_whose_data_peer_never_answers_engages_the_witness_at_once() {
-        let silent = |now_ms, last_index| Observation {
-            data_answered: false,
-            ..obs(now_ms, last_index, 0)
-        };
+        let silent = |now_ms, last_index| unanswered(now_ms, last_index, None);
         table(&[
             (silent(1000, 21), false, 0),
             (silent(1060, 21), false, 0),
@@ -442,11 +449,7 @@ mod tests {
     #[test]
     fn a_leader_asked_to_take_over_waits_the_usual_delay() {
         // The old leader moved its leadership here a moment ago: it is alive, only slow.
-        let asked = |now_ms, last_index| Observation {
-            data_answered: false,
-            asked_to_stand_ms: Some(150),
-            ..obs(now_ms, last_index, 0)
-        };
+        let asked = |now_ms, last_index| unanswered(now_ms, last_index, Some(150));
         table(&[
             (asked(1000, 21), false, 0),
             (asked(1100, 22), false, 0),
@@ -457,12 +460,8 @@ mod tests {
 
     #[test]
     fn a_new_leader_whose_data_peer_answers_keeps_the_witness_out() {
-        let silent = |now_ms, last_index| Observation {
-            data_answered: false,
-            ..obs(now_ms, last_index, 0)
-        };
         table(&[
-            (silent(1000, 21), false, 0),
+            (unanswered(1000, 21, None), false, 0),
             (obs(1020, 21, 20), false, 20),
             // Answered, but behind: the usual engagement delay applies.
             (obs(1200, 22, 21), false, 21),
