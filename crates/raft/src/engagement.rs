@@ -91,10 +91,11 @@ impl Policy {
 
     pub fn observe(&mut self, o: Observation) -> State {
         if !o.leading {
-            *self = Policy::new(
-                Duration::from_millis(self.engage_after_ms),
-                Duration::from_millis(self.first_answer_ms),
-            );
+            // Everything but the settings belongs to one leadership.
+            self.leading_since = None;
+            self.pending = None;
+            self.engaged = false;
+            self.prompt_streak = 0;
             return State::default();
         }
         let (since, unasked) = *self.leading_since.get_or_insert((
@@ -281,7 +282,7 @@ impl Handle {
 
 /// The lowest index every data follower of the leader whose metrics are `m` is known to hold
 /// (`None` when it has no data follower), and whether every data follower has answered it.
-pub fn data_matched(m: &Metrics) -> (Option<u64>, bool) {
+pub fn data_progress(m: &Metrics) -> (Option<u64>, bool) {
     let membership = m.membership_config.membership();
     let replication = m.replication.as_ref();
     let mut lowest = None;
@@ -335,7 +336,7 @@ pub async fn drive<C: Types>(
                 })
                 .collect();
             *publisher.lags.lock().unwrap_or_else(|e| e.into_inner()) = lags;
-            let (data_matched, data_answered) = data_matched(&m);
+            let (data_matched, data_answered) = data_progress(&m);
             Observation {
                 now_ms,
                 leading: m.state == ServerState::Leader,
