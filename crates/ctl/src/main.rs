@@ -10,6 +10,12 @@ mod status;
 
 use clap::Parser;
 
+/// mimalloc, as the server has: with glibc's allocator, malloc and free took about a tenth of
+/// `bench`'s CPU at 1,000 clients (perf, 2026-12-06), CPU the servers under test on the same
+/// machine then lack.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "tandem-ctl",
