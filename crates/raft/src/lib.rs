@@ -6,6 +6,7 @@
 //! - `codec`: the versioned byte form of everything stored or sent (and readers of old bytes).
 //! - `wal`: the raft log's segment files and their recovery; `log_store`: openraft's log storage
 //!   over them, fdatasynced before acknowledging, with group commit.
+//! - `dial`: how a member dials its peers (TLS for `https://` peer URLs, the test routes).
 //! - `network`: the peer transport (gRPC, `tandempb.RaftPeer`), client and service sides.
 //! - `member`: routing to the leader, forwarding, ReadIndex rounds, publishing, status.
 //! - `membership`: etcd's membership changes on the leader; finishing a half-done change.
@@ -19,6 +20,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod codec;
+pub mod dial;
 pub mod disk;
 pub mod engagement;
 pub mod fence;

@@ -22,7 +22,7 @@ use openraft::raft::{
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use std::sync::Arc;
 
@@ -38,35 +38,7 @@ use crate::types::{Entry, MemberNode, NodeId, Payload, Types};
 /// while it decodes and stores them).
 const WITNESS_REQUEST_BYTES_MAX: usize = 1 << 20;
 
-/// How long to wait for a peer's TCP connection.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
-
-/// Names the test seam that sends peer traffic through a fault proxy:
-/// `TANDEM_TEST_PEER_ROUTES=URL=HOST:PORT,...` makes this member dial HOST:PORT wherever it
-/// would dial the peer at URL (the robustness suite puts a proxy on every directed link, so a
-/// fault can tell who sends). Never set in production; a URL it does not name is dialed as is.
-pub const PEER_ROUTES_ENV: &str = "TANDEM_TEST_PEER_ROUTES";
-
-/// The URL to dial for the peer at `url`: itself, unless [`PEER_ROUTES_ENV`] routes it.
-fn dial_url(url: &str) -> String {
-    static ROUTES: std::sync::OnceLock<HashMap<String, String>> = std::sync::OnceLock::new();
-    let routes = ROUTES.get_or_init(|| {
-        let spec = std::env::var(PEER_ROUTES_ENV).unwrap_or_default();
-        let routes: HashMap<String, String> = spec
-            .split(',')
-            .filter_map(|r| r.rsplit_once('='))
-            .map(|(from, to)| (from.to_string(), format!("http://{to}")))
-            .collect();
-        if !routes.is_empty() {
-            tracing::warn!(
-                ?routes,
-                "peer traffic goes through the test routes of {PEER_ROUTES_ENV}"
-            );
-        }
-        routes
-    });
-    routes.get(url).cloned().unwrap_or_else(|| url.to_string())
-}
+pub use crate::dial::PEER_ROUTES_ENV;
 
 /// A lazily connected channel per peer URL, shared by raft's own messages and forwarded
 /// requests (one HTTP/2 connection per peer).
@@ -83,11 +55,13 @@ impl Channels {
         if let Some(c) = map.get(url) {
             return Some(c.clone());
         }
-        let channel = Endpoint::from_shared(dial_url(url))
-            .ok()?
-            .connect_timeout(CONNECT_TIMEOUT)
-            .tcp_nodelay(true)
-            .connect_lazy();
+        let channel = match crate::dial::channel(url) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot dial a peer");
+                return None;
+            }
+        };
         map.insert(url.clone(), channel.clone());
         Some(channel)
     }
@@ -822,10 +796,9 @@ pub async fn greet(
     timeout: Duration,
 ) -> Result<(), String> {
     for url in peer_urls {
-        let Ok(endpoint) = Endpoint::from_shared(dial_url(url)) else {
+        let Ok(channel) = crate::dial::channel(url) else {
             continue;
         };
-        let channel = endpoint.connect_timeout(CONNECT_TIMEOUT).connect_lazy();
         let mut request = tonic::Request::new(message(
             cluster_id,
             me,
@@ -861,10 +834,7 @@ pub async fn ask_members(peer_urls: &[String], timeout: Duration) -> Result<Memb
 /// its cluster may).
 pub async fn ask_members_of(url: &str, timeout: Duration) -> Result<MembersAnswer, String> {
     let nobody = Incarnations::in_memory(0, 0);
-    let Ok(endpoint) = Endpoint::from_shared(dial_url(url)) else {
-        return Err(format!("{url}: not a URL"));
-    };
-    let channel = endpoint.connect_timeout(CONNECT_TIMEOUT).connect_lazy();
+    let channel = crate::dial::channel(url)?;
     match forward::<()>(channel, 0, &nobody, &ForwardRequest::Members, timeout).await {
         Ok(ForwardResponse::Members(answer)) => Ok(answer),
         Ok(other) => Err(format!("{url}: unexpected answer {other:?}")),

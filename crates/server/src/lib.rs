@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod coalesce;
 pub mod compaction;
 pub mod config;
+pub mod conn;
 pub mod convert;
 pub mod corrupt_check;
 pub mod disk_guard;
@@ -40,6 +41,7 @@ use replication::{Replica, ReplicaConfig};
 use tokio::net::TcpListener;
 
 use crate::config::Config;
+use crate::conn::{Conn, Listener};
 use crate::node::Node;
 
 /// gRPC allows this much beyond `--max-request-bytes` before refusing a message outright; the
@@ -48,45 +50,127 @@ const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 
 /// Accepted connections with Nagle's algorithm off: gRPC writes a response's headers and data
 /// separately, and with Nagle on the second write waits for the client's delayed ACK (~40 ms).
-/// (tonic's own `tcp_nodelay` applies only to listeners it binds itself.)
-pub(crate) fn incoming(listener: TcpListener) -> tonic::transport::server::TcpIncoming {
-    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
+/// Over TLS when the listen URL is `https://` (`conn`).
+pub(crate) fn incoming(
+    listener: Listener,
+    tls: Option<&Arc<tls::ServerTls>>,
+) -> futures::stream::BoxStream<'static, std::io::Result<Conn>> {
+    conn::connections(listener.tcp, tls.filter(|_| listener.secure).cloned())
 }
 
 /// Client connections: as [`incoming`], with responses coalesced into fewer writes
 /// ([`coalesce`]).
 fn client_incoming(
-    listener: TcpListener,
+    listener: Listener,
+    tls: Option<&Arc<tls::ServerTls>>,
 ) -> impl futures::Stream<Item = std::io::Result<coalesce::Coalesced>> {
     use futures::StreamExt;
-    incoming(listener).map(|conn| conn.map(coalesce::Coalesced::new))
+    incoming(listener, tls).map(|conn| conn.map(coalesce::Coalesced::new))
 }
 
-/// Binds every listen URL of `config`.
-pub async fn bind(urls: &[String]) -> anyhow::Result<Vec<TcpListener>> {
+/// Binds every listen URL of `config` (TLS or not, as the URL's scheme says).
+pub async fn bind(urls: &[String]) -> anyhow::Result<Vec<Listener>> {
     let mut out = Vec::new();
     for url in urls {
         let addr = config::listen_addr(url).await?;
-        out.push(
-            TcpListener::bind(addr)
+        out.push(Listener {
+            tcp: TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("listening on {url}"))?,
-        );
+            secure: config::is_secure(url),
+        });
     }
     Ok(out)
+}
+
+/// `--listen-metrics-urls`: `/metrics`, `/health` and the other HTTP endpoints on URLs of their
+/// own, plain HTTP for `http://` (what kubeadm's probes use) and the client TLS for `https://`,
+/// as etcd serves them.
+pub(crate) async fn serve_metrics(
+    config: &Config,
+    routes: tonic::service::Routes,
+    serving_tls: &ServingTls,
+    stopped: &(impl Fn() -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> + ?Sized),
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<Result<(), tonic::transport::Error>>>> {
+    let mut servers = Vec::new();
+    for url in &config.metrics_urls {
+        if config::is_secure(url) && serving_tls.client.is_none() {
+            anyhow::bail!(
+                "client TLS key/cert (--cert-file, --key-file) must be provided for metrics secure url"
+            );
+        }
+    }
+    for listener in bind(&config.metrics_urls).await? {
+        tracing::info!(address = %listener.tcp.local_addr()?, "serving metrics (HTTP)");
+        let server = tonic::transport::Server::builder()
+            .accept_http1(true)
+            .add_routes(routes.clone())
+            .serve_with_incoming_shutdown(
+                incoming(listener, serving_tls.client.as_ref()),
+                stopped(),
+            );
+        servers.push(tokio::spawn(server));
+    }
+    Ok(servers)
+}
+
+/// The TLS of this member's listeners (client side, peer side), and the peer TLS it dials with
+/// (given to `raft::dial`). `None` for a side that has no certificate.
+pub struct ServingTls {
+    pub client: Option<Arc<tls::ServerTls>>,
+    pub peer: Option<Arc<tls::ServerTls>>,
+}
+
+impl ServingTls {
+    /// Builds both sides from `config` (making `--auto-tls` certificates first), and sets the
+    /// process's peer dialing TLS when the peer side has a certificate.
+    pub fn start(config: &mut Config) -> anyhow::Result<Self> {
+        let (data_dir, clients, peers) = (
+            config.data_dir.clone(),
+            config.client_urls.clone(),
+            config.peer_urls.clone(),
+        );
+        config.tls.materialize(&data_dir, &clients, &peers)?;
+        let t = &config.tls;
+        let server = |settings: &tls::Settings, side: &str| -> anyhow::Result<_> {
+            if settings.is_empty() {
+                return Ok(None);
+            }
+            let s =
+                tls::ServerTls::new(settings, &t.policy).with_context(|| format!("{side} TLS"))?;
+            Ok(Some(Arc::new(s)))
+        };
+        let client = server(&t.client, "client")?;
+        let peer = server(&t.peer, "peer")?;
+        if !t.peer.is_empty() {
+            let dialer = tls::ClientTls::new(&t.peer, &t.policy).context("peer TLS (dialing)")?;
+            if let Err(e) = raft::dial::use_peer_tls(Arc::new(dialer)) {
+                tracing::debug!(error = %e, "peer TLS already set in this process");
+            }
+        }
+        Ok(ServingTls { client, peer })
+    }
 }
 
 /// Runs a node until `shutdown` completes, then stops gracefully: listeners close, in-flight
 /// requests finish, raft stops and the keyspace is made durable.
 pub async fn run(
-    config: Config,
-    client_listeners: Vec<TcpListener>,
-    peer_listeners: Vec<TcpListener>,
+    mut config: Config,
+    client_listeners: Vec<Listener>,
+    peer_listeners: Vec<Listener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let serving_tls = ServingTls::start(&mut config)?;
     let config = greet_if_new(identity::settle(config)?).await?;
     if config.is_witness {
-        return witness_node::run(config, client_listeners, peer_listeners, shutdown).await;
+        return witness_node::run(
+            config,
+            client_listeners,
+            peer_listeners,
+            serving_tls,
+            shutdown,
+        )
+        .await;
     }
     let store = Replica::open_store(&config.data_dir)?;
     let hub = watch::WatchHub::new(Arc::clone(&store));
@@ -135,7 +219,7 @@ pub async fn run(
 
     let mut servers = Vec::new();
     for listener in client_listeners {
-        let addr = listener.local_addr()?;
+        let addr = listener.tcp.local_addr()?;
         tracing::info!(address = %addr, "serving client traffic (gRPC and HTTP)");
         let routes = client_routes(&node);
         let server = tonic::transport::Server::builder()
@@ -144,11 +228,16 @@ pub async fn run(
             .http2_keepalive_interval(Some(Duration::from_secs(2 * 60 * 60)))
             .layer(NameUnknownMethods)
             .add_routes(routes)
-            .serve_with_incoming_shutdown(client_incoming(listener), stopped());
+            .serve_with_incoming_shutdown(
+                client_incoming(listener, serving_tls.client.as_ref()),
+                stopped(),
+            );
         servers.push(tokio::spawn(server));
     }
+    let http = tonic::service::Routes::from(http::router(Arc::clone(&node)));
+    servers.extend(serve_metrics(&node.config, http, &serving_tls, &stopped).await?);
     for listener in peer_listeners {
-        let addr = listener.local_addr()?;
+        let addr = listener.tcp.local_addr()?;
         tracing::info!(address = %addr, "serving peer traffic");
         let server = tonic::transport::Server::builder()
             .tcp_nodelay(true)
@@ -159,7 +248,7 @@ pub async fn run(
             .add_service(LeaderLeaseServer::new(lease::LeaderLeaseService {
                 node: Arc::clone(&node),
             }))
-            .serve_with_incoming_shutdown(incoming(listener), stopped());
+            .serve_with_incoming_shutdown(incoming(listener, serving_tls.peer.as_ref()), stopped());
         servers.push(tokio::spawn(server));
     }
     tracing::info!(
@@ -547,13 +636,20 @@ mod tests {
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let mut accepted = super::incoming(listener);
+        let listener = super::Listener {
+            tcp: listener,
+            secure: false,
+        };
+        let mut accepted = super::incoming(listener, None);
         let _client = tokio::net::TcpStream::connect(addr).await.expect("connect");
         let stream = accepted
             .next()
             .await
             .expect("a connection")
             .expect("accepted");
+        let super::Conn::Plain(stream) = stream else {
+            panic!("a plain listener accepted a TLS connection");
+        };
         assert!(
             stream.nodelay().expect("nodelay"),
             "TCP_NODELAY must be set on client and peer connections"

@@ -6,13 +6,13 @@
 use std::future::Future;
 use std::sync::Arc;
 
+use crate::conn::Listener;
 use axum::extract::State;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 use prometheus_client::registry::Registry;
 use raft::tandempb::raft_peer_server::RaftPeerServer;
-use tokio::net::TcpListener;
 use witness::{Witness, WitnessOptions};
 
 use crate::config::Config;
@@ -26,8 +26,9 @@ struct WitnessNode {
 /// Runs the witness until `shutdown` completes.
 pub async fn run(
     config: Config,
-    client_listeners: Vec<TcpListener>,
-    peer_listeners: Vec<TcpListener>,
+    client_listeners: Vec<Listener>,
+    peer_listeners: Vec<Listener>,
+    serving_tls: crate::ServingTls,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let options = WitnessOptions {
@@ -48,16 +49,21 @@ pub async fn run(
     let stopped = crate::stop_signal(shutdown);
     let mut servers = Vec::new();
     for listener in client_listeners {
-        tracing::info!(address = %listener.local_addr()?, "serving the witness's HTTP endpoints; gRPC clients are sent to the data members");
+        tracing::info!(address = %listener.tcp.local_addr()?, "serving the witness's HTTP endpoints; gRPC clients are sent to the data members");
         let routes = tonic::service::Routes::from(http_routes(&node, true));
         let server = tonic::transport::Server::builder()
             .accept_http1(true)
             .add_routes(routes)
-            .serve_with_incoming_shutdown(crate::incoming(listener), stopped());
+            .serve_with_incoming_shutdown(
+                crate::incoming(listener, serving_tls.client.as_ref()),
+                stopped(),
+            );
         servers.push(tokio::spawn(server));
     }
+    let http = tonic::service::Routes::from(http_routes(&node, false));
+    servers.extend(crate::serve_metrics(&node.config, http, &serving_tls, &stopped).await?);
     for listener in peer_listeners {
-        tracing::info!(address = %listener.local_addr()?, "serving peer traffic (witness)");
+        tracing::info!(address = %listener.tcp.local_addr()?, "serving peer traffic (witness)");
         let routes = tonic::service::Routes::from(http_routes(&node, false)).add_service(
             RaftPeerServer::new(node.witness.peer_service()).max_decoding_message_size(64 << 20),
         );
@@ -65,7 +71,10 @@ pub async fn run(
             .accept_http1(true)
             .tcp_nodelay(true)
             .add_routes(routes)
-            .serve_with_incoming_shutdown(crate::incoming(listener), stopped());
+            .serve_with_incoming_shutdown(
+                crate::incoming(listener, serving_tls.peer.as_ref()),
+                stopped(),
+            );
         servers.push(tokio::spawn(server));
     }
     tracing::info!(
