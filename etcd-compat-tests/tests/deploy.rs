@@ -1,8 +1,10 @@
 //! The deploy files work as written: the two machines' environment files of
 //! `deploy/two-nodes/` (what `deploy/tandem.service` reads from `/etc/default/tandem`) start a
-//! two-member cluster when only the addresses are filled in — for tandem and, as their comments
-//! claim, for etcd 3.5.1 — and the endpoints of `deploy/kubeadm-external-etcd.yaml` are those
-//! members' client URLs; the witness and fencing files start their topologies. Each "machine" is a loopback address of its own (127.42.x.y), with
+//! two-member cluster when only the addresses are filled in and `deploy/make-certs` has made the
+//! certificates they name (mutual TLS with clients and between members) — for tandem and, as
+//! their comments claim, for etcd 3.5.1 — and the endpoints and certificates of
+//! `deploy/kubeadm-external-etcd.yaml` are those members' client URLs and the apiserver's
+//! certificate from the same script; the witness and fencing files start their topologies. Each "machine" is a loopback address of its own (127.42.x.y), with
 //! etcd's default ports, as on two real hosts.
 
 use std::path::PathBuf;
@@ -17,6 +19,59 @@ const WAIT: Duration = Duration::from_secs(30);
 /// addresses filled in.
 fn env_file(path: &str, a_ip: &str, b_ip: &str) -> Vec<(String, String)> {
     env_file_with(path, &[("NODE_A_IP", a_ip), ("NODE_B_IP", b_ip)])
+}
+
+/// Where `deploy/make-certs` put a lab's certificates (for the addresses `ips`): the env files'
+/// `/etc/tandem/pki`.
+struct Pki {
+    dir: tempfile::TempDir,
+}
+
+impl Pki {
+    fn make(ips: &[&str]) -> Pki {
+        let dir = tempfile::Builder::new()
+            .prefix("pki-")
+            .tempdir()
+            .expect("dir");
+        // etcd checks that a peer connects from an address its certificate names; on one
+        // host, peers connect from 127.0.0.1.
+        let out = Command::new("bash")
+            .env("TANDEM_CERT_EXTRA_SANS", "IP:127.0.0.1")
+            .arg(workspace_path("deploy/make-certs"))
+            .arg(dir.path())
+            .args(ips)
+            .output()
+            .expect("deploy/make-certs");
+        assert!(
+            out.status.success(),
+            "deploy/make-certs: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Pki { dir }
+    }
+
+    fn file(&self, name: &str) -> String {
+        self.dir.path().join(name).display().to_string()
+    }
+
+    /// etcdctl's flags for the operator's certificate.
+    fn ctl_flags(&self) -> [String; 3] {
+        [
+            format!("--cacert={}", self.file("ca.crt")),
+            format!("--cert={}", self.file("admin.crt")),
+            format!("--key={}", self.file("admin.key")),
+        ]
+    }
+}
+
+/// The env file's variables with the placeholders filled in and `/etc/tandem/pki` moved to the
+/// lab's.
+fn env_with_pki(path: &str, addresses: &[(&str, &str)], pki: &Pki) -> Vec<(String, String)> {
+    let pki_dir = pki.dir.path().display().to_string();
+    env_file_with(path, addresses)
+        .into_iter()
+        .map(|(k, v)| (k, v.replace("/etc/tandem/pki", &pki_dir)))
+        .collect()
 }
 
 /// `KEY=VALUE` lines of an environment file, each placeholder replaced by its address.
@@ -95,11 +150,19 @@ fn two_machines(kind: Kind, a_ip: &str, b_ip: &str) {
         Kind::Tandem => tandem_bin(),
         _ => CtlVersion::V35.bin().with_file_name("etcd"),
     };
-    let a = Machine::start(&bin, env_file("deploy/two-nodes/tandem-a.env", a_ip, b_ip));
-    let b = Machine::start(&bin, env_file("deploy/two-nodes/tandem-b.env", a_ip, b_ip));
-    let endpoints = format!("http://{a_ip}:2379,http://{b_ip}:2379");
+    let pki = Pki::make(&[a_ip, b_ip]);
+    let ips = [("NODE_A_IP", a_ip), ("NODE_B_IP", b_ip)];
+    let a = Machine::start(
+        &bin,
+        env_with_pki("deploy/two-nodes/tandem-a.env", &ips, &pki),
+    );
+    let b = Machine::start(
+        &bin,
+        env_with_pki("deploy/two-nodes/tandem-b.env", &ips, &pki),
+    );
+    let endpoints = format!("https://{a_ip}:2379,https://{b_ip}:2379");
     for (ip, m) in [(a_ip, &a), (b_ip, &b)] {
-        let url = format!("http://{ip}:2379/health");
+        let url = format!("http://{ip}:2381/health");
         if wait_until(&format!("{} on {ip} healthy", kind.name()), WAIT, || {
             http_get(&url).is_ok_and(|(code, body)| code == 200 && body.contains("true"))
         })
@@ -112,12 +175,16 @@ fn two_machines(kind: Kind, a_ip: &str, b_ip: &str) {
             );
         }
     }
-    let ctl = |args: &[&str]| {
-        let out = Command::new(CtlVersion::V35.bin())
+    let etcdctl = |endpoints: &str, args: &[&str]| {
+        Command::new(CtlVersion::V35.bin())
             .arg(format!("--endpoints={endpoints}"))
+            .args(pki.ctl_flags())
             .args(args)
             .output()
-            .expect("etcdctl");
+            .expect("etcdctl")
+    };
+    let ctl = |args: &[&str]| {
+        let out = etcdctl(&endpoints, args);
         assert!(
             out.status.success(),
             "etcdctl {args:?}: {}",
@@ -131,33 +198,58 @@ fn two_machines(kind: Kind, a_ip: &str, b_ip: &str) {
     let mut list = String::new();
     let published = wait_until("both members published their client URLs", WAIT, || {
         list = ctl(&["member", "list"]);
-        list.contains(&format!("node-a, http://{a_ip}:2380, http://{a_ip}:2379"))
-            && list.contains(&format!("node-b, http://{b_ip}:2380, http://{b_ip}:2379"))
+        list.contains(&format!("node-a, https://{a_ip}:2380, https://{a_ip}:2379"))
+            && list.contains(&format!("node-b, https://{b_ip}:2380, https://{b_ip}:2379"))
     });
     assert!(published.is_ok(), "{}: member list:\n{list}", kind.name());
-    let (code, version) = http_get(&format!("http://{a_ip}:2379/version")).expect("version");
-    assert_eq!(code, 200);
-    assert!(version.contains("\"etcdserver\"") && version.contains("\"etcdcluster\""));
-    let put = Command::new(CtlVersion::V35.bin())
-        .args([
-            &format!("--endpoints=http://{a_ip}:2379"),
-            "put",
-            "/walkthrough",
-            "a",
-        ])
+    // /version on the TLS client port, as kubeadm's preflight reads it (the metrics URL serves
+    // only /metrics and /health on etcd).
+    let version = Command::new("curl")
+        .args(["-sS", "--cacert", &pki.file("ca.crt")])
+        .args(["--cert", &pki.file("admin.crt"), "--key", &pki.file("admin.key")])
+        .arg(format!("https://{a_ip}:2379/version"))
         .output()
-        .expect("put");
+        .expect("curl");
+    let version = String::from_utf8_lossy(&version.stdout);
+    assert!(
+        version.contains("\"etcdserver\"") && version.contains("\"etcdcluster\""),
+        "{version}"
+    );
+    let put = etcdctl(
+        &format!("https://{a_ip}:2379"),
+        &["put", "/walkthrough", "a"],
+    );
     assert!(put.status.success());
-    let got = Command::new(CtlVersion::V35.bin())
+    let got = etcdctl(
+        &format!("https://{b_ip}:2379"),
+        &["get", "/walkthrough", "--print-value-only"],
+    );
+    assert_eq!(String::from_utf8_lossy(&got.stdout).trim(), "a");
+    // The apiserver's certificate from the same script is accepted; no certificate is not.
+    let apiserver = Command::new(CtlVersion::V35.bin())
+        .arg(format!("--endpoints=https://{a_ip}:2379"))
+        .arg(format!("--cacert={}", pki.file("ca.crt")))
+        .arg(format!("--cert={}", pki.file("apiserver-etcd-client.crt")))
+        .arg(format!("--key={}", pki.file("apiserver-etcd-client.key")))
+        .args(["get", "/walkthrough", "--print-value-only"])
+        .output()
+        .expect("etcdctl");
+    assert_eq!(String::from_utf8_lossy(&apiserver.stdout).trim(), "a");
+    let anonymous = Command::new(CtlVersion::V35.bin())
+        .arg(format!("--endpoints=https://{a_ip}:2379"))
+        .arg(format!("--cacert={}", pki.file("ca.crt")))
         .args([
-            &format!("--endpoints=http://{b_ip}:2379"),
+            "--dial-timeout=1s",
+            "--command-timeout=2s",
             "get",
             "/walkthrough",
-            "--print-value-only",
         ])
         .output()
-        .expect("get");
-    assert_eq!(String::from_utf8_lossy(&got.stdout).trim(), "a");
+        .expect("etcdctl");
+    assert!(
+        !anonymous.status.success(),
+        "a client without a certificate was served"
+    );
 }
 
 #[test]
@@ -174,14 +266,15 @@ fn the_witness_env_files_start_two_data_machines_and_a_witness() {
         ("WITNESS_IP", "127.42.2.3"),
     ];
     let bin = tandem_bin();
-    let machine = |file: &str| Machine::start(&bin, env_file_with(file, &ips));
+    let pki = Pki::make(&["127.42.2.1", "127.42.2.2", "127.42.2.3"]);
+    let machine = |file: &str| Machine::start(&bin, env_with_pki(file, &ips, &pki));
     let a = machine("deploy/witness/tandem-a.env");
     let b = machine("deploy/witness/tandem-b.env");
     let w = machine("deploy/witness/tandem-witness.env");
     for (url, m) in [
-        ("http://127.42.2.1:2379/health", &a),
-        ("http://127.42.2.2:2379/health", &b),
-        ("http://127.42.2.3:2380/health", &w),
+        ("http://127.42.2.1:2381/health", &a),
+        ("http://127.42.2.2:2381/health", &b),
+        ("http://127.42.2.3:2381/health", &w),
     ] {
         if wait_until(&format!("{url} healthy"), WAIT, || {
             http_get(url).is_ok_and(|(code, body)| code == 200 && body.contains("true"))
@@ -193,7 +286,9 @@ fn the_witness_env_files_start_two_data_machines_and_a_witness() {
     }
     let put = |endpoint: &str, key: &str| {
         let out = Command::new(CtlVersion::V35.bin())
-            .args([&format!("--endpoints={endpoint}"), "put", key, "v"])
+            .arg(format!("--endpoints={endpoint}"))
+            .args(pki.ctl_flags())
+            .args(["put", key, "v"])
             .output()
             .expect("etcdctl");
         assert!(
@@ -202,10 +297,10 @@ fn the_witness_env_files_start_two_data_machines_and_a_witness() {
             String::from_utf8_lossy(&out.stderr)
         );
     };
-    put("http://127.42.2.1:2379", "/before");
+    put("https://127.42.2.1:2379", "/before");
     // Either data machine may go: with B gone, A goes on with the witness.
     drop(b);
-    put("http://127.42.2.1:2379", "/after-b");
+    put("https://127.42.2.1:2379", "/after-b");
 }
 
 /// The fencing env files start two machines that arm their fencing; with the peer gone, the
@@ -220,10 +315,17 @@ fn the_fencing_env_files_start_two_machines_that_fence_each_other() {
         ("NODE_B_BMC_IP", "127.42.3.12"),
     ];
     let bin = tandem_bin();
-    let a = Machine::start(&bin, env_file_with("deploy/fencing/tandem-a.env", &ips));
-    let b = Machine::start(&bin, env_file_with("deploy/fencing/tandem-b.env", &ips));
+    let pki = Pki::make(&["127.42.3.1", "127.42.3.2"]);
+    let a = Machine::start(
+        &bin,
+        env_with_pki("deploy/fencing/tandem-a.env", &ips, &pki),
+    );
+    let b = Machine::start(
+        &bin,
+        env_with_pki("deploy/fencing/tandem-b.env", &ips, &pki),
+    );
     for (ip, m) in [("127.42.3.1", &a), ("127.42.3.2", &b)] {
-        let url = format!("http://{ip}:2379/metrics");
+        let url = format!("http://{ip}:2381/metrics");
         if wait_until(&format!("{ip} to arm its fencing"), WAIT, || {
             http_get(&url).is_ok_and(|(_, body)| body.lines().any(|l| l == "tandem_fence_armed 1"))
         })
@@ -243,13 +345,9 @@ fn the_fencing_env_files_start_two_machines_that_fence_each_other() {
         "the peer named in the log"
     );
     let put = Command::new(CtlVersion::V35.bin())
-        .args([
-            "--endpoints=http://127.42.3.1:2379",
-            "--command-timeout=3s",
-            "put",
-            "/unfenced",
-            "v",
-        ])
+        .arg("--endpoints=https://127.42.3.1:2379")
+        .args(pki.ctl_flags())
+        .args(["--command-timeout=3s", "put", "/unfenced", "v"])
         .output()
         .expect("etcdctl");
     assert!(
@@ -276,6 +374,15 @@ fn kubeadm_points_at_both_members() {
             "kubeadm's endpoints include {url}"
         );
     }
-    // kubeadm accepts http:// endpoints only when no certificate files are set.
-    assert!(!yaml.contains("caFile:") && !yaml.contains("certFile:"));
+    // The apiserver's client certificate is the one deploy/make-certs makes, under kubeadm's
+    // paths.
+    for line in [
+        "caFile: /etc/kubernetes/pki/etcd/ca.crt",
+        "certFile: /etc/kubernetes/pki/apiserver-etcd-client.crt",
+        "keyFile: /etc/kubernetes/pki/apiserver-etcd-client.key",
+    ] {
+        assert!(yaml.contains(line), "kubeadm's config has {line}");
+    }
+    let script = std::fs::read_to_string(workspace_path("deploy/make-certs")).expect("make-certs");
+    assert!(script.contains("leaf apiserver-etcd-client"));
 }
