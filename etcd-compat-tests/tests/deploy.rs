@@ -206,7 +206,12 @@ fn two_machines(kind: Kind, a_ip: &str, b_ip: &str) {
     // only /metrics and /health on etcd).
     let version = Command::new("curl")
         .args(["-sS", "--cacert", &pki.file("ca.crt")])
-        .args(["--cert", &pki.file("admin.crt"), "--key", &pki.file("admin.key")])
+        .args([
+            "--cert",
+            &pki.file("admin.crt"),
+            "--key",
+            &pki.file("admin.key"),
+        ])
         .arg(format!("https://{a_ip}:2379/version"))
         .output()
         .expect("curl");

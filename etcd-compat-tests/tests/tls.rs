@@ -332,6 +332,31 @@ async fn three_members_over_peer_mutual_tls() {
     assert!(cluster.members[0].peer_url().starts_with("https://"));
     write_and_read_everywhere(&lab, &cluster, "over-peer-tls");
 
+    // The corruption checks reach the peers' https client URLs with the client certificate.
+    let m1 = &mut cluster.members[0];
+    let logged = m1.log().len();
+    m1.add_flag("--experimental-initial-corrupt-check=true");
+    m1.restart().expect("restart m1");
+    wait_until(
+        "m1's initial corruption check to compare with its peers",
+        START_DEADLINE,
+        || {
+            let log = cluster.members[0].log();
+            log[logged..].lines().any(|l| {
+                l.contains("initial corruption check passed") && !l.contains("\"peers\":0")
+            })
+        },
+    )
+    .unwrap_or_else(|e| {
+        let log = cluster.members[0].log();
+        let corrupt: Vec<&str> = log[logged..]
+            .lines()
+            .filter(|l| l.contains("corrupt") || l.contains("hash"))
+            .collect();
+        panic!("{e}: {corrupt:#?}")
+    });
+    cluster.wait_healthy(0).expect("m1 healthy");
+
     // A member whose certificate comes from another CA cannot take part: its peers refuse
     // its connections, it has no leader, and the other two go on.
     let mut flags = lab.client_mtls();

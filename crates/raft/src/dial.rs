@@ -56,12 +56,18 @@ fn route(url: &str) -> Option<String> {
 
 /// A lazily connected channel to the peer at `url` (`http://` or `https://`).
 pub fn channel(url: &str) -> Result<Channel, String> {
+    channel_over(url, PEER_TLS.get().cloned())
+}
+
+/// A lazily connected channel to `url`, over `tls` for an `https://` URL (a member dialing a
+/// peer's client URL gives its client-side TLS).
+pub fn channel_over(url: &str, tls: Option<Arc<tls::ClientTls>>) -> Result<Channel, String> {
     let routed = route(url);
     if let Some(rest) = url.strip_prefix("https://") {
-        let Some(tls) = PEER_TLS.get().cloned() else {
+        let Some(tls) = tls else {
             return Err(format!(
-                "{url}: an https peer URL needs peer TLS (--peer-cert-file and --peer-key-file, \
-                 or --peer-auto-tls)"
+                "{url}: an https URL needs TLS (--peer-cert-file and --peer-key-file, or \
+                 --peer-auto-tls, for peer URLs; --cert-file and --key-file for client URLs)"
             ));
         };
         let host_port = rest.trim_end_matches('/').to_string();

@@ -72,11 +72,14 @@ fn is_behind(e: &anyhow::Error) -> bool {
         .is_some_and(|s| s.message() == rpctypes::FUTURE_REV.message)
 }
 
+/// How this member dials its peers' `https://` client URLs: with its client-side certificate
+/// (set once at start, `crate::ServingTls::start`).
+pub(crate) static CLIENT_DIALER: std::sync::OnceLock<Arc<tls::ClientTls>> =
+    std::sync::OnceLock::new();
+
 async fn peer_hash(url: &str, revision: i64) -> anyhow::Result<(u32, i64)> {
-    let channel = tonic::transport::Endpoint::from_shared(url.to_string())?
-        .connect_timeout(PEER_TIMEOUT)
-        .connect()
-        .await?;
+    let channel = raft::dial::channel_over(url, CLIENT_DIALER.get().cloned())
+        .map_err(|e| anyhow::anyhow!(e))?;
     let mut client = pb::maintenance_client::MaintenanceClient::new(channel);
     let r = client
         .hash_kv(pb::HashKvRequest { revision })

@@ -142,6 +142,16 @@ impl ServingTls {
         };
         let client = server(&t.client, "client")?;
         let peer = server(&t.peer, "peer")?;
+        if !t.client.is_empty() {
+            // Only the corruption checks dial peers' client URLs; without a CA to verify them
+            // (a server certificate alone), they report the peers unreachable.
+            match tls::ClientTls::new(&t.client, &t.policy) {
+                Ok(dialer) => {
+                    let _ = corrupt_check::CLIENT_DIALER.set(Arc::new(dialer));
+                }
+                Err(e) => tracing::info!(error = %e, "not dialing peers' https client URLs"),
+            }
+        }
         if !t.peer.is_empty() {
             let dialer = tls::ClientTls::new(&t.peer, &t.policy).context("peer TLS (dialing)")?;
             if let Err(e) = raft::dial::use_peer_tls(Arc::new(dialer)) {
