@@ -19,6 +19,7 @@ use clap::Parser;
 use etcd_compat_tests::faultproxy::{FaultProxy, PEER_ROUTES_ENV};
 
 mod report;
+mod tls;
 mod witness_path;
 
 #[derive(Parser, Debug)]
@@ -59,6 +60,14 @@ struct Args {
     /// The witness-off-the-hot-path report.
     #[arg(long, default_value = "docs/witness-path.md")]
     witness_path_out: PathBuf,
+    /// Run only the TLS rows (put and range at 1,000 clients over mutual TLS, client and peer,
+    /// tandem's 2 nodes + witness against etcd 3.5.1's 3 members with the same certificates)
+    /// and write their report.
+    #[arg(long)]
+    tls: bool,
+    /// The TLS rows' report.
+    #[arg(long, default_value = "docs/benchmarks-tls.md")]
+    tls_out: PathBuf,
     /// Run only the workloads whose names start with one of these (separated by ';', e.g.
     /// "range, 1000;range serializable") against the two-machine systems (tandem's 2 nodes +
     /// witness, etcd 3.5.1's 3 members), print their medians and write no report: a quick look
@@ -221,6 +230,8 @@ struct Member {
     child: Child,
     client_port: u16,
     peer_port: u16,
+    /// With TLS, where /health answers over plain HTTP (`--listen-metrics-urls`).
+    metrics_port: Option<u16>,
     data_dir: PathBuf,
     /// A witness serves no client: its health is on its peer port.
     witness: bool,
@@ -242,11 +253,13 @@ pub struct Cluster {
     /// The fault proxy on the witness's links, if it was started behind one (dropped after the
     /// members).
     proxy: Option<FaultProxy>,
+    /// The certificates of a cluster started with mutual TLS (clients and peers).
+    tls: Option<std::sync::Arc<tls::Lab>>,
 }
 
 impl Cluster {
     fn start(system: System, bins: &Bins, work: &Path, first_port: u16) -> Result<Self> {
-        Self::start_linked(system, bins, work, first_port, false)
+        Self::start_linked(system, bins, work, first_port, false, None)
     }
 
     /// Starts `system`; with `proxied_witness`, every link to and from the witness goes
@@ -257,11 +270,13 @@ impl Cluster {
         work: &Path,
         first_port: u16,
         proxied_witness: bool,
+        tls: Option<std::sync::Arc<tls::Lab>>,
     ) -> Result<Self> {
         let n = system.members();
         let port = |i: usize, peer: bool| first_port + 2 * i as u16 + u16::from(peer);
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let peer_urls: Vec<String> = (0..n)
-            .map(|i| format!("http://127.0.0.1:{}", port(i, true)))
+            .map(|i| format!("{scheme}://127.0.0.1:{}", port(i, true)))
             .collect();
         let initial: Vec<String> = (0..n).map(|i| format!("m{i}={}", peer_urls[i])).collect();
         let has_witness = system == System::TandemWitness;
@@ -285,8 +300,9 @@ impl Cluster {
             let _ = std::fs::remove_dir_all(&data_dir);
             std::fs::create_dir_all(work)?;
             let log = std::fs::File::create(work.join(format!("{system:?}-m{i}.log")))?;
-            let client = format!("http://127.0.0.1:{}", port(i, false));
-            let peer = format!("http://127.0.0.1:{}", port(i, true));
+            let client = format!("{scheme}://127.0.0.1:{}", port(i, false));
+            let peer = format!("{scheme}://127.0.0.1:{}", port(i, true));
+            let metrics_port = tls.as_ref().map(|_| first_port + 50 + i as u16);
             let mut cmd = Command::new(bin);
             std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
             cmd.arg(format!("--name=m{i}"))
@@ -299,6 +315,10 @@ impl Cluster {
                 .arg(format!("--quota-backend-bytes={QUOTA_BYTES}"));
             if has_witness {
                 cmd.arg(format!("--initial-cluster-witness=m{WITNESS}"));
+            }
+            if let (Some(lab), Some(metrics)) = (&tls, metrics_port) {
+                cmd.args(lab.server_flags())
+                    .arg(format!("--listen-metrics-urls=http://127.0.0.1:{metrics}"));
             }
             if let Some(proxy) = &proxy {
                 // Routes only for the links that touch the witness.
@@ -318,6 +338,7 @@ impl Cluster {
                 child,
                 client_port: port(i, false),
                 peer_port: port(i, true),
+                metrics_port,
                 data_dir,
                 witness: has_witness && i == WITNESS,
             });
@@ -326,6 +347,7 @@ impl Cluster {
             system,
             members,
             proxy,
+            tls,
         };
         let end = Instant::now() + START_DEADLINE;
         while !cluster.healthy() {
@@ -343,10 +365,10 @@ impl Cluster {
 
     fn healthy(&self) -> bool {
         self.members.iter().all(|m| {
-            let port = if m.witness {
-                m.peer_port
-            } else {
-                m.client_port
+            let port = match (m.metrics_port, m.witness) {
+                (Some(metrics), _) => metrics,
+                (None, true) => m.peer_port,
+                (None, false) => m.client_port,
             };
             http_get(port, "/health").is_ok_and(|b| b.contains("\"health\":\"true\""))
         })
@@ -447,6 +469,7 @@ fn bench(bins: &Bins, cluster: &Cluster, args: &str, extra: &[String]) -> Result
         .arg("bench")
         .args(args.split_whitespace())
         .args(extra)
+        .args(cluster.tls.iter().flat_map(|lab| lab.client_flags()))
         .args(["--endpoints", &cluster.endpoints(), "--json"])
         .output()
         .context("tandem-ctl")?;
@@ -713,6 +736,13 @@ fn main() -> Result<()> {
     let args = Args::parse();
     let bins = Bins::find(&args)?;
     let work = std::path::absolute(&args.work_dir)?;
+    if args.tls {
+        let md = tls::run(&bins, &work, args.rounds, args.seconds)?;
+        std::fs::write(&args.tls_out, &md)?;
+        print!("{md}");
+        eprintln!("wrote {}", args.tls_out.display());
+        return Ok(());
+    }
     if args.witness_path {
         let md = witness_path::run(&bins, &work, args.rounds, args.seconds)?;
         std::fs::write(&args.witness_path_out, &md)?;

@@ -66,6 +66,7 @@ pub fn run(bins: &Bins, work: &Path, rounds: usize, seconds: u64) -> Result<Stri
         &work.join("witness-path"),
         21_200,
         true,
+        None,
     )?;
     let proxy = cluster.proxy.as_ref().context("the witness's proxy")?;
     let witness = cluster.members[WITNESS].child.id();
