@@ -21,6 +21,8 @@ struct Lab {
     expired_client: (String, String),
     peer: (String, String),
     other_peer: (String, String),
+    /// The right CA, but naming another address than the one its holder connects from.
+    peer_elsewhere: (String, String),
 }
 
 impl Lab {
@@ -49,6 +51,14 @@ impl Lab {
             expired_client: leaf(&ca, "expired-client", "root", true),
             peer: leaf(&ca, "peer", "peer", false),
             other_peer: leaf(&other, "other-peer", "peer", false),
+            peer_elsewhere: ca
+                .leaf(&Leaf {
+                    file: "peer-elsewhere",
+                    common_name: "peer",
+                    hosts: &["10.9.9.9"],
+                    expired: false,
+                })
+                .expect("leaf"),
             _dir: dir,
         }
     }
@@ -405,6 +415,27 @@ async fn three_members_over_peer_mutual_tls() {
         || cluster.members[2].log()[logged..].contains("is not the allowed"),
     )
     .expect("refused by common name");
+
+    // The right CA and common name, but a certificate naming another address than the one m3
+    // connects from: its peers refuse it, as etcd's peer listeners do.
+    let mut flags = lab.client_mtls();
+    flags.extend(lab.peer_mtls(&lab.peer_elsewhere, &lab.ca));
+    let logged: Vec<usize> = cluster.members.iter().map(|m| m.log().len()).collect();
+    let m3 = &mut cluster.members[2];
+    m3.stop("KILL").expect("stop m3");
+    m3.set_flags(&strs(&flags));
+    m3.restart().expect("restart m3");
+    wait_until(
+        "a peer to refuse a certificate that does not name m3's address",
+        START_DEADLINE,
+        || {
+            (0..2).any(|i| {
+                cluster.members[i].log()[logged[i]..]
+                    .contains("the certificate is not valid for 127.0.0.1")
+            })
+        },
+    )
+    .expect("refused by address");
 }
 
 #[test]

@@ -217,6 +217,9 @@ pub struct TlsFlags {
     /// Allowed TLS hostname for inter peer authentication.
     #[arg(long, env = "ETCD_PEER_CERT_ALLOWED_HOSTNAME", default_value = "")]
     pub peer_cert_allowed_hostname: String,
+    /// Skip verification of SAN field in client certificate for peer connections.
+    #[arg(long, env = "ETCD_EXPERIMENTAL_PEER_SKIP_CLIENT_SAN_VERIFICATION", num_args = 0..=1, default_missing_value = "true", default_value = "false")]
+    pub experimental_peer_skip_client_san_verification: String,
     /// Peer TLS using generated certificates.
     #[arg(long, env = "ETCD_PEER_AUTO_TLS", num_args = 0..=1, default_missing_value = "true", default_value = "false")]
     pub peer_auto_tls: String,
@@ -277,6 +280,7 @@ impl Tls {
             allowed_cn: None,
             allowed_hostname: Some(f.client_cert_allowed_hostname.clone())
                 .filter(|h| !h.is_empty()),
+            check_client_san: false,
             self_signed: false,
         };
         let peer = tls::Settings {
@@ -287,6 +291,10 @@ impl Tls {
             crl_file: f.peer_crl_file.clone(),
             allowed_cn: Some(f.peer_cert_allowed_cn.clone()).filter(|c| !c.is_empty()),
             allowed_hostname: Some(f.peer_cert_allowed_hostname.clone()).filter(|h| !h.is_empty()),
+            check_client_san: !go_bool(
+                "experimental-peer-skip-client-san-verification",
+                &f.experimental_peer_skip_client_san_verification,
+            )?,
             self_signed: false,
         };
         let client_auto = go_bool("auto-tls", &f.auto_tls)?;

@@ -150,7 +150,7 @@ pub fn connections(
             let (tx, tls) = (tx.clone(), Arc::clone(&tls));
             tokio::spawn(async move {
                 let remote = stream.peer_addr().ok();
-                match tls.accept(stream).await {
+                match tls.accept(stream, remote.map(|a| a.ip())).await {
                     Ok(s) => {
                         let _ = tx.send(Ok(Conn::Tls(Box::new(s)))).await;
                     }

@@ -66,6 +66,10 @@ pub struct Settings {
     /// The only host name a connecting peer's certificate must be valid for
     /// (`--client-cert-allowed-hostname`, `--peer-cert-allowed-hostname`).
     pub allowed_hostname: Option<String>,
+    /// A connecting peer's certificate, if it names addresses or host names, must name the
+    /// address it connects from (etcd checks this on its peer listeners unless
+    /// `--experimental-peer-skip-client-san-verification`).
+    pub check_client_san: bool,
     /// The certificates are self-signed (`--auto-tls`): a dialer does not verify the server's.
     pub self_signed: bool,
 }
@@ -151,6 +155,7 @@ pub struct ServerTls {
     config: Reloading<rustls::ServerConfig>,
     allowed_cn: Option<String>,
     allowed_hostname: Option<String>,
+    check_client_san: bool,
 }
 
 /// A connection accepted over TLS, with what its peer's certificate says.
@@ -171,13 +176,18 @@ impl ServerTls {
             config,
             allowed_cn: settings.allowed_cn.clone(),
             allowed_hostname: settings.allowed_hostname.clone(),
+            check_client_san: settings.check_client_san,
         })
     }
 
-    /// Completes the TLS handshake of an accepted connection (bounded by
-    /// [`HANDSHAKE_TIMEOUT`]); refuses a peer whose certificate's common name is not the
-    /// allowed one.
-    pub async fn accept<S>(&self, stream: S) -> std::io::Result<ServerStream<S>>
+    /// Completes the TLS handshake of a connection accepted from `remote` (bounded by
+    /// [`HANDSHAKE_TIMEOUT`]); refuses a peer whose certificate's common name or host name is
+    /// not the allowed one, or (with `check_client_san`) does not name `remote`.
+    pub async fn accept<S>(
+        &self,
+        stream: S,
+        remote: Option<std::net::IpAddr>,
+    ) -> std::io::Result<ServerStream<S>>
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
@@ -198,6 +208,11 @@ impl ServerTls {
                     "peer certificate common name {cn:?} is not the allowed {allowed:?}"
                 )));
             }
+        }
+        if let (true, Some(cert), Some(remote)) = (self.check_client_san, &leaf, remote) {
+            identity::check_client_san(cert, remote)
+                .await
+                .map_err(refused)?;
         }
         if let Some(allowed) = &self.allowed_hostname {
             if !leaf.as_deref().is_some_and(|c| has_hostname(c, allowed)) {
