@@ -43,6 +43,8 @@ pub struct Observation {
     pub now_ms: u64,
     /// This member leads (only a leader replicates).
     pub leading: bool,
+    /// The membership has a witness (without one there is nothing to engage).
+    pub with_witness: bool,
     pub last_index: u64,
     /// The leader's applied index (everything at or below it is committed).
     pub applied: u64,
@@ -90,7 +92,7 @@ impl Policy {
     }
 
     pub fn observe(&mut self, o: Observation) -> State {
-        if !o.leading {
+        if !o.leading || !o.with_witness {
             // Everything but the settings belongs to one leadership.
             self.leading_since = None;
             self.pending = None;
@@ -340,6 +342,7 @@ pub async fn drive<C: Types>(
             Observation {
                 now_ms,
                 leading: m.state == ServerState::Leader,
+                with_witness: !witnesses(&m).is_empty(),
                 last_index,
                 applied: m.last_applied.map_or(0, |l| l.index),
                 data_matched,
@@ -380,6 +383,7 @@ mod tests {
         Observation {
             now_ms,
             leading: true,
+            with_witness: true,
             last_index,
             applied: last_index,
             data_matched: Some(matched),
@@ -444,6 +448,29 @@ mod tests {
             // One first-answer window into the leadership, not the whole engagement delay.
             (silent(1100, 22), true, 0),
             (silent(1500, 40), true, 0),
+        ]);
+    }
+
+    #[test]
+    fn without_a_witness_nothing_is_engaged() {
+        // A cluster of data members only (three, or two that fence each other), or one member
+        // alone: the metric of engagement stays 0 whatever the followers do.
+        let alone = |o: Observation| Observation {
+            with_witness: false,
+            ..o
+        };
+        table(&[
+            (alone(unanswered(1000, 21, None)), false, 0),
+            (alone(unanswered(1500, 40, None)), false, 0),
+            (alone(obs(2000, 50, 10)), false, 0),
+            (
+                alone(Observation {
+                    data_matched: None,
+                    ..obs(3000, 60, 0)
+                }),
+                false,
+                0,
+            ),
         ]);
     }
 
