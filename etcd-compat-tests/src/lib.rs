@@ -172,6 +172,33 @@ pub fn free_port() -> u16 {
     panic!("no free loopback port in {SERVER_PORTS:?}");
 }
 
+/// The client certificate (and the CA to verify servers) the harness's own clients use with
+/// servers that have client TLS (`Server::client`, `Cluster::leader`).
+pub struct ClientTlsFiles {
+    pub ca: String,
+    pub cert: String,
+    pub key: String,
+}
+
+impl ClientTlsFiles {
+    fn options(&self) -> Result<etcd_client::TlsOptions> {
+        let pem = |p: &str| std::fs::read_to_string(p).with_context(|| format!("reading {p}"));
+        Ok(etcd_client::TlsOptions::new()
+            .ca_certificate(etcd_client::Certificate::from_pem(pem(&self.ca)?))
+            .identity(etcd_client::Identity::from_pem(
+                pem(&self.cert)?,
+                pem(&self.key)?,
+            )))
+    }
+}
+
+static CLIENT_TLS: OnceLock<ClientTlsFiles> = OnceLock::new();
+
+/// Sets the harness's client certificate for this test process (the first call wins).
+pub fn use_client_tls(files: ClientTlsFiles) {
+    let _ = CLIENT_TLS.set(files);
+}
+
 /// A running server process with its own data directory.
 pub struct Server {
     pub kind: Kind,
@@ -527,8 +554,16 @@ impl Server {
         std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
     }
 
+    /// A Rust client of this server (over TLS, with the certificate [`use_client_tls`] gave,
+    /// when the server has client TLS).
     pub async fn client(&self) -> Result<etcd_client::Client> {
-        Ok(etcd_client::Client::connect([self.url()], None).await?)
+        let options = match (self.client_tls(), CLIENT_TLS.get()) {
+            (true, Some(files)) => {
+                Some(etcd_client::ConnectOptions::new().with_tls(files.options()?))
+            }
+            _ => None,
+        };
+        Ok(etcd_client::Client::connect([self.url()], options).await?)
     }
 }
 

@@ -4,6 +4,7 @@
 //! run against it and the results must be equal.
 
 use std::future::Future;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use etcd_api::etcdserverpb as pb;
@@ -92,6 +93,22 @@ async fn each_data_member_of_two_and_a_witness_serves_the_contract_as_etcd_does(
     on_each_data_member_with_a_witness(&[], lease_reuse).await;
 }
 
+// Contract over mutual TLS (kubeadm's external etcd: `--etcd-cafile`, `--etcd-certfile`,
+// `--etcd-keyfile`), members also talking mutual TLS among themselves, through each data member
+// of two data members and a witness, against etcd 3.5.1 over the same certificates.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_contract_over_mutual_tls_through_each_data_member_with_a_witness() {
+    let flags: Vec<&str> = apiserver_tls()
+        .server_flags
+        .iter()
+        .map(String::as_str)
+        .collect();
+    on_each_data_member_with_a_witness(&flags, txn_shapes).await;
+    on_each_data_member_with_a_witness(&flags, range_shapes).await;
+    on_each_data_member_with_a_witness(&flags, watch_shapes).await;
+    on_each_data_member_with_a_witness(&flags, lease_reuse).await;
+}
+
 // Contract, "How it connects" (every member must serve every RPC) with "Txn: the only four
 // shapes" and "Range: the exact shapes" 1, 3, 4, 5, through a follower.
 #[tokio::test(flavor = "multi_thread")]
@@ -128,8 +145,80 @@ async fn paged_list_through_a_follower_is_consistent() {
     println!("{out:?}");
 }
 
+/// The apiserver's certificate, CA and key (`--etcd-cafile`, `--etcd-certfile`,
+/// `--etcd-keyfile`) for the `https://` servers of the mutual-TLS run, and those servers' flags.
+struct ApiserverTls {
+    _dir: tempfile::TempDir,
+    ca: String,
+    cert: (String, String),
+    server_flags: Vec<String>,
+}
+
+static APISERVER_TLS: OnceLock<ApiserverTls> = OnceLock::new();
+
+fn apiserver_tls() -> &'static ApiserverTls {
+    APISERVER_TLS.get_or_init(|| {
+        use etcd_compat_tests::pki::{Ca, Leaf};
+        let dir = tempfile::Builder::new()
+            .prefix("pki-")
+            .tempdir()
+            .expect("dir");
+        let ca = Ca::new(dir.path(), "etcd-ca").expect("ca");
+        let leaf = |file: &str, common_name: &str| {
+            ca.leaf(&Leaf {
+                file,
+                common_name,
+                hosts: &["127.0.0.1", "localhost"],
+                expired: false,
+            })
+            .expect("leaf")
+        };
+        let member = leaf("member", "member");
+        let cert = leaf("apiserver-etcd-client", "kube-apiserver-etcd-client");
+        let server_flags = vec![
+            format!("--cert-file={}", member.0),
+            format!("--key-file={}", member.1),
+            format!("--trusted-ca-file={}", ca.cert_file()),
+            "--client-cert-auth".to_string(),
+            format!("--peer-cert-file={}", member.0),
+            format!("--peer-key-file={}", member.1),
+            format!("--peer-trusted-ca-file={}", ca.cert_file()),
+            "--peer-client-cert-auth".to_string(),
+        ];
+        use_client_tls(ClientTlsFiles {
+            ca: ca.cert_file(),
+            cert: cert.0.clone(),
+            key: cert.1.clone(),
+        });
+        ApiserverTls {
+            ca: ca.cert_file(),
+            cert,
+            server_flags,
+            _dir: dir,
+        }
+    })
+}
+
+/// The apiserver's TLS for an `https://` URL, none for `http://`.
+fn tls_for(url: &str) -> Option<tonic::transport::ClientTlsConfig> {
+    if !url.starts_with("https://") {
+        return None;
+    }
+    let t = apiserver_tls();
+    let pem = |p: &str| std::fs::read_to_string(p).expect("pem");
+    Some(
+        tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(pem(&t.ca)))
+            .identity(tonic::transport::Identity::from_pem(
+                pem(&t.cert.0),
+                pem(&t.cert.1),
+            )),
+    )
+}
+
 async fn client(url: &str) -> Client {
-    Client::connect([url], None).await.expect("connect")
+    let options = tls_for(url).map(|tls| etcd_client::ConnectOptions::new().with_tls(tls));
+    Client::connect([url], options).await.expect("connect")
 }
 
 fn rev_of(r: &etcd_client::TxnResponse) -> i64 {
@@ -476,10 +565,12 @@ async fn paged_list_over_10k_objects_is_consistent() {
 }
 
 async fn watch_client(url: &str) -> pb::watch_client::WatchClient<Channel> {
-    pb::watch_client::WatchClient::connect(url.to_string())
-        .await
-        .expect("connect")
-        .max_decoding_message_size(256 << 20)
+    let mut endpoint = tonic::transport::Endpoint::from_shared(url.to_string()).expect("url");
+    if let Some(tls) = tls_for(url) {
+        endpoint = endpoint.tls_config(tls).expect("tls");
+    }
+    let channel = endpoint.connect().await.expect("connect");
+    pb::watch_client::WatchClient::new(channel).max_decoding_message_size(256 << 20)
 }
 
 fn create(key: &str, end: &str, start: i64) -> pb::WatchRequest {
