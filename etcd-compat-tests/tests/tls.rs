@@ -473,6 +473,39 @@ fn two_data_members_and_a_witness_over_peer_mutual_tls() {
         "peer URLs are https: {}",
         out.stdout
     );
+    // tandem-ctl status over TLS: the data members through gRPC and /metrics on their client
+    // URLs, the witness through /metrics on its peer URL, all with the operator's certificate.
+    let ctl = tandem_bin().with_file_name("tandem-ctl");
+    let mut c = std::process::Command::new(&ctl);
+    c.args(["status", "--endpoints", &cluster.endpoints()])
+        .args(lab.ctl(&lab.ca, Some(&lab.client)));
+    let mut text = String::new();
+    wait_until(
+        "tandem-ctl status to list a leader and the witness",
+        START_DEADLINE,
+        || {
+            let out = run_command(
+                {
+                    let mut again = std::process::Command::new(&ctl);
+                    again.args(c.get_args());
+                    again
+                },
+                None,
+            );
+            text = format!("{}{}", out.stdout, out.stderr);
+            let lines: Vec<&str> = out.stdout.lines().filter(|l| l.starts_with('m')).collect();
+            lines.len() == 3
+                && lines
+                    .iter()
+                    .any(|l| l.starts_with("m3") && l.contains(" witness ") && !l.contains("down"))
+                && lines
+                    .iter()
+                    .filter(|l| l.contains(" data ") && l.contains(" leader "))
+                    .count()
+                    == 1
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}:\n{text}"));
 }
 
 #[test]

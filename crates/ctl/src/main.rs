@@ -7,6 +7,7 @@
 mod bench;
 mod member;
 mod status;
+mod tls;
 
 use clap::Parser;
 

@@ -25,6 +25,8 @@ pub struct AddWitness {
     /// Comma-separated host:port (or URL) endpoints of data members.
     #[arg(long, default_value = "127.0.0.1:2379")]
     pub endpoints: String,
+    #[command(flatten)]
+    pub tls: crate::tls::TlsArgs,
 }
 
 pub async fn run(command: Command) -> anyhow::Result<()> {
@@ -42,7 +44,7 @@ async fn add_witness(args: AddWitness) -> anyhow::Result<()> {
         .collect();
     let mut last_error = None;
     for endpoint in args.endpoints.split(',').map(str::trim) {
-        let mut client = match channel(endpoint).await {
+        let mut client = match channel(endpoint, &args.tls).await {
             Ok(c) => ClusterClient::new(c),
             Err(e) => {
                 last_error = Some(e.context(format!("connecting to {endpoint}")));

@@ -13,6 +13,8 @@ use etcd_api::etcdserverpb::{Member, MemberListRequest, StatusRequest};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::transport::{Channel, Endpoint};
 
+use crate::tls::TlsArgs;
+
 /// How long any one member may take to answer.
 const MEMBER_TIMEOUT: Duration = Duration::from_secs(3);
 /// The most bytes of a `/metrics` answer read.
@@ -23,37 +25,54 @@ pub struct Args {
     /// Comma-separated host:port (or URL) endpoints of any data members.
     #[arg(long, default_value = "127.0.0.1:2379")]
     pub endpoints: String,
+    #[command(flatten)]
+    pub tls: TlsArgs,
 }
 
-fn url(endpoint: &str) -> String {
-    if endpoint.contains("://") {
-        endpoint.to_string()
-    } else {
-        format!("http://{endpoint}")
-    }
-}
-
-pub(crate) async fn channel(endpoint: &str) -> anyhow::Result<Channel> {
-    Ok(Endpoint::from_shared(url(endpoint))?
+pub(crate) async fn channel(endpoint: &str, tls: &TlsArgs) -> anyhow::Result<Channel> {
+    let mut e = Endpoint::from_shared(tls.url(endpoint))?
         .connect_timeout(MEMBER_TIMEOUT)
-        .timeout(MEMBER_TIMEOUT)
-        .connect()
-        .await?)
+        .timeout(MEMBER_TIMEOUT);
+    if let Some(config) = tls.grpc()? {
+        e = e.tls_config(config)?;
+    }
+    Ok(e.connect().await?)
 }
 
-/// `GET {base}/metrics` over plain HTTP/1.0, as name → value (labels kept in the name).
-async fn metrics(base: &str) -> anyhow::Result<HashMap<String, f64>> {
-    let rest = base
-        .strip_prefix("http://")
-        .with_context(|| format!("{base}: only http:// URLs"))?;
+/// Writes an HTTP/1.0 GET of `path` on `stream` and reads the answer (at most
+/// `METRICS_BYTES_MAX` bytes).
+async fn get<S>(mut stream: S, host: &str, path: &str) -> anyhow::Result<String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes())
+        .await?;
+    let mut body = String::new();
+    stream
+        .take(METRICS_BYTES_MAX)
+        .read_to_string(&mut body)
+        .await?;
+    Ok(body)
+}
+
+/// `GET {base}/metrics` over HTTP/1.0 (over TLS for an `https://` base), as name → value
+/// (labels kept in the name).
+async fn metrics(base: &str, tls: &TlsArgs) -> anyhow::Result<HashMap<String, f64>> {
+    let (secure, rest) = match (base.strip_prefix("http://"), base.strip_prefix("https://")) {
+        (Some(rest), _) => (false, rest),
+        (None, Some(rest)) => (true, rest),
+        _ => anyhow::bail!("{base}: not an http:// or https:// URL"),
+    };
     let host = rest.split('/').next().unwrap_or(rest);
     let fetch = async {
-        let mut s = tokio::net::TcpStream::connect(host).await?;
-        s.write_all(format!("GET /metrics HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes())
-            .await?;
-        let mut body = String::new();
-        s.take(METRICS_BYTES_MAX).read_to_string(&mut body).await?;
-        anyhow::Ok(body)
+        let tcp = tokio::net::TcpStream::connect(host).await?;
+        if secure {
+            let name = host.rsplit_once(':').map_or(host, |(h, _)| h);
+            get(tls.connect(name, tcp).await?, host, "/metrics").await
+        } else {
+            get(tcp, host, "/metrics").await
+        }
     };
     let body = tokio::time::timeout(MEMBER_TIMEOUT, fetch)
         .await
@@ -69,7 +88,7 @@ async fn metrics(base: &str) -> anyhow::Result<HashMap<String, f64>> {
 }
 
 /// One member's line.
-async fn line(m: &Member, leader_lags: &HashMap<String, f64>) -> String {
+async fn line(m: &Member, leader_lags: &HashMap<String, f64>, tls: &TlsArgs) -> String {
     let name = if m.name.is_empty() {
         "(unstarted)"
     } else {
@@ -78,7 +97,7 @@ async fn line(m: &Member, leader_lags: &HashMap<String, f64>) -> String {
     let id = format!("{:x}", m.id);
     if let Some(client) = m.client_ur_ls.first() {
         let status = async {
-            let mut c = MaintenanceClient::new(channel(client).await?);
+            let mut c = MaintenanceClient::new(channel(client, tls).await?);
             anyhow::Ok(c.status(StatusRequest {}).await?.into_inner())
         };
         return match status.await {
@@ -105,7 +124,7 @@ async fn line(m: &Member, leader_lags: &HashMap<String, f64>) -> String {
     let Some(peer) = m.peer_ur_ls.first() else {
         return format!("{name:<12} {id:<16} ?        no URL");
     };
-    match metrics(peer).await {
+    match metrics(peer, tls).await {
         Ok(mm) if mm.get("tandem_server_is_witness") == Some(&1.0) => {
             let get = |k: &str| mm.get(k).copied().unwrap_or(0.0);
             let state = if get("etcd_server_is_leader") == 1.0 {
@@ -147,7 +166,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let mut errors = Vec::new();
     for e in &endpoints {
         let list = async {
-            let mut c = ClusterClient::new(channel(e).await?);
+            let mut c = ClusterClient::new(channel(e, &args.tls).await?);
             anyhow::Ok(
                 c.member_list(MemberListRequest {
                     linearizable: false,
@@ -172,7 +191,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         let Some(client) = m.client_ur_ls.first() else {
             continue;
         };
-        if let Ok(mm) = metrics(client).await {
+        if let Ok(mm) = metrics(client, &args.tls).await {
             if mm.get("etcd_server_is_leader") == Some(&1.0) {
                 leader_metrics = mm;
                 break;
@@ -180,7 +199,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     for m in &members {
-        println!("{}", line(m, &leader_metrics).await);
+        println!("{}", line(m, &leader_metrics, &args.tls).await);
     }
     if let Some(engaged) = leader_metrics.get("tandem_witness_engaged") {
         println!(

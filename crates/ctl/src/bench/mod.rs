@@ -81,15 +81,8 @@ pub struct Args {
     /// Use keys in order instead of at random.
     #[arg(long)]
     pub sequential_keys: bool,
-    /// Verify the servers' certificates with this CA bundle (TLS; as etcd's benchmark tool).
-    #[arg(long)]
-    pub cacert: Option<std::path::PathBuf>,
-    /// The client certificate to identify with (mutual TLS).
-    #[arg(long)]
-    pub cert: Option<std::path::PathBuf>,
-    /// The client certificate's key.
-    #[arg(long)]
-    pub key: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub tls: crate::tls::TlsArgs,
     /// txn-mixed: reads per write.
     #[arg(long, default_value_t = 1.0)]
     pub rw_ratio: f64,
@@ -208,7 +201,7 @@ async fn connect(args: &Args) -> anyhow::Result<Vec<Channel>> {
         .filter(|e| !e.is_empty())
         .collect();
     anyhow::ensure!(!endpoints.is_empty(), "--endpoints is empty");
-    let tls = tls_config(args)?;
+    let tls = args.tls.grpc()?;
     let mut channels = Vec::new();
     for i in 0..args.conns.max(1) {
         let e = &endpoints[i % endpoints.len()];
@@ -230,29 +223,6 @@ async fn connect(args: &Args) -> anyhow::Result<Vec<Channel>> {
         );
     }
     Ok(channels)
-}
-
-/// TLS from `--cacert`, `--cert` and `--key` (none given: plain connections).
-fn tls_config(args: &Args) -> anyhow::Result<Option<tonic::transport::ClientTlsConfig>> {
-    let read =
-        |p: &std::path::Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
-    let mut tls = match &args.cacert {
-        Some(ca) => tonic::transport::ClientTlsConfig::new()
-            .ca_certificate(tonic::transport::Certificate::from_pem(read(ca)?)),
-        None if args.cert.is_none() => return Ok(None),
-        None => tonic::transport::ClientTlsConfig::new(),
-    };
-    match (&args.cert, &args.key) {
-        (Some(cert), Some(key)) => {
-            tls = tls.identity(tonic::transport::Identity::from_pem(
-                read(cert)?,
-                read(key)?,
-            ));
-        }
-        (None, None) => {}
-        _ => anyhow::bail!("--cert and --key go together"),
-    }
-    Ok(Some(tls))
 }
 
 /// What every client loop shares: the request counter, pacing and the end condition.
