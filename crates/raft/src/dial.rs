@@ -92,7 +92,11 @@ pub fn channel_over(url: &str, tls: Option<Arc<tls::ClientTls>>) -> Result<Chann
                 Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
             }
         });
-        let endpoint = Endpoint::from_shared(url.to_string()).map_err(|e| format!("{url}: {e}"))?;
+        // The connector does the TLS; tonic is given the plain scheme, since a tonic built
+        // with its own TLS feature (feature unification in a workspace build) refuses an
+        // https URI it has no TLS configuration for.
+        let plain = format!("http://{rest}");
+        let endpoint = Endpoint::from_shared(plain).map_err(|e| format!("{url}: {e}"))?;
         return Ok(endpoint.connect_with_connector_lazy(connector));
     }
     let dial = match routed {
