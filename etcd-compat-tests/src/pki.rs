@@ -97,6 +97,21 @@ impl Ca {
     }
 }
 
+/// A member's flags for mutual TLS with its clients and its peers, one certificate for both
+/// (`cert`, `key`), verifying both with `ca`.
+pub fn member_mtls_flags(ca: &str, cert: &str, key: &str) -> Vec<String> {
+    vec![
+        format!("--cert-file={cert}"),
+        format!("--key-file={key}"),
+        format!("--trusted-ca-file={ca}"),
+        "--client-cert-auth".to_string(),
+        format!("--peer-cert-file={cert}"),
+        format!("--peer-key-file={key}"),
+        format!("--peer-trusted-ca-file={ca}"),
+        "--peer-client-cert-auth".to_string(),
+    ]
+}
+
 fn path(p: &Path) -> String {
     p.display().to_string()
 }

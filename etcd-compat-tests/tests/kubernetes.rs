@@ -175,16 +175,8 @@ fn apiserver_tls() -> &'static ApiserverTls {
         };
         let member = leaf("member", "member");
         let cert = leaf("apiserver-etcd-client", "kube-apiserver-etcd-client");
-        let server_flags = vec![
-            format!("--cert-file={}", member.0),
-            format!("--key-file={}", member.1),
-            format!("--trusted-ca-file={}", ca.cert_file()),
-            "--client-cert-auth".to_string(),
-            format!("--peer-cert-file={}", member.0),
-            format!("--peer-key-file={}", member.1),
-            format!("--peer-trusted-ca-file={}", ca.cert_file()),
-            "--peer-client-cert-auth".to_string(),
-        ];
+        let server_flags =
+            etcd_compat_tests::pki::member_mtls_flags(&ca.cert_file(), &member.0, &member.1);
         use_client_tls(ClientTlsFiles {
             ca: ca.cert_file(),
             cert: cert.0.clone(),

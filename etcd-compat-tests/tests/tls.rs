@@ -116,22 +116,28 @@ fn mtls_scenario(lab: &Lab) -> impl Fn(&mut Transcript, &Server) + '_ {
         run(t, &good, &["del", "foo"]);
         run(t, &good, &["endpoint", "health"]);
         run(t, &good, &["member", "list", "-w", "json"]);
-        t.note("no client certificate:");
-        let mut none = lab.ctl(&lab.ca, None);
-        none.extend(FAST.map(String::from));
-        run(t, &none, &["get", "foo"]);
-        t.note("a client certificate from another CA:");
-        let mut other = lab.ctl(&lab.ca, Some(&lab.other_client));
-        other.extend(FAST.map(String::from));
-        run(t, &other, &["get", "foo"]);
-        t.note("an expired client certificate:");
-        let mut expired = lab.ctl(&lab.ca, Some(&lab.expired_client));
-        expired.extend(FAST.map(String::from));
-        run(t, &expired, &["get", "foo"]);
-        t.note("the client does not trust the server's CA:");
-        let mut distrust = lab.ctl(&lab.other_ca, Some(&lab.client));
-        distrust.extend(FAST.map(String::from));
-        run(t, &distrust, &["get", "foo"]);
+        let mut refused = |what: &str, ca: &str, cert: Option<&(String, String)>| {
+            t.note(what);
+            let mut flags = lab.ctl(ca, cert);
+            flags.extend(FAST.map(String::from));
+            run(t, &flags, &["get", "foo"]);
+        };
+        refused("no client certificate:", &lab.ca, None);
+        refused(
+            "a client certificate from another CA:",
+            &lab.ca,
+            Some(&lab.other_client),
+        );
+        refused(
+            "an expired client certificate:",
+            &lab.ca,
+            Some(&lab.expired_client),
+        );
+        refused(
+            "the client does not trust the server's CA:",
+            &lab.other_ca,
+            Some(&lab.client),
+        );
         t.note("plain gRPC to the TLS port:");
         run(t, &FAST.map(String::from), &["get", "foo"]);
     }

@@ -607,6 +607,18 @@ const RANGE_1000: usize = 3;
 /// The key space of the put and range workloads.
 const KEY_SPACE: u64 = 100_000;
 
+/// Puts every key of the key space once, as the full run's put workloads do before its reads
+/// (ranges over an empty key space cost far less): for the runs of a few workloads alone.
+fn fill_key_space(bins: &Bins, cluster: &Cluster) -> Result<()> {
+    let fill = format!("put --clients 200 --conns 20 --key-space-size {KEY_SPACE}");
+    let extra = [
+        "--total".to_string(),
+        KEY_SPACE.to_string(),
+        "--sequential-keys".to_string(),
+    ];
+    bench(bins, cluster, &fill, &extra).map(|_| ())
+}
+
 fn footprint(bins: &Bins, cluster: &Cluster, args: &Args) -> Result<Footprint> {
     let secs = args.seconds.to_string();
     // The median of `rounds` runs, as for the workloads: one run alone moves by ±10%.
@@ -690,16 +702,8 @@ fn only(args: &Args, bins: &Bins, work: &std::path::Path) -> Result<()> {
         .enumerate()
         .map(|(i, s)| Cluster::start(*s, bins, work, 21_000 + 10 * i as u16))
         .collect::<Result<_>>()?;
-    // As in the full run, where the put workloads come first in every round: the reads find
-    // every key of the key space (ranges over an empty key space cost far less).
     for cluster in &clusters {
-        let fill = format!("put --clients 200 --conns 20 --key-space-size {KEY_SPACE}");
-        let extra = [
-            "--total".to_string(),
-            KEY_SPACE.to_string(),
-            "--sequential-keys".to_string(),
-        ];
-        bench(bins, cluster, &fill, &extra)?;
+        fill_key_space(bins, cluster)?;
     }
     let duration = ["--duration".to_string(), args.seconds.to_string()];
     let mut qps: BTreeMap<(usize, usize), Vec<f64>> = BTreeMap::new();

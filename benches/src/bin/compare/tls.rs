@@ -12,7 +12,7 @@ use std::time::Instant;
 use anyhow::Result;
 use etcd_compat_tests::pki::{Ca, Leaf};
 
-use crate::{bench, median, Bins, Cluster, Figures, System, KEY_SPACE, WORKLOADS};
+use crate::{bench, fill_key_space, median, Bins, Cluster, Figures, System, WORKLOADS};
 
 /// The workloads of the TLS rows (names from [`WORKLOADS`]).
 const ROWS: [&str; 2] = ["put, 1000 clients", "range, 1000 clients"];
@@ -45,17 +45,7 @@ impl Lab {
 
     /// A member's flags: client and peer mutual TLS.
     pub fn server_flags(&self) -> Vec<String> {
-        let (cert, key) = &self.server;
-        vec![
-            format!("--cert-file={cert}"),
-            format!("--key-file={key}"),
-            format!("--trusted-ca-file={}", self.ca),
-            "--client-cert-auth".into(),
-            format!("--peer-cert-file={cert}"),
-            format!("--peer-key-file={key}"),
-            format!("--peer-trusted-ca-file={}", self.ca),
-            "--peer-client-cert-auth".into(),
-        ]
+        etcd_compat_tests::pki::member_mtls_flags(&self.ca, &self.server.0, &self.server.1)
     }
 
     /// `tandem-ctl bench`'s flags.
@@ -88,13 +78,7 @@ pub fn run(bins: &Bins, work: &Path, rounds: usize, seconds: u64) -> Result<Stri
         })
         .collect::<Result<_>>()?;
     for cluster in &clusters {
-        let fill = format!("put --clients 200 --conns 20 --key-space-size {KEY_SPACE}");
-        let extra = [
-            "--total".to_string(),
-            KEY_SPACE.to_string(),
-            "--sequential-keys".to_string(),
-        ];
-        bench(bins, cluster, &fill, &extra)?;
+        fill_key_space(bins, cluster)?;
     }
     let workloads: Vec<_> = ROWS
         .iter()
