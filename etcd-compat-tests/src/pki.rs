@@ -57,6 +57,17 @@ impl Ca {
         path(&self.dir.join(format!("{}.crt", self.name)))
     }
 
+    /// A valid certificate for `common_name` on loopback (127.0.0.1 and localhost), as
+    /// [`Ca::leaf`] makes it.
+    pub fn loopback_leaf(&self, file: &str, common_name: &str) -> Result<(String, String)> {
+        self.leaf(&Leaf {
+            file,
+            common_name,
+            hosts: &["127.0.0.1", "localhost"],
+            expired: false,
+        })
+    }
+
     /// Signs a certificate for client and server use; writes `<file>.crt` and `<file>.key`
     /// and returns their paths.
     pub fn leaf(&self, leaf: &Leaf<'_>) -> Result<(String, String)> {

@@ -158,23 +158,16 @@ static APISERVER_TLS: OnceLock<ApiserverTls> = OnceLock::new();
 
 fn apiserver_tls() -> &'static ApiserverTls {
     APISERVER_TLS.get_or_init(|| {
-        use etcd_compat_tests::pki::{Ca, Leaf};
+        use etcd_compat_tests::pki::Ca;
         let dir = tempfile::Builder::new()
             .prefix("pki-")
             .tempdir()
             .expect("dir");
         let ca = Ca::new(dir.path(), "etcd-ca").expect("ca");
-        let leaf = |file: &str, common_name: &str| {
-            ca.leaf(&Leaf {
-                file,
-                common_name,
-                hosts: &["127.0.0.1", "localhost"],
-                expired: false,
-            })
-            .expect("leaf")
-        };
-        let member = leaf("member", "member");
-        let cert = leaf("apiserver-etcd-client", "kube-apiserver-etcd-client");
+        let member = ca.loopback_leaf("member", "member").expect("leaf");
+        let cert = ca
+            .loopback_leaf("apiserver-etcd-client", "kube-apiserver-etcd-client")
+            .expect("leaf");
         let server_flags =
             etcd_compat_tests::pki::member_mtls_flags(&ca.cert_file(), &member.0, &member.1);
         use_client_tls(ClientTlsFiles {

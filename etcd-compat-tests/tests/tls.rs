@@ -33,24 +33,23 @@ impl Lab {
             .expect("dir");
         let ca = Ca::new(dir.path(), "ca").expect("ca");
         let other = Ca::new(dir.path(), "other-ca").expect("other ca");
-        let leaf = |ca: &Ca, file: &str, cn: &str, expired: bool| {
-            ca.leaf(&Leaf {
-                file,
-                common_name: cn,
-                hosts: &["127.0.0.1", "localhost"],
-                expired,
-            })
-            .expect("leaf")
-        };
+        let leaf = |ca: &Ca, file: &str, cn: &str| ca.loopback_leaf(file, cn).expect("leaf");
         Lab {
             ca: ca.cert_file(),
             other_ca: other.cert_file(),
-            server: leaf(&ca, "server", "server", false),
-            client: leaf(&ca, "client", "root", false),
-            other_client: leaf(&other, "other-client", "root", false),
-            expired_client: leaf(&ca, "expired-client", "root", true),
-            peer: leaf(&ca, "peer", "peer", false),
-            other_peer: leaf(&other, "other-peer", "peer", false),
+            server: leaf(&ca, "server", "server"),
+            client: leaf(&ca, "client", "root"),
+            other_client: leaf(&other, "other-client", "root"),
+            expired_client: ca
+                .leaf(&Leaf {
+                    file: "expired-client",
+                    common_name: "root",
+                    hosts: &["127.0.0.1", "localhost"],
+                    expired: true,
+                })
+                .expect("leaf"),
+            peer: leaf(&ca, "peer", "peer"),
+            other_peer: leaf(&other, "other-peer", "peer"),
             peer_elsewhere: ca
                 .leaf(&Leaf {
                     file: "peer-elsewhere",
@@ -143,24 +142,20 @@ fn mtls_scenario(lab: &Lab) -> impl Fn(&mut Transcript, &Server) + '_ {
     }
 }
 
+/// etcdctl of `version` against tandem and the etcd of the same version, both on client mTLS.
+fn mtls_as_etcd(version: CtlVersion) {
+    let lab = Lab::new();
+    compare_with_etcd(version, &strs(&lab.client_mtls()), mtls_scenario(&lab));
+}
+
 #[test]
 fn etcdctl_over_mutual_tls_and_refusals_as_etcd_3_5() {
-    let lab = Lab::new();
-    compare_with_etcd(
-        CtlVersion::V35,
-        &strs(&lab.client_mtls()),
-        mtls_scenario(&lab),
-    );
+    mtls_as_etcd(CtlVersion::V35);
 }
 
 #[test]
 fn etcdctl_over_mutual_tls_and_refusals_as_etcd_3_4() {
-    let lab = Lab::new();
-    compare_with_etcd(
-        CtlVersion::V34,
-        &strs(&lab.client_mtls()),
-        mtls_scenario(&lab),
-    );
+    mtls_as_etcd(CtlVersion::V34);
 }
 
 #[test]

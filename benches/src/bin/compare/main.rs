@@ -736,23 +736,29 @@ fn only(args: &Args, bins: &Bins, work: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
+/// Writes a partial run's markdown report to `out` and prints it.
+fn write_report(md: &str, out: &Path) -> Result<()> {
+    std::fs::write(out, md)?;
+    print!("{md}");
+    eprintln!("wrote {}", out.display());
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let args = Args::parse();
     let bins = Bins::find(&args)?;
     let work = std::path::absolute(&args.work_dir)?;
     if args.tls {
-        let md = tls::run(&bins, &work, args.rounds, args.seconds)?;
-        std::fs::write(&args.tls_out, &md)?;
-        print!("{md}");
-        eprintln!("wrote {}", args.tls_out.display());
-        return Ok(());
+        return write_report(
+            &tls::run(&bins, &work, args.rounds, args.seconds)?,
+            &args.tls_out,
+        );
     }
     if args.witness_path {
-        let md = witness_path::run(&bins, &work, args.rounds, args.seconds)?;
-        std::fs::write(&args.witness_path_out, &md)?;
-        print!("{md}");
-        eprintln!("wrote {}", args.witness_path_out.display());
-        return Ok(());
+        return write_report(
+            &witness_path::run(&bins, &work, args.rounds, args.seconds)?,
+            &args.witness_path_out,
+        );
     }
     if !args.workloads.is_empty() {
         return only(&args, &bins, &work);

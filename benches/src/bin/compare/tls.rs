@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Result;
-use etcd_compat_tests::pki::{Ca, Leaf};
+use etcd_compat_tests::pki::Ca;
 
 use crate::{bench, fill_key_space, median, Bins, Cluster, Figures, System, WORKLOADS};
 
@@ -28,17 +28,9 @@ impl Lab {
     fn make(dir: &Path) -> Result<Self> {
         let _ = std::fs::remove_dir_all(dir);
         let ca = Ca::new(dir, "ca")?;
-        let leaf = |file: &str, common_name: &str| {
-            ca.leaf(&Leaf {
-                file,
-                common_name,
-                hosts: &["127.0.0.1", "localhost"],
-                expired: false,
-            })
-        };
         Ok(Lab {
-            server: leaf("member", "member")?,
-            client: leaf("client", "root")?,
+            server: ca.loopback_leaf("member", "member")?,
+            client: ca.loopback_leaf("client", "root")?,
             ca: ca.cert_file(),
         })
     }
