@@ -87,6 +87,14 @@ impl Drop for Ending<'_> {
     }
 }
 
+/// How long a move waits for the transferee's campaign before asking again: a third of an
+/// election timeout, so two more campaigns fit before the other followers' own timers (their
+/// lease and half an election timeout after the silence) fire; never under three heartbeats, so
+/// a vote round on a slow machine is not cut short by the next.
+fn campaign_retry_ms(election_timeout_ms: u64, heartbeat_ms: u64) -> u64 {
+    (election_timeout_ms / 3).max(3 * heartbeat_ms)
+}
+
 impl<C: Types> Member<C> {
     /// Moves leadership from this member to `target` within `timeout`, as `etcdctl move-leader`
     /// asks. Moving to itself succeeds at once, as etcd's does.
@@ -130,7 +138,7 @@ impl<C: Types> Member<C> {
             timeout.as_millis() as u64,
             config.election_timeout_max,
             config.heartbeat_interval,
-            self.election_timeout_ms,
+            campaign_retry_ms(self.election_timeout_ms, config.heartbeat_interval),
         );
         tracing::info!(to = %format!("{target:x}"), "leadership transfer starting");
         loop {

@@ -591,6 +591,11 @@ pub async fn serve_forward<C: Types>(
         )),
         ForwardRequest::Members => Ok(members_answer(0, &raft.metrics().borrow())),
         ForwardRequest::Campaign => {
+            // Asked again after winning (the old leader had not heard yet): a new election
+            // would only depose this member.
+            if raft.metrics().borrow().state == openraft::ServerState::Leader {
+                return Ok(ForwardResponse::Campaigning);
+            }
             tracing::info!("asked by the leader to stand for election (the witness hands over, or etcd's MoveLeader)");
             raft.trigger()
                 .elect()

@@ -6,7 +6,9 @@
 //! 2. falls **silent**: no AppendEntries (heartbeats included) and no snapshot chunk leaves it;
 //! 3. once a lease and a margin (messages already on their way) have passed, asks the
 //!    transferee to stand for election (`ForwardRequest::Campaign`), and again every
-//!    `retry_ms`;
+//!    `retry_ms` while nobody else leads — sooner than the followers' own election timers
+//!    (lease + [E/2, E)) fire, so a campaign lost to a late message (a voter whose lease was
+//!    renewed by a heartbeat delayed past the margin) is not overtaken by another follower's;
 //! 4. is done when it no longer leads and the transferee does; past the deadline the move has
 //!    failed (etcd: "leader transfer took too long"), the silence ends and the held requests
 //!    go on.
@@ -102,10 +104,16 @@ impl Transfer {
             }
             return Step::Wait;
         };
-        // Deposed (the transferee's vote arrived, its first heartbeat has not): wait for it.
-        if !o.leading || o.now_ms < since + self.lease_ms + self.margin_ms {
+        // Another member won: nothing to ask (etcd too waits for its deadline).
+        if !o.leading && o.current_leader.is_some() {
             return Step::Wait;
         }
+        if o.now_ms < since + self.lease_ms + self.margin_ms {
+            return Step::Wait;
+        }
+        // Deposed with no leader known: the transferee's vote arrived and its first heartbeat
+        // is on its way, or its campaign was lost; asked again after `retry_ms` (a leader asked
+        // to stand answers without a new election).
         if self
             .last_campaign
             .is_some_and(|t| o.now_ms < t + self.retry_ms)
@@ -175,6 +183,18 @@ mod tests {
                     obs(1600, Some(ME), 10, 10),
                 ],
                 vec![FallSilent, Campaign, Wait, Campaign],
+            ),
+            (
+                "deposed with no leader known: asked again after retry (a lost campaign)",
+                vec![
+                    obs(0, Some(ME), 10, 10),
+                    obs(600, Some(ME), 10, 10),
+                    obs(700, None, 10, 10),
+                    obs(1599, None, 10, 10),
+                    obs(1600, None, 10, 10),
+                    obs(1650, Some(B), 10, 10),
+                ],
+                vec![FallSilent, Campaign, Wait, Wait, Campaign, Moved],
             ),
             (
                 "past the deadline: timed out, caught up or not",
