@@ -18,6 +18,8 @@ pub const META_CURRENT: &str = "current_revision";
 pub const META_COMPACTED: &str = "compacted_revision";
 /// Raised alarms (postcard-encoded list).
 pub const META_ALARMS: &str = "alarms";
+/// The authentication state (`auth::AuthState`): a version byte (1), then postcard.
+pub const META_AUTH: &str = "auth";
 /// Prefix of the keys that callers (the replication layer) own.
 pub const META_EXTERNAL_PREFIX: &str = "ext/";
 

@@ -26,6 +26,33 @@ pub enum Error {
     /// The CORRUPT alarm is raised: the cluster refuses mutations until it is disarmed.
     #[error("corrupt cluster")]
     CorruptCluster,
+    // etcd's auth store errors (`server/auth/store.go`).
+    #[error("root user does not exist")]
+    RootUserNotExist,
+    #[error("root user does not have root role")]
+    RootRoleNotExist,
+    #[error("user already exists")]
+    UserAlreadyExist,
+    #[error("user name is empty")]
+    UserEmpty,
+    #[error("user not found")]
+    UserNotFound,
+    #[error("role already exists")]
+    RoleAlreadyExist,
+    #[error("role not found")]
+    RoleNotFound,
+    #[error("role name is empty")]
+    RoleEmpty,
+    #[error("permission denied")]
+    PermissionDenied,
+    #[error("role is not granted to the user")]
+    RoleNotGranted,
+    #[error("permission is not granted to the role")]
+    PermissionNotGranted,
+    #[error("revision in header is old")]
+    AuthOldRevision,
+    #[error("invalid auth management")]
+    InvalidAuthMgmt,
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

@@ -7,6 +7,7 @@
 //! ordered; applying the same commands in the same order gives byte-identical state (checked by
 //! [`Store::hash_kv`]). The storage engine (redb) is named only in `backend`.
 
+pub mod auth;
 mod backend;
 mod encoding;
 mod error;

@@ -234,6 +234,12 @@ pub enum Command {
         id: i64,
         term: u64,
     },
+    /// A change to users, roles, permissions or whether authentication is enabled.
+    Auth(crate::auth::AuthCommand),
+    /// A client's request with who asked: applied only if the auth state, as of this entry,
+    /// permits it (etcd's auth applier), so a permission revoked after the request was taken
+    /// still stops it.
+    As(crate::auth::Caller, Box<Command>),
 }
 
 impl Command {
@@ -241,6 +247,9 @@ impl Command {
     /// raised: Put, LeaseGrant and every Txn, even one that only reads or deletes (etcd 3.5.1
     /// refuses both; a plain DeleteRange passes).
     pub fn quota_checked(&self) -> bool {
+        if let Command::As(_, c) = self {
+            return c.quota_checked();
+        }
         matches!(
             self,
             Command::Put(_) | Command::LeaseGrant { .. } | Command::Txn(_)
@@ -264,7 +273,11 @@ impl Command {
                 .iter()
                 .chain(&t.failure)
                 .any(|op| !matches!(op, RequestOp::Range(_))),
-            Command::AlarmActivate(_) | Command::AlarmDeactivate(_) | Command::Noop => false,
+            Command::AlarmActivate(_)
+            | Command::AlarmDeactivate(_)
+            | Command::Noop
+            | Command::Auth(_) => false,
+            Command::As(_, c) => c.refused_when_corrupt(),
         }
     }
 
@@ -280,6 +293,7 @@ impl Command {
         match self {
             Command::Put(_) | Command::LeaseGrant { .. } => true,
             Command::Txn(t) => ops_grow(&t.success) || ops_grow(&t.failure),
+            Command::As(_, c) => c.may_grow(),
             _ => false,
         }
     }
@@ -294,6 +308,7 @@ impl Command {
     pub fn in_entry_of_term(self, term: u64) -> Command {
         match self {
             Command::LeaseExpire { term: decided, .. } if decided != term => Command::Noop,
+            Command::As(caller, c) => Command::As(caller, Box::new(c.in_entry_of_term(term))),
             cmd => cmd,
         }
     }
@@ -314,6 +329,7 @@ impl Command {
             Command::Put(p) => p.key.len() + p.value.len(),
             Command::DeleteRange(d) => d.key.len(),
             Command::Txn(t) => ops_bytes(&t.success).max(ops_bytes(&t.failure)),
+            Command::As(_, c) => c.approx_bytes(),
             _ => 0,
         }
     }
@@ -330,6 +346,7 @@ pub enum CommandResponse {
     LeaseRevoke { revision: i64 },
     Alarm { alarms: Vec<Alarm>, revision: i64 },
     Noop { revision: i64 },
+    Auth { revision: i64 },
 }
 
 impl CommandResponse {
@@ -354,6 +371,7 @@ impl CommandResponse {
                 revision: rev,
             },
             CommandResponse::Noop { .. } => CommandResponse::Noop { revision: rev },
+            CommandResponse::Auth { .. } => CommandResponse::Auth { revision: rev },
         }
     }
 }

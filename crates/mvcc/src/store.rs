@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 
+use crate::auth::{AuthState, Caller, PermType};
 use crate::backend::*;
 use crate::encoding::{decode_kv, encode_kv};
 use crate::error::{Error, Result};
@@ -68,6 +69,8 @@ struct Inner {
     compacted: i64,
     leases: BTreeMap<i64, LeaseState>,
     alarms: BTreeSet<Alarm>,
+    /// Users, roles and permissions; replaced whole by a change.
+    auth: Arc<AuthState>,
     /// The key-value table as of the last change, shared by reads until the next write lock.
     kv_reader: Mutex<Option<Arc<KvReader>>>,
 }
@@ -168,6 +171,7 @@ impl Store {
             compacted: 0,
             leases: BTreeMap::new(),
             alarms: BTreeSet::new(),
+            auth: Arc::default(),
             kv_reader: Mutex::new(None),
         };
         inner.load()?;
@@ -230,6 +234,7 @@ impl Store {
             Durability::None
         })?;
         let mut batch = AppliedBatch::default();
+        let auth_before = Arc::clone(&inner.auth);
         {
             let mut kv = tx.open_table(KV)?;
             let mut lease = tx.open_table(LEASE)?;
@@ -258,6 +263,9 @@ impl Store {
             let encoded =
                 postcard::to_stdvec(&alarms).map_err(|e| Error::Storage(e.to_string()))?;
             metat.insert(META_ALARMS, encoded.as_slice())?;
+            if !Arc::ptr_eq(&auth_before, &inner.auth) {
+                metat.insert(META_AUTH, encode_auth(&inner.auth)?.as_slice())?;
+            }
             for (k, v) in meta {
                 let key = format!("{META_EXTERNAL_PREFIX}{k}");
                 metat.insert(key.as_str(), v.as_slice())?;
@@ -406,6 +414,11 @@ impl Store {
             .collect()
     }
 
+    /// The authentication state as of the last applied command.
+    pub fn auth(&self) -> Arc<AuthState> {
+        Arc::clone(&self.read().auth)
+    }
+
     pub fn alarms(&self) -> Vec<Alarm> {
         self.read().alarms.iter().copied().collect()
     }
@@ -538,6 +551,10 @@ impl Inner {
                 .collect(),
             None => BTreeSet::new(),
         };
+        self.auth = Arc::new(match meta.get(META_AUTH)? {
+            Some(v) => decode_auth(v.value())?,
+            None => AuthState::default(),
+        });
         self.index = TreeIndex::default();
         let kv = tx.open_table(KV)?;
         for item in kv.iter()? {
@@ -701,6 +718,24 @@ fn range_in(
     })
 }
 
+/// Version byte of the stored auth state.
+const AUTH_FORMAT_V1: u8 = 1;
+
+fn encode_auth(a: &AuthState) -> Result<Vec<u8>> {
+    let mut out = vec![AUTH_FORMAT_V1];
+    out.extend(postcard::to_stdvec(a).map_err(|e| Error::Storage(e.to_string()))?);
+    Ok(out)
+}
+
+fn decode_auth(b: &[u8]) -> Result<AuthState> {
+    match b.split_first() {
+        Some((&AUTH_FORMAT_V1, body)) => {
+            postcard::from_bytes(body).map_err(|e| Error::Corrupt(format!("auth state: {e}")))
+        }
+        _ => Err(Error::Corrupt("auth state: unknown format".into())),
+    }
+}
+
 /// Applies one command inside an open engine transaction.
 struct Writer<'a, 't> {
     inner: &'a mut Inner,
@@ -801,7 +836,59 @@ impl Writer<'_, '_> {
                 }
             }
             Command::Noop => CommandResponse::Noop { revision: current },
+            Command::Auth(a) => {
+                let mut next = (*self.inner.auth).clone();
+                if let Err(e) = next.apply(a) {
+                    return Ok(Err(e));
+                }
+                self.inner.auth = Arc::new(next);
+                CommandResponse::Auth { revision: current }
+            }
+            Command::As(caller, cmd) => {
+                if let Err(e) = self.authorize(caller, cmd) {
+                    return Ok(Err(e));
+                }
+                return self.apply(cmd);
+            }
         }))
+    }
+
+    /// etcd's auth applier: whether `caller` may have `cmd` applied, by the auth state as of
+    /// this entry.
+    fn authorize(&self, caller: &Caller, cmd: &Command) -> Result<()> {
+        let auth = &self.inner.auth;
+        if !auth.enabled {
+            return Ok(());
+        }
+        match cmd {
+            Command::Put(p) => {
+                auth.check_put(caller, p)?;
+                self.authorize_lease_keys(caller, p.lease)
+            }
+            Command::DeleteRange(d) => auth.check_delete(caller, d),
+            Command::Txn(t) => auth.check_txn(caller, t),
+            Command::LeaseRevoke { id } => self.authorize_lease_keys(caller, *id),
+            // etcd 3.5.1 lets anyone grant a lease; tandem asks for a user at least.
+            Command::LeaseGrant { .. } => auth.check_authenticated(caller),
+            Command::Compact { .. }
+            | Command::AlarmActivate(_)
+            | Command::AlarmDeactivate(_)
+            | Command::Auth(_) => auth.check_admin(caller),
+            Command::As(_, _) | Command::Noop | Command::LeaseExpire { .. } => Ok(()),
+        }
+    }
+
+    /// etcd's `checkLeasePuts`: attaching to or revoking a lease needs write permission on
+    /// every key the lease holds.
+    fn authorize_lease_keys(&self, caller: &Caller, lease: i64) -> Result<()> {
+        if let Some(l) = self.inner.leases.get(&lease) {
+            for key in &l.keys {
+                self.inner
+                    .auth
+                    .check_op(caller, key, &[], PermType::Write)?;
+            }
+        }
+        Ok(())
     }
 
     /// The revision reads inside the running command see: including its own earlier changes.

@@ -52,6 +52,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         &self,
         request: Request<pb::MemberAddRequest>,
     ) -> Result<Response<pb::MemberAddResponse>, Status> {
+        self.node.require_admin(&request)?;
         let witness = request
             .metadata()
             .get(etcd_api::MEMBER_ROLE_METADATA)
@@ -96,6 +97,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         &self,
         request: Request<pb::MemberRemoveRequest>,
     ) -> Result<Response<pb::MemberRemoveResponse>, Status> {
+        self.node.require_admin(&request)?;
         let id = request.get_ref().id;
         let members = self.change(MemberChange::Remove { id }).await?;
         Ok(Response::new(pb::MemberRemoveResponse {
@@ -108,6 +110,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         &self,
         request: Request<pb::MemberUpdateRequest>,
     ) -> Result<Response<pb::MemberUpdateResponse>, Status> {
+        self.node.require_admin(&request)?;
         let r = request.into_inner();
         let peer_urls = crate::config::member_urls(&r.peer_ur_ls)
             .map_err(|_| rpctypes::MEMBER_BAD_URLS.status())?;
@@ -127,6 +130,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         &self,
         request: Request<pb::MemberListRequest>,
     ) -> Result<Response<pb::MemberListResponse>, Status> {
+        self.node.require_user(&request)?;
         if request.get_ref().linearizable {
             self.node.read_index().await?;
         }
@@ -140,6 +144,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         &self,
         request: Request<pb::MemberPromoteRequest>,
     ) -> Result<Response<pb::MemberPromoteResponse>, Status> {
+        self.node.require_admin(&request)?;
         let id = request.get_ref().id;
         let members = self.change(MemberChange::Promote { id }).await?;
         Ok(Response::new(pb::MemberPromoteResponse {

@@ -104,6 +104,15 @@ pub struct Flags {
     /// Maximum number of operations permitted in a transaction.
     #[arg(long, env = "ETCD_MAX_TXN_OPS", default_value_t = 128)]
     pub max_txn_ops: usize,
+    /// Specify auth token specific options ("simple").
+    #[arg(long, env = "ETCD_AUTH_TOKEN", default_value = "simple")]
+    pub auth_token: String,
+    /// The lifetime in seconds of the auth token.
+    #[arg(long, env = "ETCD_AUTH_TOKEN_TTL", default_value_t = 300)]
+    pub auth_token_ttl: u64,
+    /// Specify bcrypt algorithm cost factor for auth password hashing.
+    #[arg(long, env = "ETCD_BCRYPT_COST", default_value_t = 10)]
+    pub bcrypt_cost: u32,
     /// Auto compaction mode: "periodic" or "revision".
     #[arg(long, env = "ETCD_AUTO_COMPACTION_MODE", default_value = "periodic")]
     pub auto_compaction_mode: String,
@@ -377,7 +386,6 @@ unsupported_flags! {
     discovery = "discovery", "ETCD_DISCOVERY";
     discovery_srv = "discovery-srv", "ETCD_DISCOVERY_SRV";
     enable_v2 = "enable-v2", "ETCD_ENABLE_V2";
-    auth_token = "auth-token", "ETCD_AUTH_TOKEN";
     listen_client_http_urls = "listen-client-http-urls", "ETCD_LISTEN_CLIENT_HTTP_URLS";
     force_new_cluster = "force-new-cluster", "ETCD_FORCE_NEW_CLUSTER";
     wal_dir = "wal-dir", "ETCD_WAL_DIR";
@@ -418,6 +426,10 @@ pub struct Config {
     pub witness_max_payload_bytes: u64,
     pub max_request_bytes: u32,
     pub max_txn_ops: usize,
+    /// How long a token lives unused, in seconds (`--auth-token-ttl`).
+    pub auth_token_ttl_secs: u64,
+    /// `--bcrypt-cost`, within bcrypt's bounds.
+    pub bcrypt_cost: u32,
     pub auto_compaction: AutoCompaction,
     pub heartbeat_interval_ms: u64,
     pub election_timeout_ms: u64,
@@ -784,6 +796,17 @@ impl Flags {
         if progress_notify_interval.is_zero() {
             bail!("--experimental-watch-progress-notify-interval must be positive");
         }
+        match self.auth_token.split(',').next().unwrap_or_default() {
+            "simple" => {}
+            "jwt" => bail!(
+                "--auth-token={}: JWT tokens are not supported yet; use --auth-token=simple",
+                self.auth_token
+            ),
+            _ => bail!(
+                "--auth-token={}: auth: invalid auth options",
+                self.auth_token
+            ),
+        }
         let member_id = member_id(&advertise_peer_urls, token);
         let tls = Tls::from_flags(&self.tls)?;
         let client_urls = split_urls(&self.listen_client_urls);
@@ -829,6 +852,8 @@ impl Flags {
             },
             max_request_bytes: self.max_request_bytes,
             max_txn_ops: self.max_txn_ops,
+            auth_token_ttl_secs: self.auth_token_ttl,
+            bcrypt_cost: crate::authn::bcrypt_cost(self.bcrypt_cost),
             auto_compaction,
             heartbeat_interval_ms: self.heartbeat_interval,
             election_timeout_ms: self.election_timeout,

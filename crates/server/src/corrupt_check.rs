@@ -45,7 +45,8 @@ async fn peer_hashes(node: &Node, revision: i64) -> Vec<PeerHash> {
         let Some(url) = member.client_urls.first() else {
             continue;
         };
-        match tokio::time::timeout(PEER_TIMEOUT, peer_hash(url, revision)).await {
+        let proof = crate::authn::member_proof(&node.store.auth());
+        match tokio::time::timeout(PEER_TIMEOUT, peer_hash(url, revision, proof)).await {
             Ok(Ok((hash, compact_revision))) => out.push(PeerHash {
                 member_id: id,
                 hash,
@@ -77,14 +78,18 @@ fn is_behind(e: &anyhow::Error) -> bool {
 pub(crate) static CLIENT_DIALER: std::sync::OnceLock<Arc<tls::ClientTls>> =
     std::sync::OnceLock::new();
 
-async fn peer_hash(url: &str, revision: i64) -> anyhow::Result<(u32, i64)> {
+/// A peer's HashKV; with authentication enabled the request carries this member's proof of
+/// membership (`authn::member_proof`) in place of an admin's token.
+async fn peer_hash(url: &str, revision: i64, proof: Option<String>) -> anyhow::Result<(u32, i64)> {
     let channel = raft::dial::channel_over(url, CLIENT_DIALER.get().cloned())
         .map_err(|e| anyhow::anyhow!(e))?;
     let mut client = pb::maintenance_client::MaintenanceClient::new(channel);
-    let r = client
-        .hash_kv(pb::HashKvRequest { revision })
-        .await?
-        .into_inner();
+    let mut req = tonic::Request::new(pb::HashKvRequest { revision });
+    if let Some(proof) = proof.and_then(|p| p.parse().ok()) {
+        req.metadata_mut()
+            .insert(crate::authn::MEMBER_PROOF_METADATA, proof);
+    }
+    let r = client.hash_kv(req).await?.into_inner();
     Ok((r.hash, r.compact_revision))
 }
 

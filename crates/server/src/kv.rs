@@ -7,6 +7,7 @@ use std::sync::Arc;
 use etcd_api::etcdserverpb as pb;
 use etcd_api::etcdserverpb::request_op::Request as Op;
 use etcd_api::rpctypes;
+use mvcc::auth::PermType;
 use mvcc::{Command, CommandResponse};
 use prost::Message;
 use tonic::{Request, Response, Status};
@@ -154,16 +155,20 @@ impl pb::kv_server::Kv for KvService {
         &self,
         request: Request<pb::RangeRequest>,
     ) -> Result<Response<pb::RangeResponse>, Status> {
+        let caller = self.node.caller(&request)?;
         let r = request.into_inner();
         check_range(&r)?;
         if !r.serializable {
             self.node.read_index().await?;
         }
+        self.node
+            .authorize(|a| a.check_op(&caller, &r.key, &r.range_end, PermType::Read))?;
         let resp = self
             .node
             .store
             .range(&convert::range_from_pb(&r))
             .map_err(crate::errors::from_mvcc)?;
+        self.node.recheck(&caller)?;
         Ok(Response::new(self.node.headers().range(resp)))
     }
 
@@ -171,13 +176,14 @@ impl pb::kv_server::Kv for KvService {
         &self,
         request: Request<pb::PutRequest>,
     ) -> Result<Response<pb::PutResponse>, Status> {
+        let caller = self.node.caller(&request)?;
         let r = request.into_inner();
         check_put(&r)?;
         let len = r.encoded_len();
         self.node.check_size(len)?;
         match self
             .node
-            .propose(Command::Put(convert::put_from_pb(&r)), len)
+            .propose_as(caller, Command::Put(convert::put_from_pb(&r)), len)
             .await?
         {
             CommandResponse::Put(p) => Ok(Response::new(self.node.headers().put(p))),
@@ -189,12 +195,13 @@ impl pb::kv_server::Kv for KvService {
         &self,
         request: Request<pb::DeleteRangeRequest>,
     ) -> Result<Response<pb::DeleteRangeResponse>, Status> {
+        let caller = self.node.caller(&request)?;
         let r = request.into_inner();
         check_delete(&r)?;
         self.node.check_size(r.encoded_len())?;
         match self
             .node
-            .propose(Command::DeleteRange(convert::delete_from_pb(&r)), 0)
+            .propose_as(caller, Command::DeleteRange(convert::delete_from_pb(&r)), 0)
             .await?
         {
             CommandResponse::DeleteRange(d) => Ok(Response::new(self.node.headers().delete(d))),
@@ -206,13 +213,14 @@ impl pb::kv_server::Kv for KvService {
         &self,
         request: Request<pb::TxnRequest>,
     ) -> Result<Response<pb::TxnResponse>, Status> {
+        let caller = self.node.caller(&request)?;
         let r = request.into_inner();
         check_txn_request(&r, self.node.config.max_txn_ops)?;
         let len = r.encoded_len();
         self.node.check_size(len)?;
         match self
             .node
-            .propose(Command::Txn(convert::txn_from_pb(&r)), len)
+            .propose_as(caller, Command::Txn(convert::txn_from_pb(&r)), len)
             .await?
         {
             CommandResponse::Txn(t) => Ok(Response::new(self.node.headers().txn(t))),
@@ -224,10 +232,12 @@ impl pb::kv_server::Kv for KvService {
         &self,
         request: Request<pb::CompactionRequest>,
     ) -> Result<Response<pb::CompactionResponse>, Status> {
+        let caller = self.node.caller(&request)?;
         let r = request.into_inner();
         match self
             .node
-            .propose(
+            .propose_as(
+                caller,
                 Command::Compact {
                     revision: r.revision,
                 },

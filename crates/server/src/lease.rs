@@ -15,6 +15,7 @@ use etcd_api::rpctypes;
 use etcd_api::tandempb::leader_lease_client::LeaderLeaseClient;
 use etcd_api::tandempb::leader_lease_server::LeaderLease;
 use futures::Stream;
+use mvcc::auth::{Caller, PermType};
 use mvcc::{Command, CommandResponse};
 use prost::Message;
 use tokio::time::Instant;
@@ -179,6 +180,7 @@ impl pb::lease_server::Lease for LeaseService {
         &self,
         request: Request<pb::LeaseGrantRequest>,
     ) -> Result<Response<pb::LeaseGrantResponse>, Status> {
+        let caller = self.node.caller(&request)?;
         let r = request.into_inner();
         if r.ttl > mvcc::MAX_LEASE_TTL_SECONDS {
             return Err(rpctypes::LEASE_TTL_TOO_LARGE.status());
@@ -190,7 +192,7 @@ impl pb::lease_server::Lease for LeaseService {
         }
         match self
             .node
-            .propose(Command::LeaseGrant { id, ttl }, r.encoded_len())
+            .propose_as(caller, Command::LeaseGrant { id, ttl }, r.encoded_len())
             .await?
         {
             CommandResponse::LeaseGrant { id, ttl, revision } => {
@@ -215,10 +217,11 @@ impl pb::lease_server::Lease for LeaseService {
         &self,
         request: Request<pb::LeaseRevokeRequest>,
     ) -> Result<Response<pb::LeaseRevokeResponse>, Status> {
+        let caller = self.node.caller(&request)?;
         let r = request.into_inner();
         match self
             .node
-            .propose(Command::LeaseRevoke { id: r.id }, 0)
+            .propose_as(caller, Command::LeaseRevoke { id: r.id }, 0)
             .await?
         {
             CommandResponse::LeaseRevoke { revision } => {
@@ -236,12 +239,17 @@ impl pb::lease_server::Lease for LeaseService {
         &self,
         request: Request<Streaming<pb::LeaseKeepAliveRequest>>,
     ) -> Result<Response<KeepAliveStream>, Status> {
+        let caller = self.node.caller(&request)?;
         let mut inbound = request.into_inner();
         let (tx, rx) = tokio::sync::mpsc::channel(KEEPALIVE_BUFFER);
         let node = Arc::clone(&self.node);
         tokio::spawn(async move {
             while let Ok(Some(req)) = inbound.message().await {
-                let reply = keep_alive(&node, req.id).await;
+                let allowed = authorize_lease(&node, &caller, req.id, PermType::Write);
+                let reply = match allowed {
+                    Ok(()) => keep_alive(&node, req.id).await,
+                    Err(e) => Err(e),
+                };
                 if tx.send(reply).await.is_err() {
                     break;
                 }
@@ -254,8 +262,10 @@ impl pb::lease_server::Lease for LeaseService {
         &self,
         request: Request<pb::LeaseTimeToLiveRequest>,
     ) -> Result<Response<pb::LeaseTimeToLiveResponse>, Status> {
+        let caller = self.node.caller(&request)?;
         let r = request.into_inner();
         let node = &self.node;
+        authorize_lease(node, &caller, r.id, PermType::Read)?;
         let mut resp = match leader_route(node).await? {
             None => time_to_live_here(node, &r).await?,
             Some(leader) => LeaderLeaseClient::new(leader)
@@ -270,9 +280,11 @@ impl pb::lease_server::Lease for LeaseService {
 
     async fn lease_leases(
         &self,
-        _request: Request<pb::LeaseLeasesRequest>,
+        request: Request<pb::LeaseLeasesRequest>,
     ) -> Result<Response<pb::LeaseLeasesResponse>, Status> {
+        let caller = self.node.caller(&request)?;
         self.node.read_index().await?;
+        self.node.authorize(|a| a.check_authenticated(&caller))?;
         let leases = self
             .node
             .store
@@ -285,6 +297,22 @@ impl pb::lease_server::Lease for LeaseService {
             leases,
         }))
     }
+}
+
+/// Whether `caller` may renew (`Write`) or read (`Read`) lease `id`, by the keys this member
+/// knows it holds (etcd's `checkLeaseRenew`, `checkLeaseTimeToLive`).
+fn authorize_lease(node: &Node, caller: &Caller, id: i64, wanted: PermType) -> Result<(), Status> {
+    node.authorize(|a| {
+        if !a.enabled {
+            return Ok(());
+        }
+        let keys: Vec<Vec<u8>> = node
+            .store
+            .lease(id)
+            .map(|l| l.keys.into_iter().collect())
+            .unwrap_or_default();
+        a.check_lease(caller, &keys, wanted)
+    })
 }
 
 /// Renews a lease: on the leader, which alone times leases, or through it. An unknown lease

@@ -4,6 +4,7 @@
 //! signal, and `main` starts it from etcd's flags.
 
 pub mod auth;
+pub mod authn;
 pub mod cluster;
 pub mod coalesce;
 pub mod compaction;

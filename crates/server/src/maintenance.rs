@@ -61,6 +61,9 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
         request: Request<pb::AlarmRequest>,
     ) -> Result<Response<pb::AlarmResponse>, Status> {
         use pb::alarm_request::AlarmAction;
+        // Reading alarms needs a user; raising or clearing one, an admin (the check is made
+        // again when the change is applied).
+        let caller = self.node.require_user(&request)?;
         let r = request.into_inner();
         let alarm = match pb::AlarmType::try_from(r.alarm).unwrap_or(pb::AlarmType::None) {
             pb::AlarmType::None => None,
@@ -68,6 +71,9 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
             pb::AlarmType::Corrupt => Some(AlarmType::Corrupt),
         };
         let action = AlarmAction::try_from(r.action).unwrap_or(AlarmAction::Get);
+        if action != AlarmAction::Get {
+            self.node.authorize(|a| a.check_admin(&caller))?;
+        }
         let alarms = match (action, alarm) {
             (AlarmAction::Get, _) | (_, None) => self
                 .node
@@ -88,7 +94,7 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
                 } else {
                     Command::AlarmDeactivate(a)
                 };
-                match self.node.propose(cmd, 0).await? {
+                match self.node.propose_as(caller, cmd, 0).await? {
                     CommandResponse::Alarm { alarms, .. } => alarms,
                     other => return Err(unexpected(other)),
                 }
@@ -102,8 +108,9 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
 
     async fn status(
         &self,
-        _request: Request<pb::StatusRequest>,
+        request: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
+        self.node.require_user(&request)?;
         let st = self.node.store.status().map_err(crate::errors::from_mvcc)?;
         let raft = self.node.status();
         Ok(Response::new(pb::StatusResponse {
@@ -125,8 +132,9 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
 
     async fn defragment(
         &self,
-        _request: Request<pb::DefragmentRequest>,
+        request: Request<pb::DefragmentRequest>,
     ) -> Result<Response<pb::DefragmentResponse>, Status> {
+        require_admin_unconverted(&self.node, &request)?;
         let store = Arc::clone(&self.node.store);
         let deadline = tokio::time::Instant::now() + DEFRAG_WAIT_MAX;
         loop {
@@ -149,8 +157,9 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
 
     async fn hash(
         &self,
-        _request: Request<pb::HashRequest>,
+        request: Request<pb::HashRequest>,
     ) -> Result<Response<pb::HashResponse>, Status> {
+        require_admin_unconverted(&self.node, &request)?;
         let (hash, ..) = self
             .node
             .store
@@ -166,6 +175,10 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
         &self,
         request: Request<pb::HashKvRequest>,
     ) -> Result<Response<pb::HashKvResponse>, Status> {
+        // A member's corruption check, or an admin.
+        if !crate::authn::is_member(&self.node.store.auth(), request.metadata()) {
+            require_admin_unconverted(&self.node, &request)?;
+        }
         let r = request.into_inner();
         let (hash, compact_revision, hash_revision) = self
             .node
@@ -184,8 +197,9 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
 
     async fn snapshot(
         &self,
-        _request: Request<pb::SnapshotRequest>,
+        request: Request<pb::SnapshotRequest>,
     ) -> Result<Response<SnapshotStream>, Status> {
+        require_admin_unconverted(&self.node, &request)?;
         let store = Arc::clone(&self.node.store);
         let dir = self.node.config.data_dir.join("member");
         // Dump to a temporary file first: its size gives `remaining_bytes`, and the keyspace is
@@ -260,6 +274,7 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
         &self,
         request: Request<pb::MoveLeaderRequest>,
     ) -> Result<Response<pb::MoveLeaderResponse>, Status> {
+        self.node.require_admin(&request)?;
         use raft::leadership::MoveError;
         // etcd waits for the move until the request's deadline (etcdctl's --command-timeout).
         let timeout = grpc_timeout(request.metadata())
@@ -280,12 +295,24 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
 
     async fn downgrade(
         &self,
-        _request: Request<pb::DowngradeRequest>,
+        request: Request<pb::DowngradeRequest>,
     ) -> Result<Response<pb::DowngradeResponse>, Status> {
+        self.node.require_admin(&request)?;
         Err(Status::unimplemented(
             "tandem: cluster downgrade is not supported",
         ))
     }
+}
+
+/// etcd 3.5's maintenance service returns the admin check's error as it is, not as a gRPC
+/// error: clients see Unknown and `auth: permission denied` (Defragment, Snapshot, Hash,
+/// HashKV).
+fn require_admin_unconverted<T>(node: &Node, req: &Request<T>) -> Result<(), Status> {
+    let caller = node.caller(req)?;
+    node.store
+        .auth()
+        .check_admin(&caller)
+        .map_err(|e| Status::unknown(format!("auth: {e}")))
 }
 
 /// The deadline a gRPC client sent with its request (the `grpc-timeout` header: digits and a

@@ -6,12 +6,14 @@ use std::time::Duration;
 
 use etcd_api::etcdserverpb as pb;
 use etcd_api::rpctypes;
+use mvcc::auth::Caller;
 use mvcc::{Command, CommandResponse, Store};
 use replication::{Replica, ReplicaStatus};
 use tokio::sync::watch;
 use tonic::Status;
 
 use crate::config::Config;
+use crate::conn::ConnInfo;
 use crate::convert::HeaderFactory;
 use crate::errors;
 use crate::lease::Lessor;
@@ -39,6 +41,8 @@ pub struct Node {
     pub disk_guard: crate::disk_guard::DiskGuard,
     /// With `--fence-command`: whether this member may fence its peer now (`raft::fence`).
     pub fence_armed: Arc<std::sync::atomic::AtomicBool>,
+    /// Authentication tokens (`--auth-token`, `--auth-token-ttl`).
+    pub tokens: crate::authn::Tokens,
 }
 
 /// How many bytes may be written before the file or in-use size is measured again.
@@ -97,7 +101,12 @@ impl Node {
         let store = Arc::clone(replica.store());
         let status = replica.watch_status();
         let lessor = Lessor::new(&config);
+        let tokens = crate::authn::Tokens::new(
+            Duration::from_secs(config.auth_token_ttl_secs),
+            config.tls.client.client_cert_auth,
+        );
         Arc::new(Self {
+            tokens,
             config,
             replica,
             store,
@@ -212,6 +221,57 @@ impl Node {
             return Err(rpctypes::NO_SPACE.status());
         }
         Ok(())
+    }
+
+    /// Who sent `req` (etcd's `AuthInfoFromCtx`); a bad token is `invalid auth token`.
+    pub fn caller<T>(&self, req: &tonic::Request<T>) -> Result<Caller, Status> {
+        let auth = self.store.auth();
+        self.tokens
+            .caller(&auth, req.metadata(), req.extensions().get::<ConnInfo>())
+            .map_err(|crate::authn::AuthnError::InvalidToken| rpctypes::INVALID_AUTH_TOKEN.status())
+    }
+
+    /// Checks `caller` against the auth state now (for what is served without the log).
+    pub fn authorize(
+        &self,
+        check: impl FnOnce(&mvcc::auth::AuthState) -> mvcc::Result<()>,
+    ) -> Result<(), Status> {
+        check(&self.store.auth()).map_err(errors::from_mvcc)
+    }
+
+    /// etcd's `IsAdminPermitted` on a request's sender: with authentication enabled, only a
+    /// user with the root role.
+    pub fn require_admin<T>(&self, req: &tonic::Request<T>) -> Result<Caller, Status> {
+        let caller = self.caller(req)?;
+        self.authorize(|a| a.check_admin(&caller))?;
+        Ok(caller)
+    }
+
+    /// etcd's `requireAuthInfo`: with authentication enabled, a request must name a user.
+    pub fn require_user<T>(&self, req: &tonic::Request<T>) -> Result<Caller, Status> {
+        let caller = self.caller(req)?;
+        self.authorize(|a| a.check_authenticated(&caller))?;
+        Ok(caller)
+    }
+
+    /// Fails a read served under `caller`'s credentials if the auth state changed while it was
+    /// served (etcd's `doSerialize`): a permission revoked meanwhile must not let it through.
+    pub fn recheck(&self, caller: &Caller) -> Result<(), Status> {
+        if caller.auth_revision != 0 && caller.auth_revision != self.store.auth().revision {
+            return Err(rpctypes::AUTH_OLD_REVISION.status());
+        }
+        Ok(())
+    }
+
+    /// Replicates a client's mutation, checked at apply time against the auth state of its
+    /// entry (`Command::As`), and returns what applying it returned.
+    pub async fn propose_as(
+        &self,
+        caller: Caller,
+        cmd: Command,
+        cost: usize,
+    ) -> Result<CommandResponse, Status> {
+        self.propose(Command::As(caller, Box::new(cmd)), cost).await
     }
 
     /// Replicates a mutation and returns what applying it returned, as a gRPC result.

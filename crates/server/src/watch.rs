@@ -17,7 +17,9 @@ use std::time::Duration;
 use etcd_api::etcdserverpb as pb;
 use etcd_api::etcdserverpb::watch_create_request::FilterType;
 use etcd_api::etcdserverpb::watch_request::RequestUnion;
+use etcd_api::rpctypes;
 use futures::Stream;
+use mvcc::auth::PermType;
 use mvcc::{Event, EventType, KeyRange, Store};
 use prost::Message;
 use replication::ApplyListener;
@@ -186,6 +188,9 @@ struct StreamState {
     watchers: BTreeMap<i64, Watcher>,
     next_id: i64,
     progress_requested: bool,
+    /// The stream's credentials (its metadata and connection), checked at each create.
+    metadata: tonic::metadata::MetadataMap,
+    conn: Option<crate::conn::ConnInfo>,
 }
 
 /// The output side closed: the client went away.
@@ -226,6 +231,12 @@ impl StreamState {
     async fn create(&mut self, c: pb::WatchCreateRequest, current: i64) -> Result<(), Closed> {
         let mut r = self.response(STREAM_WATCH_ID, current);
         r.created = true;
+        if !self.permitted(&c) {
+            r.watch_id = c.watch_id;
+            r.canceled = true;
+            r.cancel_reason = rpctypes::PERMISSION_DENIED.message.into();
+            return self.send(r).await;
+        }
         let empty_range =
             !c.range_end.is_empty() && c.range_end.as_ref() != [0u8] && c.key >= c.range_end;
         if empty_range {
@@ -285,6 +296,27 @@ impl StreamState {
             },
         );
         Ok(())
+    }
+
+    /// etcd's `isWatchPermitted`, on the range as the client asked it: a watch from a key to
+    /// the end (`range_end` "\0") is checked as that range (etcd 3.5.1 checked only its first
+    /// key, so a permission on one key watched every key after it).
+    fn permitted(&self, c: &pb::WatchCreateRequest) -> bool {
+        let auth = self.node.store.auth();
+        if !auth.enabled {
+            return true;
+        }
+        let Ok(caller) = self
+            .node
+            .tokens
+            .caller(&auth, &self.metadata, self.conn.as_ref())
+        else {
+            return false;
+        };
+        // etcd watches from "\0" when no key is given.
+        let key: &[u8] = if c.key.is_empty() { &[0] } else { &c.key };
+        auth.check_op(&caller, key, &c.range_end, PermType::Read)
+            .is_ok()
     }
 
     fn behind(&self, current: i64) -> bool {
@@ -430,9 +462,13 @@ impl pb::watch_server::Watch for WatchService {
             .metadata()
             .get(HAS_LEADER_METADATA)
             .is_some_and(|v| v.as_bytes() == b"true");
+        let metadata = request.metadata().clone();
+        let conn = request.extensions().get::<crate::conn::ConnInfo>().cloned();
         let inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(STREAM_BUFFER_RESPONSES);
         let state = StreamState {
+            metadata,
+            conn,
             node: Arc::clone(&self.node),
             out: tx,
             watchers: BTreeMap::new(),
