@@ -136,7 +136,7 @@ impl pb::auth_server::Auth for AuthService {
             if self.node.store.auth().revision != auth.revision {
                 continue;
             }
-            let token = self.node.tokens.assign(&auth, &r.name);
+            let token = self.node.tokens.assign(&auth, &r.name)?;
             return Ok(Response::new(pb::AuthenticateResponse {
                 header: self.node.current_header(),
                 token,

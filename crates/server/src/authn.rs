@@ -40,7 +40,144 @@ pub enum AuthnError {
     InvalidToken,
 }
 
+/// `--auth-token`: etcd's token types.
+pub enum TokenOptions {
+    /// `simple` (here: signed, see the module comment).
+    Simple,
+    /// `jwt,sign-method=...,pub-key=...,priv-key=...,ttl=...`.
+    Jwt(Box<Jwt>),
+}
+
+/// etcd's JWT tokens: claims `username`, `revision` (the auth revision at issue: any later
+/// change to users or roles makes the token's requests fail with `revision of auth store is
+/// old`, and clients sign in again) and `exp`.
+pub struct Jwt {
+    alg: jsonwebtoken::Algorithm,
+    /// Without a private key a member only verifies (etcd's verify-only mode).
+    sign: Option<jsonwebtoken::EncodingKey>,
+    verify: jsonwebtoken::DecodingKey,
+    ttl: Duration,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Claims {
+    username: String,
+    revision: u64,
+    exp: u64,
+}
+
+/// etcd's option errors (`server/auth/store.go`).
+const INVALID_OPTS: &str = "auth: invalid auth options";
+const INVALID_METHOD: &str = "auth: invalid auth signature method";
+const MISSING_KEY: &str = "auth: missing key data";
+/// etcd: `ErrVerifyOnly`, returned by `Authenticate` when the member has no private key.
+pub const VERIFY_ONLY: &str = "auth: token signing attempted with verify-only key";
+
+impl TokenOptions {
+    /// Parses `--auth-token` as etcd does (`decomposeOpts`, `jwtOptions`), reading key files.
+    pub fn parse(flag: &str) -> anyhow::Result<Self> {
+        let mut parts = flag.split(',');
+        let kind = parts.next().unwrap_or_default();
+        let mut opts = HashMap::new();
+        for p in parts {
+            let Some((k, v)) = p.split_once('=') else {
+                anyhow::bail!("--auth-token={flag}: {INVALID_OPTS}");
+            };
+            if opts.insert(k, v).is_some() {
+                anyhow::bail!("--auth-token={flag}: {INVALID_OPTS}");
+            }
+        }
+        match kind {
+            "simple" => Ok(TokenOptions::Simple),
+            "jwt" => Ok(TokenOptions::Jwt(Box::new(Jwt::from_options(&opts)?))),
+            _ => anyhow::bail!("--auth-token={flag}: {INVALID_OPTS}"),
+        }
+    }
+}
+
+impl Jwt {
+    fn from_options(opts: &HashMap<&str, &str>) -> anyhow::Result<Self> {
+        use jsonwebtoken::{Algorithm as A, DecodingKey, EncodingKey};
+        let ttl = match opts.get("ttl") {
+            Some(t) => crate::config::parse_duration(t, Duration::from_secs(1))?,
+            None => Duration::from_secs(300),
+        };
+        let read = |name: &str| -> anyhow::Result<Option<Vec<u8>>> {
+            match opts.get(name) {
+                Some(path) if !path.is_empty() => std::fs::read(path)
+                    .map(Some)
+                    .map_err(|e| anyhow::anyhow!("--auth-token {name}={path}: {e}")),
+                _ => Ok(None),
+            }
+        };
+        let (public, private) = (read("pub-key")?, read("priv-key")?);
+        let alg: A = opts
+            .get("sign-method")
+            .and_then(|m| m.parse().ok())
+            .filter(|a| *a != A::EdDSA)
+            .ok_or_else(|| anyhow::anyhow!(INVALID_METHOD))?;
+        let bad = |e: jsonwebtoken::errors::Error| anyhow::anyhow!("--auth-token: {e}");
+        let missing = || anyhow::anyhow!(MISSING_KEY);
+        let (sign, verify) = match alg {
+            A::HS256 | A::HS384 | A::HS512 => {
+                let secret = private.ok_or_else(missing)?;
+                (
+                    Some(EncodingKey::from_secret(&secret).map_err(bad)?),
+                    DecodingKey::from_secret(&secret).map_err(bad)?,
+                )
+            }
+            A::ES256 | A::ES384 => {
+                let public = public.ok_or_else(missing)?;
+                let sign = private.map(|k| EncodingKey::from_ec_pem(&k)).transpose();
+                (
+                    sign.map_err(bad)?,
+                    DecodingKey::from_ec_pem(&public).map_err(bad)?,
+                )
+            }
+            _ => {
+                let public = public.ok_or_else(missing)?;
+                let sign = private.map(|k| EncodingKey::from_rsa_pem(&k)).transpose();
+                (
+                    sign.map_err(bad)?,
+                    DecodingKey::from_rsa_pem(&public).map_err(bad)?,
+                )
+            }
+        };
+        Ok(Jwt {
+            alg,
+            sign,
+            verify,
+            ttl,
+        })
+    }
+
+    fn assign(&self, user: &str, revision: u64) -> Result<String, tonic::Status> {
+        let key = self
+            .sign
+            .as_ref()
+            .ok_or_else(|| tonic::Status::unknown(VERIFY_ONLY))?;
+        let claims = Claims {
+            username: user.to_string(),
+            revision,
+            exp: unix_now() + self.ttl.as_secs(),
+        };
+        jsonwebtoken::encode(&jsonwebtoken::Header::new(self.alg), &claims, key)
+            .map_err(|e| tonic::Status::internal(format!("jwt: {e}")))
+    }
+
+    fn verify(&self, token: &str) -> Option<Caller> {
+        let mut v = jsonwebtoken::Validation::new(self.alg);
+        v.leeway = 0;
+        let data = jsonwebtoken::decode::<Claims>(token, &self.verify, &v).ok()?;
+        Some(Caller {
+            user: data.claims.username,
+            auth_revision: data.claims.revision,
+        })
+    }
+}
+
 pub struct Tokens {
+    kind: TokenOptions,
     ttl: Duration,
     /// With `--client-cert-auth`: a verified certificate's common name names the user.
     cert_names_user: bool,
@@ -63,8 +200,9 @@ fn unix_now() -> u64 {
 }
 
 impl Tokens {
-    pub fn new(ttl: Duration, cert_names_user: bool) -> Self {
+    pub fn new(kind: TokenOptions, ttl: Duration, cert_names_user: bool) -> Self {
         Tokens {
+            kind,
             ttl,
             cert_names_user,
             last_used: Mutex::new(HashMap::new()),
@@ -72,7 +210,14 @@ impl Tokens {
     }
 
     /// A new token for `user`, who must exist in `auth`.
-    pub fn assign(&self, auth: &AuthState, user: &str) -> String {
+    pub fn assign(&self, auth: &AuthState, user: &str) -> Result<String, tonic::Status> {
+        match &self.kind {
+            TokenOptions::Simple => Ok(self.assign_simple(auth, user)),
+            TokenOptions::Jwt(jwt) => jwt.assign(user, auth.revision),
+        }
+    }
+
+    fn assign_simple(&self, auth: &AuthState, user: &str) -> String {
         let password_revision = auth.users.get(user).map_or(0, |u| u.password_revision);
         let nonce: String = rand::thread_rng()
             .sample_iter(&rand::distributions::Alphanumeric)
@@ -148,11 +293,16 @@ impl Tokens {
             .or_else(|| metadata.get(TOKEN_METADATA_GATEWAY));
         if let Some(token) = token {
             let token = token.to_str().map_err(|_| AuthnError::InvalidToken)?;
-            let user = self.verify(auth, token).ok_or(AuthnError::InvalidToken)?;
-            return Ok(Caller {
-                user,
-                auth_revision: auth.revision,
-            });
+            return match &self.kind {
+                TokenOptions::Simple => {
+                    let user = self.verify(auth, token).ok_or(AuthnError::InvalidToken)?;
+                    Ok(Caller {
+                        user,
+                        auth_revision: auth.revision,
+                    })
+                }
+                TokenOptions::Jwt(jwt) => jwt.verify(token).ok_or(AuthnError::InvalidToken),
+            };
         }
         if self.cert_names_user {
             if let Some(name) = conn.and_then(|c| c.common_name.clone()) {
@@ -266,10 +416,10 @@ mod tests {
 
     #[test]
     fn a_token_names_its_user_until_the_password_changes_or_the_user_goes() {
-        let tokens = Tokens::new(Duration::from_secs(300), false);
+        let tokens = Tokens::new(TokenOptions::Simple, Duration::from_secs(300), false);
         let mut s = enabled();
-        let t = tokens.assign(&s, "alice");
-        let other_member = Tokens::new(Duration::from_secs(300), false);
+        let t = tokens.assign(&s, "alice").unwrap();
+        let other_member = Tokens::new(TokenOptions::Simple, Duration::from_secs(300), false);
         for member in [&tokens, &other_member] {
             let c = member.caller(&s, &with_token(&t), None).unwrap();
             assert_eq!((c.user.as_str(), c.auth_revision), ("alice", s.revision));
@@ -289,7 +439,7 @@ mod tests {
             tokens.caller(&s, &with_token(&t), None),
             Err(AuthnError::InvalidToken)
         );
-        let t2 = tokens.assign(&s, "alice");
+        let t2 = tokens.assign(&s, "alice").unwrap();
         assert!(tokens.caller(&s, &with_token(&t2), None).is_ok());
         s.apply(&AuthCommand::UserDelete {
             name: "alice".into(),
@@ -310,9 +460,9 @@ mod tests {
 
     #[test]
     fn a_token_ends_with_a_new_key_and_after_its_ttl_unused() {
-        let tokens = Tokens::new(Duration::from_secs(300), false);
+        let tokens = Tokens::new(TokenOptions::Simple, Duration::from_secs(300), false);
         let mut s = enabled();
-        let t = tokens.assign(&s, "alice");
+        let t = tokens.assign(&s, "alice").unwrap();
         s.apply(&AuthCommand::Disable).unwrap();
         assert_eq!(
             tokens.caller(&s, &with_token(&t), None),
@@ -327,12 +477,53 @@ mod tests {
             tokens.caller(&s, &with_token(&t), None),
             Err(AuthnError::InvalidToken)
         );
-        let short = Tokens::new(Duration::ZERO, false);
-        let t = short.assign(&s, "alice");
+        let short = Tokens::new(TokenOptions::Simple, Duration::ZERO, false);
+        let t = short.assign(&s, "alice").unwrap();
         assert_eq!(
             short.caller(&s, &with_token(&t), None),
             Err(AuthnError::InvalidToken)
         );
+    }
+
+    #[test]
+    fn jwt_tokens_carry_the_user_and_the_auth_revision_and_options_fail_as_etcds() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("secret");
+        std::fs::write(&key, b"a shared secret").unwrap();
+        let flag = format!("jwt,priv-key={},sign-method=HS256,ttl=1h", key.display());
+        let tokens = Tokens::new(
+            TokenOptions::parse(&flag).unwrap(),
+            Duration::from_secs(300),
+            false,
+        );
+        let mut s = enabled();
+        let t = tokens.assign(&s, "alice").unwrap();
+        let c = tokens.caller(&s, &with_token(&t), None).unwrap();
+        assert_eq!((c.user.as_str(), c.auth_revision), ("alice", s.revision));
+        // After a change to the auth state the token's revision is old: its requests fail
+        // (`check_op`), and the client signs in again.
+        s.apply(&AuthCommand::RoleAdd { name: "x".into() }).unwrap();
+        let c = tokens.caller(&s, &with_token(&t), None).unwrap();
+        assert!(c.auth_revision < s.revision);
+        // Another user's claims under the same signature.
+        let (head, rest) = t.split_once('.').unwrap();
+        let (_, sig) = rest.split_once('.').unwrap();
+        let claims = B64.encode(format!(
+            r#"{{"username":"root","revision":{},"exp":{}}}"#,
+            s.revision,
+            unix_now() + 3600
+        ));
+        let forged = format!("{head}.{claims}.{sig}");
+        assert_eq!(
+            tokens.caller(&s, &with_token(&forged), None),
+            Err(AuthnError::InvalidToken)
+        );
+        let err = |flag: &str| TokenOptions::parse(flag).err().unwrap().to_string();
+        assert!(err("jwt,sign-method=XX256").ends_with(INVALID_METHOD));
+        assert!(err("jwt,sign-method=RS256").ends_with(MISSING_KEY));
+        assert!(err("bogus").ends_with(INVALID_OPTS));
+        assert!(err("jwt,ttl").ends_with(INVALID_OPTS));
+        assert!(err("jwt,ttl=1m,ttl=2m").ends_with(INVALID_OPTS));
     }
 
     #[test]
@@ -342,19 +533,19 @@ mod tests {
             remote: None,
             common_name: Some("alice".into()),
         };
-        let off = Tokens::new(Duration::from_secs(300), false);
+        let off = Tokens::new(TokenOptions::Simple, Duration::from_secs(300), false);
         assert_eq!(
             off.caller(&s, &MetadataMap::new(), Some(&conn)),
             Ok(Caller::default())
         );
-        let on = Tokens::new(Duration::from_secs(300), true);
+        let on = Tokens::new(TokenOptions::Simple, Duration::from_secs(300), true);
         assert_eq!(
             on.caller(&s, &MetadataMap::new(), Some(&conn))
                 .unwrap()
                 .user,
             "alice"
         );
-        let root_token = on.assign(&s, "root");
+        let root_token = on.assign(&s, "root").unwrap();
         assert_eq!(
             on.caller(&s, &with_token(&root_token), Some(&conn))
                 .unwrap()

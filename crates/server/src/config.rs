@@ -426,6 +426,8 @@ pub struct Config {
     pub witness_max_payload_bytes: u64,
     pub max_request_bytes: u32,
     pub max_txn_ops: usize,
+    /// `--auth-token` as given (checked: `authn::TokenOptions::parse`).
+    pub auth_token: String,
     /// How long a token lives unused, in seconds (`--auth-token-ttl`).
     pub auth_token_ttl_secs: u64,
     /// `--bcrypt-cost`, within bcrypt's bounds.
@@ -796,17 +798,7 @@ impl Flags {
         if progress_notify_interval.is_zero() {
             bail!("--experimental-watch-progress-notify-interval must be positive");
         }
-        match self.auth_token.split(',').next().unwrap_or_default() {
-            "simple" => {}
-            "jwt" => bail!(
-                "--auth-token={}: JWT tokens are not supported yet; use --auth-token=simple",
-                self.auth_token
-            ),
-            _ => bail!(
-                "--auth-token={}: auth: invalid auth options",
-                self.auth_token
-            ),
-        }
+        crate::authn::TokenOptions::parse(&self.auth_token)?;
         let member_id = member_id(&advertise_peer_urls, token);
         let tls = Tls::from_flags(&self.tls)?;
         let client_urls = split_urls(&self.listen_client_urls);
@@ -852,6 +844,7 @@ impl Flags {
             },
             max_request_bytes: self.max_request_bytes,
             max_txn_ops: self.max_txn_ops,
+            auth_token: self.auth_token.clone(),
             auth_token_ttl_secs: self.auth_token_ttl,
             bcrypt_cost: crate::authn::bcrypt_cost(self.bcrypt_cost),
             auto_compaction,

@@ -102,6 +102,8 @@ impl Node {
         let status = replica.watch_status();
         let lessor = Lessor::new(&config);
         let tokens = crate::authn::Tokens::new(
+            crate::authn::TokenOptions::parse(&config.auth_token)
+                .expect("--auth-token was checked when the flags were read"),
             Duration::from_secs(config.auth_token_ttl_secs),
             config.tls.client.client_cert_auth,
         );
