@@ -18,6 +18,8 @@ struct Lab {
     server: (String, String),
     client: (String, String),
     other_client: (String, String),
+    /// A client certificate naming the user `alice` (etcd's CN auth).
+    alice: (String, String),
     expired_client: (String, String),
     peer: (String, String),
     other_peer: (String, String),
@@ -40,6 +42,7 @@ impl Lab {
             server: leaf(&ca, "server", "server"),
             client: leaf(&ca, "client", "root"),
             other_client: leaf(&other, "other-client", "root"),
+            alice: leaf(&ca, "alice", "alice"),
             expired_client: ca
                 .leaf(&Leaf {
                     file: "expired-client",
@@ -146,6 +149,59 @@ fn mtls_scenario(lab: &Lab) -> impl Fn(&mut Transcript, &Server) + '_ {
 fn mtls_as_etcd(version: CtlVersion) {
     let lab = Lab::new();
     compare_with_etcd(version, &strs(&lab.client_mtls()), mtls_scenario(&lab));
+}
+
+/// With `--client-cert-auth`, a verified certificate's common name is the user when the request
+/// has no token (etcd's CN auth); a token, when given, wins.
+fn common_name_auth_scenario(lab: &Lab) -> impl Fn(&mut Transcript, &Server) + '_ {
+    move |t, _| {
+        let root = lab.ctl(&lab.ca, Some(&lab.client));
+        let alice = lab.ctl(&lab.ca, Some(&lab.alice));
+        run(t, &root, &["user", "add", "root:rootpw"]);
+        run(t, &root, &["user", "grant-role", "root", "root"]);
+        run(t, &root, &["user", "add", "alice:alicepw"]);
+        run(t, &root, &["role", "add", "r"]);
+        run(
+            t,
+            &root,
+            &["role", "grant-permission", "r", "readwrite", "a"],
+        );
+        run(t, &root, &["user", "grant-role", "alice", "r"]);
+        run(t, &root, &["auth", "enable"]);
+        run(t, &root, &["put", "z", "by root's certificate"]);
+        run(t, &root, &["user", "list"]);
+        run(t, &alice, &["put", "a", "by alice's certificate"]);
+        run(t, &alice, &["get", "a"]);
+        run(t, &alice, &["get", "z"]);
+        run(t, &alice, &["user", "list"]);
+        run(t, &alice, &["--user=root:rootpw", "get", "z"]);
+        run(t, &alice, &["--user=root:wrong", "get", "z"]);
+        run(
+            t,
+            &root,
+            &["--user=alice", "--password=alicepw", "get", "z"],
+        );
+        run(t, &root, &["auth", "disable"]);
+    }
+}
+
+fn common_name_auth_as_etcd(version: CtlVersion) {
+    let lab = Lab::new();
+    compare_with_etcd(
+        version,
+        &strs(&lab.client_mtls()),
+        common_name_auth_scenario(&lab),
+    );
+}
+
+#[test]
+fn a_client_certificates_common_name_is_its_user_as_etcd_3_5() {
+    common_name_auth_as_etcd(CtlVersion::V35);
+}
+
+#[test]
+fn a_client_certificates_common_name_is_its_user_as_etcd_3_4() {
+    common_name_auth_as_etcd(CtlVersion::V34);
 }
 
 #[test]
