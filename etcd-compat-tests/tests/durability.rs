@@ -213,3 +213,27 @@ async fn a_member_restarted_with_other_urls_keeps_its_id_and_serves() {
         );
     }
 }
+
+/// A data dir etcd made is refused, not taken for a new cluster: tandem reads none of etcd's
+/// files, and serving an empty keyspace beside them would hide the user's data.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_etcd_data_dir_is_refused_not_served_empty() {
+    let mut server = Server::start(Kind::Etcd35).expect("etcd");
+    let mut c = server.client().await.expect("client");
+    c.put("kept", "by etcd", None).await.expect("put");
+    server.stop("TERM").expect("stop etcd");
+    server.kind = Kind::Tandem;
+    let (status, log) = server
+        .restart_refused(WAIT)
+        .expect("start tandem on etcd's data dir")
+        .expect("tandem refuses the data dir instead of serving it");
+    assert!(!status.success(), "exited with {status}");
+    assert!(
+        log.contains("refusing to start") && log.contains("holds an etcd data directory"),
+        "the refusal says why:\n{log}"
+    );
+    assert!(
+        server.data_dir().join("member/snap/db").exists(),
+        "etcd's files are left as they were"
+    );
+}

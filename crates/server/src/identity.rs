@@ -20,6 +20,37 @@ use anyhow::{bail, Context, Result};
 use crate::config::Config;
 
 const FILE: &str = "identity";
+
+/// Refuses a data dir that etcd made (`member/snap/db`, `member/wal/*.wal`): tandem reads none
+/// of etcd's files, and starting beside them would serve an empty keyspace as if it were a new
+/// cluster, the user's data silently out of sight.
+fn refuse_etcd_files(data_dir: &Path) -> Result<()> {
+    let member = data_dir.join("member");
+    let db = member.join("snap").join("db");
+    let wal_files = std::fs::read_dir(member.join("wal"))
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".wal"))
+                .count()
+        })
+        .unwrap_or(0);
+    if db.exists() || wal_files > 0 {
+        bail!(
+            "refusing to start: the data dir {} holds an etcd data directory ({}), which tandem \
+             does not read; starting on it would serve an empty keyspace beside etcd's data. \
+             Start tandem on another --data-dir; to bring the keys over, run etcd on this one \
+             and copy them with `etcdctl make-mirror <tandem's client URL>` (tandem cannot \
+             restore etcd's files or snapshots yet)",
+            data_dir.display(),
+            if db.exists() {
+                "member/snap/db"
+            } else {
+                "member/wal/*.wal"
+            }
+        );
+    }
+    Ok(())
+}
 const VERSION: u64 = 1;
 
 /// Adopts the ids and incarnation stored in `config.data_dir`; for a new data dir, draws an
@@ -27,6 +58,7 @@ const VERSION: u64 = 1;
 /// asked whether they know this member by another incarnation). A data dir of an older tandem
 /// that kept no identity or no incarnation gets them now.
 pub fn settle(mut config: Config) -> Result<(Config, bool)> {
+    refuse_etcd_files(&config.data_dir)?;
     let dir = config.data_dir.join("member");
     let path = dir.join(FILE);
     match std::fs::read(&path) {
