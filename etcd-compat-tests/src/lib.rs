@@ -388,6 +388,9 @@ impl Server {
         };
         // Its own process group, so that signals reach a wrapped server too.
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        // Relative paths (a `unix://host:port` socket) land in its scratch directory, where
+        // `Ctl` runs etcdctl.
+        cmd.current_dir(self.dir.path());
         let initial_cluster = self
             .initial_cluster
             .clone()

@@ -204,6 +204,47 @@ fn a_client_certificates_common_name_is_its_user_as_etcd_3_4() {
     common_name_auth_as_etcd(CtlVersion::V34);
 }
 
+/// `unix://host:port` and `unixs://host:port` listen URLs (a socket file named `host:port` in
+/// the working directory, plain and over TLS), with etcdctl on each, as etcd serves them.
+fn unix_sockets(kind: Kind, lab: &Lab) -> Transcript {
+    let mut server = Server::start_with(kind, &strs(&lab.client_mtls())).expect("server");
+    let (plain, secure) = (free_port(), free_port());
+    server.add_flag(&format!(
+        "--listen-client-urls=https://127.0.0.1:{},unix://localhost:{plain},unixs://localhost:{secure}",
+        server.client_port
+    ));
+    server.restart().expect("restart with unix sockets");
+    let ctl = |endpoint: String| Ctl {
+        version: CtlVersion::V35,
+        endpoint,
+        cwd: server.dir.path().to_path_buf(),
+    };
+    let mut t = Transcript::new(ctl(format!("unixs://localhost:{secure}")));
+    let good = lab.ctl(&lab.ca, Some(&lab.client));
+    run(&mut t, &good, &["put", "k", "over unixs"]);
+    run(&mut t, &good, &["get", "k"]);
+    t.note("without a client certificate:");
+    let mut no_cert = lab.ctl(&lab.ca, None);
+    no_cert.extend(FAST.map(String::from));
+    run(&mut t, &no_cert, &["get", "k"]);
+    let mut plain_t = Transcript::new(ctl(format!("unix://localhost:{plain}")));
+    plain_t.run(&["put", "k", "over unix"], None);
+    plain_t.run(&["get", "k", "-w", "json"], None);
+    t.lines.extend(plain_t.lines);
+    t
+}
+
+#[test]
+fn unix_socket_listeners_as_etcd_3_5() {
+    let lab = Lab::new();
+    let reference = unix_sockets(Kind::Etcd35, &lab);
+    let ours = unix_sockets(Kind::Tandem, &lab);
+    if std::env::var_os("TANDEM_SHOW_TRANSCRIPT").is_some() {
+        println!("{}", reference.lines.join("\n"));
+    }
+    assert_same(&reference, Kind::Etcd35.name(), &ours);
+}
+
 #[test]
 fn etcdctl_over_mutual_tls_and_refusals_as_etcd_3_5() {
     mtls_as_etcd(CtlVersion::V35);

@@ -23,7 +23,9 @@ pub const DEFAULT_CLUSTER_VERSION: &str = "3.6.0";
     name = "tandem",
     version,
     about = "An etcd v3-compatible replicated key-value store (two nodes + witness).",
-    long_about = None
+    long_about = None,
+    // Go's flag package takes a flag given twice, the last value winning; so does tandem.
+    args_override_self = true
 )]
 pub struct Flags {
     /// Human-readable name for this member.
@@ -503,22 +505,17 @@ pub fn member_urls(urls: &[String]) -> Result<Vec<String>, String> {
             Some(i) => rest.split_at(i),
             None => (rest, ""),
         };
-        match scheme {
-            "http" | "https" => {
-                let port = host.rsplit_once(':');
-                match port {
-                    Some((h, p)) if !h.is_empty() && p.parse::<u16>().is_ok() => {}
-                    _ => {
-                        return Err(format!(
-                            "URL address does not have the form \"host:port\": {u}"
-                        ))
-                    }
-                }
-            }
-            "unix" | "unixs" => {}
+        if !matches!(scheme, "http" | "https" | "unix" | "unixs") {
+            return Err(format!(
+                "URL scheme must be http, https, unix, or unixs: {u}"
+            ));
+        }
+        // Go's net.SplitHostPort: a unix URL too names its socket as host:port.
+        match host.rsplit_once(':') {
+            Some((h, p)) if !h.is_empty() && p.parse::<u16>().is_ok() => {}
             _ => {
                 return Err(format!(
-                    "URL scheme must be http, https, unix, or unixs: {u}"
+                    "URL address does not have the form \"host:port\": {u}"
                 ))
             }
         }
@@ -625,6 +622,15 @@ pub fn is_secure(url: &str) -> bool {
     url.starts_with("https://") || url.starts_with("unixs://")
 }
 
+/// The socket file of a `unix://` or `unixs://` listen URL, as etcd names it: its host and port
+/// (`unix://localhost:2379` is the file `localhost:2379` in the working directory).
+pub fn unix_socket_path(url: &str) -> Option<std::path::PathBuf> {
+    let rest = url
+        .strip_prefix("unix://")
+        .or_else(|| url.strip_prefix("unixs://"))?;
+    Some(std::path::PathBuf::from(rest))
+}
+
 /// The socket address of an `http://host:port` or `https://host:port` URL.
 pub async fn listen_addr(url: &str) -> anyhow::Result<SocketAddr> {
     let rest = if let Some(r) = url
@@ -632,8 +638,6 @@ pub async fn listen_addr(url: &str) -> anyhow::Result<SocketAddr> {
         .or_else(|| url.strip_prefix("https://"))
     {
         r
-    } else if url.starts_with("unix://") || url.starts_with("unixs://") {
-        bail!("{url}: unix socket listeners are not supported by tandem yet");
     } else {
         bail!("{url}: a listen URL must start with http:// or https://");
     };
@@ -803,6 +807,14 @@ impl Flags {
         let tls = Tls::from_flags(&self.tls)?;
         let client_urls = split_urls(&self.listen_client_urls);
         let peer_urls = split_urls(&self.listen_peer_urls);
+        for (flag, value, urls) in [
+            ("listen-client-urls", &self.listen_client_urls, &client_urls),
+            ("listen-peer-urls", &self.listen_peer_urls, &peer_urls),
+        ] {
+            if let Err(e) = member_urls(urls) {
+                bail!("invalid value \"{value}\" for flag -{flag}: {e}");
+            }
+        }
         check_schemes(
             &client_urls,
             &tls.client,
@@ -920,8 +932,10 @@ mod tests {
             ok(&["http://b:2", " http://a:1"]),
             Ok(vec!["http://a:1".to_string(), "http://b:2".to_string()])
         );
-        assert!(ok(&["unix://x"]).is_ok());
+        assert!(ok(&["unix://localhost:1", "unixs://a:2"]).is_ok());
         for (bad, why) in [
+            ("unix://x", "host:port"),
+            ("unix:///run/etcd.sock", "host:port"),
             ("localhost:2380", "URL scheme must be"),
             ("ftp://a:1", "URL scheme must be"),
             ("http://a", "host:port"),

@@ -56,7 +56,8 @@ pub(crate) fn incoming(
     listener: Listener,
     tls: Option<&Arc<tls::ServerTls>>,
 ) -> futures::stream::BoxStream<'static, std::io::Result<Conn>> {
-    conn::connections(listener.tcp, tls.filter(|_| listener.secure).cloned())
+    let tls = tls.filter(|_| listener.secure).cloned();
+    conn::connections(listener, tls)
 }
 
 /// Client connections: as [`incoming`], with responses coalesced into fewer writes
@@ -73,11 +74,29 @@ fn client_incoming(
 pub async fn bind(urls: &[String]) -> anyhow::Result<Vec<Listener>> {
     let mut out = Vec::new();
     for url in urls {
-        let addr = config::listen_addr(url).await?;
+        let socket = match config::unix_socket_path(url) {
+            Some(path) => {
+                // A socket file left by an earlier run, as etcd removes it.
+                match std::fs::remove_file(&path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e).with_context(|| format!("listening on {url}")),
+                }
+                let l = tokio::net::UnixListener::bind(&path)
+                    .with_context(|| format!("listening on {url}"))?;
+                conn::Socket::Unix(l, path)
+            }
+            None => {
+                let addr = config::listen_addr(url).await?;
+                conn::Socket::Tcp(
+                    TcpListener::bind(addr)
+                        .await
+                        .with_context(|| format!("listening on {url}"))?,
+                )
+            }
+        };
         out.push(Listener {
-            tcp: TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("listening on {url}"))?,
+            socket,
             secure: config::is_secure(url),
         });
     }
@@ -102,7 +121,7 @@ pub(crate) async fn serve_metrics(
         }
     }
     for listener in bind(&config.metrics_urls).await? {
-        tracing::info!(address = %listener.tcp.local_addr()?, "serving metrics (HTTP)");
+        tracing::info!(address = %listener.describe(), "serving metrics (HTTP)");
         let server = tonic::transport::Server::builder()
             .accept_http1(true)
             .add_routes(routes.clone())
@@ -230,8 +249,7 @@ pub async fn run(
 
     let mut servers = Vec::new();
     for listener in client_listeners {
-        let addr = listener.tcp.local_addr()?;
-        tracing::info!(address = %addr, "serving client traffic (gRPC and HTTP)");
+        tracing::info!(address = %listener.describe(), "serving client traffic (gRPC and HTTP)");
         let routes = client_routes(&node);
         let server = tonic::transport::Server::builder()
             .accept_http1(true)
@@ -248,8 +266,7 @@ pub async fn run(
     let http = tonic::service::Routes::from(http::router(Arc::clone(&node)));
     servers.extend(serve_metrics(&node.config, http, &serving_tls, &stopped).await?);
     for listener in peer_listeners {
-        let addr = listener.tcp.local_addr()?;
-        tracing::info!(address = %addr, "serving peer traffic");
+        tracing::info!(address = %listener.describe(), "serving peer traffic");
         let server = tonic::transport::Server::builder()
             .tcp_nodelay(true)
             .add_service(
@@ -648,7 +665,7 @@ mod tests {
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let listener = super::Listener {
-            tcp: listener,
+            socket: crate::conn::Socket::Tcp(listener),
             secure: false,
         };
         let mut accepted = super::incoming(listener, None);

@@ -49,7 +49,7 @@ pub async fn run(
     let stopped = crate::stop_signal(shutdown);
     let mut servers = Vec::new();
     for listener in client_listeners {
-        tracing::info!(address = %listener.tcp.local_addr()?, "serving the witness's HTTP endpoints; gRPC clients are sent to the data members");
+        tracing::info!(address = %listener.describe(), "serving the witness's HTTP endpoints; gRPC clients are sent to the data members");
         let routes = tonic::service::Routes::from(http_routes(&node, true));
         let server = tonic::transport::Server::builder()
             .accept_http1(true)
@@ -63,7 +63,7 @@ pub async fn run(
     let http = tonic::service::Routes::from(http_routes(&node, false));
     servers.extend(crate::serve_metrics(&node.config, http, &serving_tls, &stopped).await?);
     for listener in peer_listeners {
-        tracing::info!(address = %listener.tcp.local_addr()?, "serving peer traffic (witness)");
+        tracing::info!(address = %listener.describe(), "serving peer traffic (witness)");
         let routes = tonic::service::Routes::from(http_routes(&node, false)).add_service(
             RaftPeerServer::new(node.witness.peer_service()).max_decoding_message_size(64 << 20),
         );
