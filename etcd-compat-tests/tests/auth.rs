@@ -136,6 +136,40 @@ fn rbac_scenario(t: &mut Transcript, _s: &Server) {
             ));
         }
     }
+    // Watch, lease, lock, snapshot and move-leader with a user's and root's credentials.
+    let rev = "--rev=1";
+    let allowed = Background::start(&t.ctl, &[ALICE, "watch", "a", "c", rev], None);
+    let refused = Background::start(&t.ctl, &[ALICE, "watch", "z", rev], None);
+    let out = allowed
+        .wait_for("PUT", Duration::from_secs(10))
+        .expect("a permitted watch replays");
+    let mut refused = refused;
+    wait_until("a refused watch to end", Duration::from_secs(10), || {
+        refused.exited()
+    })
+    .expect("etcdctl ends a cancelled watch");
+    t.note(format!("watch a..c: {}", normalize(&out)));
+    t.note(format!("watch z: {}", normalize(&refused.finish())));
+    drop(allowed.finish());
+    for args in [
+        &["lease", "grant", "60"][..],
+        &["lease", "timetolive", "1234"],
+        &["lease", "revoke", "1234"],
+        &["lock", "mylock", "echo", "locked"],
+        &["snapshot", "save", "snap.db"],
+    ] {
+        for user in [ALICE, ROOT] {
+            let mut with = vec![user];
+            with.extend_from_slice(args);
+            let out = t.ctl.run(&with, None);
+            t.note(format!(
+                "{}: exit {} {}",
+                with.join(" "),
+                out.code,
+                user_error(&out.stderr)
+            ));
+        }
+    }
     // A user may read itself and its roles, not others.
     t.run(&[ALICE, "user", "get", "alice"], None);
     t.run(&[ALICE, "user", "get", "root"], None);
@@ -400,6 +434,7 @@ async fn requests_without_credentials_are_refused() {
             .await,
         "Alarm disarm by a user",
     );
+    denied(alice.move_leader(1234).await, "MoveLeader by a user");
     alice.member_list().await.expect("MemberList for a user");
     // A lease with a key alice may not write: she may neither read nor revoke it.
     let mut rk = root.kv_client();
