@@ -17,6 +17,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata};
@@ -94,6 +95,9 @@ impl Inner {
 pub struct Store {
     inner: RwLock<Inner>,
     path: PathBuf,
+    /// Whether authentication is enabled, readable without the lock: with it off (the common
+    /// case) a request needs nothing else of the auth state.
+    auth_enabled: AtomicBool,
 }
 
 type KvTable<'t> = redb::Table<'t, &'static [u8], &'static [u8]>;
@@ -176,6 +180,7 @@ impl Store {
         };
         inner.load()?;
         Ok(Self {
+            auth_enabled: AtomicBool::new(inner.auth.enabled),
             inner: RwLock::new(inner),
             path,
         })
@@ -272,6 +277,8 @@ impl Store {
             }
         }
         tx.commit()?;
+        self.auth_enabled
+            .store(inner.auth.enabled, Ordering::Release);
         Ok(batch)
     }
 
@@ -414,6 +421,11 @@ impl Store {
             .collect()
     }
 
+    /// Whether authentication is enabled, as of the last applied batch.
+    pub fn auth_enabled(&self) -> bool {
+        self.auth_enabled.load(Ordering::Acquire)
+    }
+
     /// The authentication state as of the last applied command.
     pub fn auth(&self) -> Arc<AuthState> {
         Arc::clone(&self.read().auth)
@@ -532,7 +544,10 @@ impl Store {
             }
         }
         tx.commit()?;
-        inner.load()
+        inner.load()?;
+        self.auth_enabled
+            .store(inner.auth.enabled, Ordering::Release);
+        Ok(())
     }
 }
 
