@@ -8,6 +8,7 @@ pub mod authn;
 pub mod cluster;
 pub mod coalesce;
 pub mod compaction;
+pub mod concurrency;
 pub mod config;
 pub mod conn;
 pub mod convert;
@@ -548,7 +549,24 @@ fn client_routes(node: &Arc<Node>) -> tonic::service::Routes {
             })
             .max_decoding_message_size(max),
         )
-        .add_service(AuthServer::new(auth::AuthService { node }).max_decoding_message_size(max))
+        .add_service(
+            AuthServer::new(auth::AuthService {
+                node: Arc::clone(&node),
+            })
+            .max_decoding_message_size(max),
+        )
+        .add_service(
+            etcd_api::v3lockpb::lock_server::LockServer::new(concurrency::LockService {
+                node: Arc::clone(&node),
+            })
+            .max_decoding_message_size(max),
+        )
+        .add_service(
+            etcd_api::v3electionpb::election_server::ElectionServer::new(
+                concurrency::ElectionService { node },
+            )
+            .max_decoding_message_size(max),
+        )
 }
 
 /// gRPC-go's messages for a method or service that does not exist (etcd: `unknown method

@@ -83,7 +83,7 @@ impl WatchHub {
         })
     }
 
-    fn subscribe(&self) -> watch::Receiver<i64> {
+    pub(crate) fn subscribe(&self) -> watch::Receiver<i64> {
         self.revision.subscribe()
     }
 
