@@ -526,6 +526,21 @@ mod tests {
         assert!(err("jwt,ttl=1m,ttl=2m").ends_with(INVALID_OPTS));
     }
 
+    #[tokio::test]
+    async fn bcrypt_cost_is_the_flags_within_bcrypts_bounds() {
+        assert_eq!(bcrypt_cost(4), 4);
+        assert_eq!(
+            bcrypt_cost(3),
+            bcrypt::DEFAULT_COST,
+            "below Go's MinCost: etcd's default"
+        );
+        assert_eq!(bcrypt_cost(32), bcrypt::DEFAULT_COST);
+        let hash = hash_password("pw".into(), bcrypt_cost(5)).await.unwrap();
+        assert!(String::from_utf8_lossy(&hash).starts_with("$2b$05$"));
+        assert!(password_matches("pw".into(), hash.clone()).await);
+        assert!(!password_matches("other".into(), hash).await);
+    }
+
     #[test]
     fn a_certificates_common_name_is_the_user_only_with_client_cert_auth_and_no_token() {
         let s = enabled();
