@@ -17,6 +17,22 @@ const BOTH: [CtlVersion; 2] = [CtlVersion::V35, CtlVersion::V34];
 const ROOT: &str = "--user=root:rootpw";
 const ALICE: &str = "--user=alice:alicepw";
 
+/// Runs `args` as alice and as root, noting exit codes and errors (sizes, ids and hashes differ
+/// between two servers; exit codes and errors must not).
+fn as_alice_and_root(t: &mut Transcript, args: &[&str]) {
+    for user in [ALICE, ROOT] {
+        let mut with = vec![user];
+        with.extend_from_slice(args);
+        let out = t.ctl.run(&with, None);
+        t.note(format!(
+            "{}: exit {} {}",
+            with.join(" "),
+            out.code,
+            user_error(&out.stderr)
+        ));
+    }
+}
+
 /// Users and roles built step by step without authentication, then used with it.
 fn rbac_scenario(t: &mut Transcript, _s: &Server) {
     t.run(&["auth", "status"], None);
@@ -123,18 +139,7 @@ fn rbac_scenario(t: &mut Transcript, _s: &Server) {
         &["role", "list"],
         &["auth", "status"],
     ] {
-        // Sizes, ids and hashes differ between two servers; exit codes and errors must not.
-        for user in [ALICE, ROOT] {
-            let mut with = vec![user];
-            with.extend_from_slice(args);
-            let out = t.ctl.run(&with, None);
-            t.note(format!(
-                "{}: exit {} {}",
-                with.join(" "),
-                out.code,
-                user_error(&out.stderr)
-            ));
-        }
+        as_alice_and_root(t, args);
     }
     // Watch, lease, lock, snapshot and move-leader with a user's and root's credentials.
     let rev = "--rev=1";
@@ -158,17 +163,7 @@ fn rbac_scenario(t: &mut Transcript, _s: &Server) {
         &["lock", "mylock", "echo", "locked"],
         &["snapshot", "save", "snap.db"],
     ] {
-        for user in [ALICE, ROOT] {
-            let mut with = vec![user];
-            with.extend_from_slice(args);
-            let out = t.ctl.run(&with, None);
-            t.note(format!(
-                "{}: exit {} {}",
-                with.join(" "),
-                out.code,
-                user_error(&out.stderr)
-            ));
-        }
+        as_alice_and_root(t, args);
     }
     // A user may read itself and its roles, not others.
     t.run(&[ALICE, "user", "get", "alice"], None);

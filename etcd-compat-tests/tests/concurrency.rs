@@ -34,6 +34,23 @@ fn named(text: &str, leases: &[i64]) -> String {
     out
 }
 
+/// Waits until `n` keys are under `prefix` (a waiting lock or candidacy has queued its key).
+async fn wait_for_keys(c: &Client, prefix: &str, n: usize) {
+    wait_until_async(&format!("{n} keys under {prefix}"), WAIT, || {
+        let mut c = c.clone();
+        async move {
+            let keys = etcd_client::GetOptions::new()
+                .with_prefix()
+                .with_keys_only();
+            c.get(prefix, Some(keys))
+                .await
+                .is_ok_and(|r| r.kvs().len() == n)
+        }
+    })
+    .await
+    .expect("the key is queued");
+}
+
 /// The next leader an Observe stream reports.
 async fn next_observed(observed: &mut etcd_client::ObserveStream) -> String {
     let m = tokio::time::timeout(WAIT, observed.message())
@@ -74,21 +91,7 @@ async fn scenario(url: String) -> Vec<String> {
             .await
     });
     // The second has queued its key and waits while the first holds the lock.
-    let probe = c.clone();
-    wait_until_async("the second lock's key", WAIT, || {
-        let mut probe = probe.clone();
-        async move {
-            let keys = etcd_client::GetOptions::new()
-                .with_prefix()
-                .with_keys_only();
-            probe
-                .get("l/", Some(keys))
-                .await
-                .is_ok_and(|r| r.kvs().len() == 2)
-        }
-    })
-    .await
-    .expect("the second lock queues");
+    wait_for_keys(&c, "l/", 2).await;
     assert!(
         !waiting.is_finished(),
         "the second lock waits for the first"
@@ -146,21 +149,7 @@ async fn scenario(url: String) -> Vec<String> {
     t.push(next_observed(&mut observed).await);
     let mut rival = Client::connect([url.clone()], None).await.expect("connect");
     let rival_campaign = tokio::spawn(async move { rival.campaign("e", "w", l2).await });
-    let probe = c.clone();
-    wait_until_async("the rival's candidacy", WAIT, || {
-        let mut probe = probe.clone();
-        async move {
-            let keys = etcd_client::GetOptions::new()
-                .with_prefix()
-                .with_keys_only();
-            probe
-                .get("e/", Some(keys))
-                .await
-                .is_ok_and(|r| r.kvs().len() == 2)
-        }
-    })
-    .await
-    .expect("the rival campaigns");
+    wait_for_keys(&c, "e/", 2).await;
     t.push(line("leader", &c.leader("e").await, |r| {
         let kv = r.kv().expect("kv");
         format!(

@@ -157,6 +157,15 @@ impl Recipes<'_> {
         }
     }
 
+    /// The caller's key under `name` (`<name>/<lease in hex>`, etcd's mutex and election
+    /// keys): the prefix, the key and the lease (granted if the request named none).
+    async fn own_key(&self, name: &[u8], lease: i64) -> Result<(Vec<u8>, Vec<u8>, i64), Status> {
+        let lease = self.lease(lease).await?;
+        let prefix = name_prefix(name);
+        let key = [prefix.as_slice(), format!("{lease:x}").as_bytes()].concat();
+        Ok((prefix, key, lease))
+    }
+
     /// etcd's `waitDeletes`: until no key under `prefix` created at or below `max_create`
     /// remains; the revision of the read that found none.
     async fn wait_deletes(&self, prefix: &[u8], max_create: i64) -> Result<i64, Status> {
@@ -219,10 +228,7 @@ impl lpb::lock_server::Lock for LockService {
             node: &self.node,
             caller: caller.clone(),
         };
-        let lease = r.lease(req.lease).await?;
-        let mut prefix = req.name.to_vec();
-        prefix.push(b'/');
-        let key = [prefix.as_slice(), format!("{lease:x}").as_bytes()].concat();
+        let (prefix, key, lease) = r.own_key(&req.name, req.lease).await?;
         let owner = RequestOp::Range(by_create(&prefix, SortOrder::Ascend, 0));
         let t = r
             .txn(TxnRequest {
@@ -286,7 +292,8 @@ pub struct ElectionService {
     pub node: Arc<Node>,
 }
 
-fn election_prefix(name: &[u8]) -> Vec<u8> {
+/// The prefix of a lock's or an election's keys.
+fn name_prefix(name: &[u8]) -> Vec<u8> {
     let mut p = name.to_vec();
     p.push(b'/');
     p
@@ -314,7 +321,7 @@ impl ElectionService {
 
     /// The current leader's key and value (the oldest key under the election's prefix).
     async fn leader_kv(r: &Recipes<'_>, name: &[u8]) -> Result<RangeResponse, Status> {
-        r.get(&by_create(&election_prefix(name), SortOrder::Ascend, 0))
+        r.get(&by_create(&name_prefix(name), SortOrder::Ascend, 0))
             .await
     }
 }
@@ -333,9 +340,7 @@ impl epb::election_server::Election for ElectionService {
             node: &self.node,
             caller: caller.clone(),
         };
-        let lease = r.lease(req.lease).await?;
-        let prefix = election_prefix(&req.name);
-        let key = [prefix.as_slice(), format!("{lease:x}").as_bytes()].concat();
+        let (prefix, key, lease) = r.own_key(&req.name, req.lease).await?;
         let t = r
             .txn(TxnRequest {
                 compare: vec![create_is(&key, 0)],
@@ -492,7 +497,7 @@ async fn observe(
     name: &[u8],
     tx: &tokio::sync::mpsc::Sender<Result<epb::LeaderResponse, Status>>,
 ) -> Result<(), Status> {
-    let prefix = election_prefix(name);
+    let prefix = name_prefix(name);
     let end = prefix_end(&prefix);
     let send = |revision: i64, kv: KeyValue| {
         tx.send(Ok(epb::LeaderResponse {
