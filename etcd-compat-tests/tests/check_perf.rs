@@ -47,3 +47,27 @@ fn check_perf_small_load_passes_like_etcd_35() {
 fn check_perf_small_load_passes_like_etcd_34() {
     check_perf(CtlVersion::V34);
 }
+
+/// `etcdctl check datascale --load=s` (10,000 puts of 1 KiB) reads the server's
+/// `process_resident_memory_bytes` before and after: it passes on tandem as on etcd 3.5.1.
+#[test]
+fn check_datascale_small_load_passes_like_etcd_35() {
+    let version = CtlVersion::V35;
+    let etcd = Server::start(version.reference()).expect("etcd");
+    let tandem = Server::start(Kind::Tandem).expect("tandem");
+    let run = |s: &Server| Ctl::new(version, s).run(&["check", "datascale", "--load=s"], None);
+    let (reference, ours) = (run(&etcd), run(&tandem));
+    println!(
+        "{}:\n{}\ntandem:\n{}",
+        etcd.kind.name(),
+        reference.stdout,
+        ours.stdout
+    );
+    assert_eq!(
+        ours.code, 0,
+        "check datascale failed on tandem:\n{}\n{}",
+        ours.stdout, ours.stderr
+    );
+    assert_eq!(verdicts(&reference.stdout), verdicts(&ours.stdout));
+    assert_eq!(verdicts(&ours.stdout), vec!["PASS: <figure>".to_string()]);
+}

@@ -446,6 +446,7 @@ async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
     );
     two_node_metrics(&mut registry, &node);
     snapshot_transfer_metrics(&mut registry, &node);
+    crate::process_metrics::register(&mut registry);
     labelled(
         &mut registry,
         "etcd_server_version",

@@ -24,6 +24,7 @@ pub mod lease;
 pub mod maintenance;
 pub mod mutants;
 pub mod node;
+mod process_metrics;
 pub mod recover;
 pub mod watch;
 pub mod witness_node;

@@ -215,5 +215,6 @@ async fn metrics(State(node): State<Arc<WitnessNode>>) -> impl IntoResponse {
         "server_version",
         &node.config.server_version,
     );
+    crate::process_metrics::register(&mut registry);
     render(&registry)
 }
