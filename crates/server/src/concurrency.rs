@@ -97,15 +97,7 @@ fn range_of(r: &ResponseOp) -> &[KeyValue] {
     }
 }
 
-impl<'a> Recipes<'a> {
-    /// The recipes on behalf of whoever sent `request`.
-    fn of<T>(node: &'a Node, request: &Request<T>) -> Result<Self, Status> {
-        Ok(Recipes {
-            node,
-            caller: node.caller(request)?,
-        })
-    }
-
+impl Recipes<'_> {
     async fn txn(&self, t: TxnRequest) -> Result<TxnResponse, Status> {
         match self
             .node
@@ -230,8 +222,12 @@ impl lpb::lock_server::Lock for LockService {
         &self,
         request: Request<lpb::LockRequest>,
     ) -> Result<Response<lpb::LockResponse>, Status> {
-        let r = Recipes::of(&self.node, &request)?;
+        let caller = self.node.caller(&request)?;
         let req = request.into_inner();
+        let r = Recipes {
+            node: &self.node,
+            caller: caller.clone(),
+        };
         let (prefix, key, lease) = r.own_key(&req.name, req.lease).await?;
         let owner = RequestOp::Range(by_create(&prefix, SortOrder::Ascend, 0));
         let t = r
@@ -243,7 +239,7 @@ impl lpb::lock_server::Lock for LockService {
             .await?;
         let mut guard = Abandoned {
             node: Arc::clone(&self.node),
-            caller: r.caller.clone(),
+            caller,
             key: Some(key.clone()),
         };
         let my_rev = if t.succeeded {
@@ -280,7 +276,11 @@ impl lpb::lock_server::Lock for LockService {
         &self,
         request: Request<lpb::UnlockRequest>,
     ) -> Result<Response<lpb::UnlockResponse>, Status> {
-        let r = Recipes::of(&self.node, &request)?;
+        let caller = self.node.caller(&request)?;
+        let r = Recipes {
+            node: &self.node,
+            caller,
+        };
         let revision = r.delete(&request.into_inner().key).await?;
         Ok(Response::new(lpb::UnlockResponse {
             header: self.node.header(revision),
@@ -334,8 +334,12 @@ impl epb::election_server::Election for ElectionService {
         &self,
         request: Request<epb::CampaignRequest>,
     ) -> Result<Response<epb::CampaignResponse>, Status> {
-        let r = Recipes::of(&self.node, &request)?;
+        let caller = self.node.caller(&request)?;
         let req = request.into_inner();
+        let r = Recipes {
+            node: &self.node,
+            caller: caller.clone(),
+        };
         let (prefix, key, lease) = r.own_key(&req.name, req.lease).await?;
         let t = r
             .txn(TxnRequest {
@@ -346,7 +350,7 @@ impl epb::election_server::Election for ElectionService {
             .await?;
         let mut guard = Abandoned {
             node: Arc::clone(&self.node),
-            caller: r.caller.clone(),
+            caller,
             key: Some(key.clone()),
         };
         let mut leader = epb::LeaderKey {
@@ -377,11 +381,15 @@ impl epb::election_server::Election for ElectionService {
         &self,
         request: Request<epb::ProclaimRequest>,
     ) -> Result<Response<epb::ProclaimResponse>, Status> {
-        let r = Recipes::of(&self.node, &request)?;
+        let caller = self.node.caller(&request)?;
         let req = request.into_inner();
         let leader = req
             .leader
             .ok_or_else(|| Status::unknown(MISSING_LEADER_KEY))?;
+        let r = Recipes {
+            node: &self.node,
+            caller,
+        };
         let revision = Self::proclaim(&r, &leader, &req.value).await?;
         Ok(Response::new(epb::ProclaimResponse {
             header: self.node.header(revision),
@@ -392,7 +400,11 @@ impl epb::election_server::Election for ElectionService {
         &self,
         request: Request<epb::LeaderRequest>,
     ) -> Result<Response<epb::LeaderResponse>, Status> {
-        let r = Recipes::of(&self.node, &request)?;
+        let caller = self.node.caller(&request)?;
+        let r = Recipes {
+            node: &self.node,
+            caller,
+        };
         let resp = Self::leader_kv(&r, &request.into_inner().name).await?;
         let Some(kv) = resp.kvs.into_iter().next() else {
             return Err(Status::unknown(ELECTION_NO_LEADER));
@@ -429,11 +441,15 @@ impl epb::election_server::Election for ElectionService {
         &self,
         request: Request<epb::ResignRequest>,
     ) -> Result<Response<epb::ResignResponse>, Status> {
-        let r = Recipes::of(&self.node, &request)?;
+        let caller = self.node.caller(&request)?;
         let leader = request
             .into_inner()
             .leader
             .ok_or_else(|| Status::unknown(MISSING_LEADER_KEY))?;
+        let r = Recipes {
+            node: &self.node,
+            caller,
+        };
         let t = r
             .txn(TxnRequest {
                 compare: vec![create_is(&leader.key, leader.rev)],
