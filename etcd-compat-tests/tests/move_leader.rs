@@ -203,3 +203,48 @@ async fn five_members_move_leadership_within_etcdctls_timeout() {
     let longest = moves_under_writers(&cluster, 4).await;
     println!("5 members: the longest of 4 moves took {longest:?}");
 }
+
+/// Sends `signal` to member `i`'s process.
+fn signal(cluster: &Cluster, i: usize, signal: &str) {
+    let status = std::process::Command::new("kill")
+        .args([&format!("-{signal}"), &cluster.members[i].pid().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success(), "kill -{signal}");
+}
+
+/// When the transferee cannot campaign (here: paused) and the third member's own election
+/// timer fires first, that member wins; the move is then handed to it, and it moves its
+/// leadership on to the transferee once that answers again: the request still succeeds, and
+/// the transferee leads.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_move_overtaken_by_another_election_is_finished_by_the_new_leader() {
+    let cluster = Cluster::start(Kind::Tandem, 3, &[]).expect("cluster");
+    let leader = cluster.wait_leader(WAIT).await.expect("a leader");
+    let ids = ids(&cluster).await;
+    let (target, third) = ((leader + 1) % 3, (leader + 2) % 3);
+    let url = cluster.members[leader].url();
+    let opts = etcd_client::ConnectOptions::new().with_timeout(Duration::from_secs(20));
+    let mut c = etcd_client::Client::connect([url], Some(opts))
+        .await
+        .expect("connect");
+    signal(&cluster, target, "STOP");
+    let target_id = ids[target];
+    let moving = tokio::spawn(async move { c.move_leader(target_id).await });
+    // The third member wins the election the paused transferee cannot stand in.
+    let third_url = cluster.members[third].url();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let st = client(&third_url).await.status().await.expect("status");
+        if st.leader() == ids[third] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the third member never led");
+        tokio::time::sleep(Duration::from_millis(50)).await; // poll interval
+    }
+    signal(&cluster, target, "CONT");
+    let moved = moving.await.expect("the move's task");
+    assert!(moved.is_ok(), "the move failed: {moved:?}");
+    let now = cluster.wait_leader(WAIT).await.expect("a leader");
+    assert_eq!(now, target, "the transferee leads");
+}

@@ -840,7 +840,13 @@ pub async fn run(s: &Scenario) -> Result<Summary> {
             tokio::time::sleep(s.every).await; // time between faults
             if let Err(e) = inject(&mut cluster, &mut rig, s, &rec).await {
                 let kept = keep_artifacts(s, &cluster, &rec.lines())?;
-                return Err(e.context(format!("members' logs in {}", kept.display())));
+                // The artifacts stay on the machine that ran the test: what its output needs to
+                // explain the failure goes into the error.
+                return Err(e.context(format!(
+                    "members' logs in {}\n{}",
+                    kept.display(),
+                    log_digest(&cluster)
+                )));
             }
             faults += 1;
         }
@@ -1034,6 +1040,35 @@ async fn check_hashes(cluster: &Cluster, rev: i64, report: &mut Report) {
             "I5: HashKV at revision {rev} differs across members: {hashes:?}"
         ));
     }
+}
+
+/// How many of a member's notable log lines a failed fault injection shows.
+const DIGEST_LINES: usize = 30;
+
+/// The last warnings, errors and leadership events each member logged (elections, votes,
+/// moves), one block per member, for a failure's message.
+fn log_digest(cluster: &Cluster) -> String {
+    let notable = |l: &&str| {
+        l.contains("\"WARN\"")
+            || l.contains("\"ERROR\"")
+            || ["leader", "elect", "vote", "stand", "campaign"]
+                .iter()
+                .any(|w| l.contains(w))
+    };
+    let mut out = String::new();
+    for m in &cluster.members {
+        let log = m.log();
+        let lines: Vec<&str> = log.lines().filter(notable).collect();
+        out.push_str(&format!(
+            "--- {} (last {DIGEST_LINES} notable lines)\n",
+            m.name()
+        ));
+        for l in &lines[lines.len().saturating_sub(DIGEST_LINES)..] {
+            out.extend(l.chars().take(400));
+            out.push('\n');
+        }
+    }
+    out
 }
 
 fn keep_artifacts(s: &Scenario, cluster: &Cluster, lines: &[history::Line]) -> Result<PathBuf> {

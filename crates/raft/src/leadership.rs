@@ -31,8 +31,8 @@ impl Default for Leadership {
     }
 }
 
-/// Why a move failed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Why a move failed (also the answer of a member a move was handed to).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum MoveError {
     /// This member does not lead (etcd: "not leader").
     NotLeader,
@@ -175,6 +175,45 @@ impl<C: Types> Member<C> {
                     .await;
                     if !matches!(asked, Ok(ForwardResponse::Campaigning)) {
                         tracing::debug!(error = ?asked.err(), "asking the transferee to stand");
+                    }
+                }
+                Step::Overtaken(leader) => {
+                    // Another member won an election meanwhile: it moves its leadership on.
+                    let left = timeout.saturating_sub(started.elapsed());
+                    let node = metrics
+                        .borrow()
+                        .membership_config
+                        .membership()
+                        .get_node(&leader)
+                        .cloned();
+                    let Some(channel) = node.and_then(|n| self.channels.to(&n)) else {
+                        continue;
+                    };
+                    tracing::info!(leader = %format!("{leader:x}"), "another member won an election during the move; handing the move to it");
+                    let asked = network::forward::<C::R>(
+                        channel,
+                        self.cluster_id,
+                        &self.incarnations,
+                        &ForwardRequest::MoveLeader {
+                            target,
+                            timeout_ms: left.as_millis() as u64,
+                        },
+                        left,
+                    )
+                    .await;
+                    match asked {
+                        Ok(ForwardResponse::LeadershipMoved(Ok(()))) => {
+                            tracing::info!(
+                                to = %format!("{target:x}"),
+                                took_ms = started.elapsed().as_millis() as u64,
+                                "leadership transfer finished by the member that overtook this one"
+                            );
+                            return Ok(());
+                        }
+                        Ok(ForwardResponse::LeadershipMoved(Err(e))) => {
+                            tracing::warn!(error = ?e, "the member that overtook this one could not move its leadership");
+                        }
+                        other => tracing::warn!(error = ?other.err(), "handing the move on failed"),
                     }
                 }
                 Step::Moved => {

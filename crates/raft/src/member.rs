@@ -204,14 +204,7 @@ impl<C: Types> Member<C> {
         &self,
         req: ForwardRequest,
     ) -> Result<ForwardResponse<C::R>, ReplicaError> {
-        serve_forward(
-            &self.raft,
-            &self.leader_reads,
-            &self.leadership,
-            &self.peer_flushes,
-            req,
-        )
-        .await
+        serve_forward(self, req).await
     }
 
     /// etcd's MemberAdd/Remove/Update/Promote: carried out by the leader; returns the

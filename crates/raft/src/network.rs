@@ -30,7 +30,7 @@ use crate::codec;
 use crate::flushes::{FlushClock, PeerFlushes};
 use crate::incarnation::Incarnations;
 use crate::leadership::Leadership;
-use crate::member::{LeaderReads, ReplicaError};
+use crate::member::ReplicaError;
 use crate::transfers::{Chunk, Direction, Transfers};
 use crate::types::{Entry, MemberNode, NodeId, Payload, Types};
 
@@ -180,6 +180,10 @@ pub enum ForwardRequest {
     /// knows neither its id nor the cluster's: the cluster id and the membership this member
     /// knows. Answered by any member, even without a leader.
     Members,
+    /// From a member that was moving its leadership to `target` when this one won an
+    /// election instead (`crate::leadership`): move this member's leadership there, within
+    /// `timeout_ms`.
+    MoveLeader { target: NodeId, timeout_ms: u64 },
 }
 
 /// The leader's answer to a [`ForwardRequest`].
@@ -202,6 +206,7 @@ pub enum ForwardResponse<R> {
     /// The membership once the change took effect: each member, and whether it is a learner.
     MembersChanged(Vec<(NodeId, MemberNode, bool)>),
     Members(MembersAnswer),
+    LeadershipMoved(Result<(), crate::leadership::MoveError>),
 }
 
 /// One member's answer to `ForwardRequest::Members`.
@@ -511,8 +516,6 @@ impl<C: Types> RaftNetwork<C> for PeerClient {
 pub struct PeerService<C: Types> {
     pub raft: openraft::Raft<C>,
     pub cluster_id: u64,
-    /// This member's ReadIndex rounds (forwarded ReadIndex requests join them).
-    pub leader_reads: LeaderReads,
     pub on_data_floor: Option<std::sync::Arc<dyn Fn(u64) + Send + Sync>>,
     /// This member is the witness: it takes no proposals, even while it leads.
     pub witness: bool,
@@ -522,15 +525,14 @@ pub struct PeerService<C: Types> {
     pub prevote: Option<PreVoter>,
     /// Snapshots received, for `/metrics`.
     pub transfers: Arc<Transfers>,
-    pub leadership: Arc<Leadership>,
     /// This member's log flush times, reported in answers (a data member's; a witness's log
     /// never leads the cluster, so it reports none).
     pub flush: Option<Arc<FlushClock>>,
     /// A witness's payloads (W4, `crate::held`): past the cap it takes no AppendEntries
     /// carrying a payload, so nothing more commits without a data node.
     pub held: Option<Arc<crate::held::HeldPayloads>>,
-    /// When each peer last answered (membership checks, `crate::policy::membership`).
-    pub peer_flushes: Arc<PeerFlushes>,
+    /// This member: forwarded requests are carried out on it (`serve_forward`).
+    pub member: Arc<crate::member::Member<C>>,
 }
 
 /// What a member answers pre-votes with.
@@ -548,12 +550,10 @@ pub struct PreVoter {
 /// confirms no read: it answers "not leader, the transferee will be", and the asking member
 /// waits for the next leader (nothing was appended, so sending it again is safe).
 pub async fn serve_forward<C: Types>(
-    raft: &openraft::Raft<C>,
-    leader_reads: &LeaderReads,
-    leadership: &Leadership,
-    answers: &PeerFlushes,
+    member: &crate::member::Member<C>,
     req: ForwardRequest,
 ) -> Result<ForwardResponse<C::R>, ReplicaError> {
+    let (raft, leadership) = (&member.raft, &member.leadership);
     if let (
         Some(to),
         ForwardRequest::Propose(_)
@@ -574,7 +574,7 @@ pub async fn serve_forward<C: Types>(
             })
         }
         ForwardRequest::ReadIndex { reads } => Ok(ForwardResponse::ReadIndex {
-            index: leader_reads.read_index(reads as usize).await?,
+            index: member.leader_reads.read_index(reads as usize).await?,
         }),
         ForwardRequest::SetNode(id, node) => {
             let nodes = std::collections::BTreeMap::from([(id, node)]);
@@ -587,9 +587,14 @@ pub async fn serve_forward<C: Types>(
         // Answered by the peer service, which knows when this member last heard a leader.
         ForwardRequest::PreVote(_) => Ok(ForwardResponse::PreVote { granted: false }),
         ForwardRequest::ChangeMembers(change) => Ok(ForwardResponse::MembersChanged(
-            crate::membership::change(raft, answers, change).await?,
+            crate::membership::change(raft, &member.peer_flushes, change).await?,
         )),
         ForwardRequest::Members => Ok(members_answer(0, &raft.metrics().borrow())),
+        ForwardRequest::MoveLeader { target, timeout_ms } => Ok(ForwardResponse::LeadershipMoved(
+            member
+                .move_leader(target, Duration::from_millis(timeout_ms))
+                .await,
+        )),
         ForwardRequest::Campaign => {
             // Asked again after winning (the old leader had not heard yet): a new election
             // would only depose this member.
@@ -778,14 +783,7 @@ impl<C: Types> RaftPeer for PeerService<C> {
             let refused: Result<ForwardResponse<C::R>, ReplicaError> = Err(ReplicaError::NoLeader);
             return Ok(self.reply(&refused));
         }
-        let served = serve_forward(
-            &self.raft,
-            &self.leader_reads,
-            &self.leadership,
-            &self.peer_flushes,
-            req,
-        )
-        .await;
+        let served = serve_forward(&self.member, req).await;
         Ok(self.reply(&served))
     }
 }

@@ -342,16 +342,14 @@ impl Replica {
         PeerService {
             raft: self.raft.clone(),
             cluster_id: self.config.cluster_id,
-            leader_reads: self.shared.leader_reads.clone(),
             on_data_floor: None,
             witness: false,
             incarnations: Arc::clone(&self.shared.incarnations),
             prevote: self.prevote.clone(),
             transfers: Arc::clone(&self.shared.transfers),
-            leadership: Arc::clone(&self.shared.leadership),
             flush: Some(Arc::clone(&self.flush)),
             held: None,
-            peer_flushes: Arc::clone(&self.shared.peer_flushes),
+            member: Arc::clone(&self.shared),
         }
     }
 

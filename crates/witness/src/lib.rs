@@ -198,7 +198,6 @@ impl Witness {
         PeerService {
             raft: self.raft.clone(),
             cluster_id: self.options.cluster_id,
-            leader_reads: self.member.leader_reads.clone(),
             on_data_floor: Some(Arc::new(move |f| {
                 floor.fetch_max(f, Ordering::Relaxed);
             })),
@@ -206,10 +205,9 @@ impl Witness {
             incarnations: Arc::clone(&self.member.incarnations),
             prevote: Some(self.prevote.clone()),
             transfers: Arc::clone(&self.member.transfers),
-            leadership: Arc::clone(&self.member.leadership),
             flush: None,
             held: Some(Arc::clone(&self.held)),
-            peer_flushes: Arc::clone(&self.member.peer_flushes),
+            member: Arc::clone(&self.member),
         }
     }
 

@@ -11,7 +11,11 @@
 //!    renewed by a heartbeat delayed past the margin) is not overtaken by another follower's;
 //! 4. is done when it no longer leads and the transferee does; past the deadline the move has
 //!    failed (etcd: "leader transfer took too long"), the silence ends and the held requests
-//!    go on.
+//!    go on;
+//! 5. when another member won an election instead (its own timer fired while the transferee's
+//!    campaigns were refused, on a slow machine), hands the move to that member, which moves
+//!    its leadership to the transferee within what is left of the deadline (etcd's transfer
+//!    cannot be overtaken this way: its transferee campaigns past the voters' leases).
 //!
 //! Why the silence: openraft 0.9 refuses every candidate while the voter's lease on its leader
 //! runs (openraft's `election_timeout_max`, renewed on a follower by each AppendEntries; on the
@@ -51,6 +55,8 @@ pub enum Step {
     Campaign,
     /// The transferee leads.
     Moved,
+    /// This other member leads now: it is to move its leadership to the transferee.
+    Overtaken(NodeId),
     /// The deadline passed.
     TimedOut,
 }
@@ -64,6 +70,8 @@ pub struct Transfer {
     deadline_ms: u64,
     silent_since: Option<u64>,
     last_campaign: Option<u64>,
+    /// The member that overtook this one, once the move was handed to it.
+    handed_to: Option<NodeId>,
 }
 
 impl Transfer {
@@ -87,6 +95,7 @@ impl Transfer {
             deadline_ms: now_ms + timeout_ms,
             silent_since: None,
             last_campaign: None,
+            handed_to: None,
         }
     }
 
@@ -97,6 +106,14 @@ impl Transfer {
         if o.now_ms >= self.deadline_ms {
             return Step::TimedOut;
         }
+        // Another member won: the move is handed to it, once per member that leads.
+        if let (false, Some(other)) = (o.leading, o.current_leader) {
+            if self.handed_to == Some(other) {
+                return Step::Wait;
+            }
+            self.handed_to = Some(other);
+            return Step::Overtaken(other);
+        }
         let Some(since) = self.silent_since else {
             if o.leading && o.target_matched >= o.last_index {
                 self.silent_since = Some(o.now_ms);
@@ -104,10 +121,6 @@ impl Transfer {
             }
             return Step::Wait;
         };
-        // Another member won: nothing to ask (etcd too waits for its deadline).
-        if !o.leading && o.current_leader.is_some() {
-            return Step::Wait;
-        }
         if o.now_ms < since + self.lease_ms + self.margin_ms {
             return Step::Wait;
         }
@@ -202,14 +215,20 @@ mod tests {
                 vec![Wait, TimedOut],
             ),
             (
-                "another member won: wait for the deadline (etcd waits for its context)",
+                "another member won: the move is handed to it once, then the deadline counts",
                 vec![
                     obs(0, Some(ME), 10, 10),
                     obs(600, Some(ME), 10, 10),
                     obs(900, Some(C), 10, 10),
+                    obs(950, Some(C), 10, 10),
                     obs(5000, Some(C), 10, 10),
                 ],
-                vec![FallSilent, Campaign, Wait, TimedOut],
+                vec![FallSilent, Campaign, Overtaken(C), Wait, TimedOut],
+            ),
+            (
+                "deposed before falling silent: handed to the new leader as well",
+                vec![obs(0, Some(ME), 10, 8), obs(50, Some(C), 10, 8)],
+                vec![Wait, Overtaken(C)],
             ),
             (
                 "the transferee leading wins over the deadline",
