@@ -14,11 +14,13 @@ fn verdicts(out: &str) -> Vec<String> {
         .collect()
 }
 
-fn check_perf(version: CtlVersion) {
+/// Runs `etcdctl check <what> --load=s` against etcd of `version` and against tandem: it must
+/// pass on tandem with etcd's verdicts; tandem's verdicts.
+fn passes_like_etcd(version: CtlVersion, what: &str) -> Vec<String> {
     let etcd = Server::start(version.reference()).expect("etcd");
     let tandem = Server::start(Kind::Tandem).expect("tandem");
-    let reference = Ctl::new(version, &etcd).run(&["check", "perf", "--load=s"], None);
-    let ours = Ctl::new(version, &tandem).run(&["check", "perf", "--load=s"], None);
+    let run = |s: &Server| Ctl::new(version, s).run(&["check", what, "--load=s"], None);
+    let (reference, ours) = (run(&etcd), run(&tandem));
     println!(
         "{}:\n{}\ntandem:\n{}",
         etcd.kind.name(),
@@ -27,14 +29,18 @@ fn check_perf(version: CtlVersion) {
     );
     assert_eq!(
         ours.code, 0,
-        "check perf failed on tandem:\n{}\n{}",
+        "check {what} failed on tandem:\n{}\n{}",
         ours.stdout, ours.stderr
     );
     assert_eq!(verdicts(&reference.stdout), verdicts(&ours.stdout));
+    verdicts(&ours.stdout)
+}
+
+fn check_perf(version: CtlVersion) {
+    let verdicts = passes_like_etcd(version, "perf");
     assert!(
-        verdicts(&ours.stdout).iter().all(|v| v.starts_with("PASS")),
-        "{}",
-        ours.stdout
+        verdicts.iter().all(|v| v.starts_with("PASS")),
+        "{verdicts:?}"
     );
 }
 
@@ -52,22 +58,6 @@ fn check_perf_small_load_passes_like_etcd_34() {
 /// `process_resident_memory_bytes` before and after: it passes on tandem as on etcd 3.5.1.
 #[test]
 fn check_datascale_small_load_passes_like_etcd_35() {
-    let version = CtlVersion::V35;
-    let etcd = Server::start(version.reference()).expect("etcd");
-    let tandem = Server::start(Kind::Tandem).expect("tandem");
-    let run = |s: &Server| Ctl::new(version, s).run(&["check", "datascale", "--load=s"], None);
-    let (reference, ours) = (run(&etcd), run(&tandem));
-    println!(
-        "{}:\n{}\ntandem:\n{}",
-        etcd.kind.name(),
-        reference.stdout,
-        ours.stdout
-    );
-    assert_eq!(
-        ours.code, 0,
-        "check datascale failed on tandem:\n{}\n{}",
-        ours.stdout, ours.stderr
-    );
-    assert_eq!(verdicts(&reference.stdout), verdicts(&ours.stdout));
-    assert_eq!(verdicts(&ours.stdout), vec!["PASS: <figure>".to_string()]);
+    let verdicts = passes_like_etcd(CtlVersion::V35, "datascale");
+    assert_eq!(verdicts, vec!["PASS: <figure>".to_string()]);
 }

@@ -231,20 +231,25 @@ impl Tokens {
         );
         let tag = B64.encode(mac(&auth.token_key, &body).finalize().into_bytes());
         let token = format!("{body}.{tag}");
-        self.used(&token, Instant::now());
+        self.remember(&mut self.lock_uses(), &token, Instant::now());
         token
     }
 
-    fn used(&self, token: &str, now: Instant) {
-        let mut m = self.last_used.lock().unwrap_or_else(|e| e.into_inner());
-        if m.len() >= TOKENS_TRACKED_MAX {
+    /// Records a token's use at `now`, first dropping uses older than the TTL once the map is
+    /// full (all of them if that frees nothing).
+    fn remember(&self, uses: &mut HashMap<String, Instant>, token: &str, now: Instant) {
+        if uses.len() >= TOKENS_TRACKED_MAX {
             let ttl = self.ttl;
-            m.retain(|_, at| now.duration_since(*at) < ttl);
-            if m.len() >= TOKENS_TRACKED_MAX {
-                m.clear();
+            uses.retain(|_, at| now.duration_since(*at) < ttl);
+            if uses.len() >= TOKENS_TRACKED_MAX {
+                uses.clear();
             }
         }
-        m.insert(token.to_string(), now);
+        uses.insert(token.to_string(), now);
+    }
+
+    fn lock_uses(&self) -> std::sync::MutexGuard<'_, HashMap<String, Instant>> {
+        self.last_used.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The user a token names, if it is still good.
@@ -261,19 +266,17 @@ impl Tokens {
         if auth.users.get(&user)?.password_revision != password_revision {
             return None;
         }
+        // One look at the uses map per request: check freshness and record this use together.
         let now = Instant::now();
-        let seen = {
-            let m = self.last_used.lock().unwrap_or_else(|e| e.into_inner());
-            m.get(token).copied()
-        };
-        let fresh = match seen {
-            Some(at) => now.duration_since(at) < self.ttl,
-            None => unix_now().saturating_sub(issued) < self.ttl.as_secs(),
-        };
-        if !fresh {
-            return None;
+        let mut uses = self.lock_uses();
+        match uses.get_mut(token) {
+            Some(at) if now.duration_since(*at) < self.ttl => *at = now,
+            Some(_) => return None,
+            None if unix_now().saturating_sub(issued) < self.ttl.as_secs() => {
+                self.remember(&mut uses, token, now)
+            }
+            None => return None,
         }
-        self.used(token, now);
         Some(user)
     }
 

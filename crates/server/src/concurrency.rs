@@ -97,7 +97,15 @@ fn range_of(r: &ResponseOp) -> &[KeyValue] {
     }
 }
 
-impl Recipes<'_> {
+impl<'a> Recipes<'a> {
+    /// The recipes on behalf of whoever sent `request`.
+    fn of<T>(node: &'a Node, request: &Request<T>) -> Result<Self, Status> {
+        Ok(Recipes {
+            node,
+            caller: node.caller(request)?,
+        })
+    }
+
     async fn txn(&self, t: TxnRequest) -> Result<TxnResponse, Status> {
         match self
             .node
@@ -222,12 +230,8 @@ impl lpb::lock_server::Lock for LockService {
         &self,
         request: Request<lpb::LockRequest>,
     ) -> Result<Response<lpb::LockResponse>, Status> {
-        let caller = self.node.caller(&request)?;
+        let r = Recipes::of(&self.node, &request)?;
         let req = request.into_inner();
-        let r = Recipes {
-            node: &self.node,
-            caller: caller.clone(),
-        };
         let (prefix, key, lease) = r.own_key(&req.name, req.lease).await?;
         let owner = RequestOp::Range(by_create(&prefix, SortOrder::Ascend, 0));
         let t = r
@@ -239,7 +243,7 @@ impl lpb::lock_server::Lock for LockService {
             .await?;
         let mut guard = Abandoned {
             node: Arc::clone(&self.node),
-            caller,
+            caller: r.caller.clone(),
             key: Some(key.clone()),
         };
         let my_rev = if t.succeeded {
@@ -276,11 +280,7 @@ impl lpb::lock_server::Lock for LockService {
         &self,
         request: Request<lpb::UnlockRequest>,
     ) -> Result<Response<lpb::UnlockResponse>, Status> {
-        let caller = self.node.caller(&request)?;
-        let r = Recipes {
-            node: &self.node,
-            caller,
-        };
+        let r = Recipes::of(&self.node, &request)?;
         let revision = r.delete(&request.into_inner().key).await?;
         Ok(Response::new(lpb::UnlockResponse {
             header: self.node.header(revision),
@@ -334,12 +334,8 @@ impl epb::election_server::Election for ElectionService {
         &self,
         request: Request<epb::CampaignRequest>,
     ) -> Result<Response<epb::CampaignResponse>, Status> {
-        let caller = self.node.caller(&request)?;
+        let r = Recipes::of(&self.node, &request)?;
         let req = request.into_inner();
-        let r = Recipes {
-            node: &self.node,
-            caller: caller.clone(),
-        };
         let (prefix, key, lease) = r.own_key(&req.name, req.lease).await?;
         let t = r
             .txn(TxnRequest {
@@ -350,7 +346,7 @@ impl epb::election_server::Election for ElectionService {
             .await?;
         let mut guard = Abandoned {
             node: Arc::clone(&self.node),
-            caller,
+            caller: r.caller.clone(),
             key: Some(key.clone()),
         };
         let mut leader = epb::LeaderKey {
@@ -381,15 +377,11 @@ impl epb::election_server::Election for ElectionService {
         &self,
         request: Request<epb::ProclaimRequest>,
     ) -> Result<Response<epb::ProclaimResponse>, Status> {
-        let caller = self.node.caller(&request)?;
+        let r = Recipes::of(&self.node, &request)?;
         let req = request.into_inner();
         let leader = req
             .leader
             .ok_or_else(|| Status::unknown(MISSING_LEADER_KEY))?;
-        let r = Recipes {
-            node: &self.node,
-            caller,
-        };
         let revision = Self::proclaim(&r, &leader, &req.value).await?;
         Ok(Response::new(epb::ProclaimResponse {
             header: self.node.header(revision),
@@ -400,11 +392,7 @@ impl epb::election_server::Election for ElectionService {
         &self,
         request: Request<epb::LeaderRequest>,
     ) -> Result<Response<epb::LeaderResponse>, Status> {
-        let caller = self.node.caller(&request)?;
-        let r = Recipes {
-            node: &self.node,
-            caller,
-        };
+        let r = Recipes::of(&self.node, &request)?;
         let resp = Self::leader_kv(&r, &request.into_inner().name).await?;
         let Some(kv) = resp.kvs.into_iter().next() else {
             return Err(Status::unknown(ELECTION_NO_LEADER));
@@ -441,15 +429,11 @@ impl epb::election_server::Election for ElectionService {
         &self,
         request: Request<epb::ResignRequest>,
     ) -> Result<Response<epb::ResignResponse>, Status> {
-        let caller = self.node.caller(&request)?;
+        let r = Recipes::of(&self.node, &request)?;
         let leader = request
             .into_inner()
             .leader
             .ok_or_else(|| Status::unknown(MISSING_LEADER_KEY))?;
-        let r = Recipes {
-            node: &self.node,
-            caller,
-        };
         let t = r
             .txn(TxnRequest {
                 compare: vec![create_is(&leader.key, leader.rev)],
