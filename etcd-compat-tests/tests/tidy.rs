@@ -111,8 +111,8 @@ fn dependency_directions() {
         ),
         (
             "ctl",
-            &["mvcc", "raft", "replication", "server", "openraft"],
-            "ctl talks to members over the API only",
+            &["raft", "replication", "server", "openraft"],
+            "ctl talks to members over the API only; its offline restore uses etcd-db and mvcc",
         ),
         (
             "etcd-api",

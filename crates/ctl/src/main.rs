@@ -2,10 +2,12 @@
 //! `tools/benchmark`, so tandem and etcd are measured by the same tool; `status` prints the
 //! cluster's state, one line a member (the witness included); `member add-witness` adds a
 //! witness to a running cluster. It speaks only the etcd v3 API
-//! (`etcd-api`) and the members' HTTP endpoints.
+//! (`etcd-api`) and the members' HTTP endpoints; `snapshot restore`, an offline tool like
+//! etcdutl's, works on files (`etcd-db`, `mvcc`) and never on a running member.
 
 mod bench;
 mod member;
+mod snapshot;
 mod status;
 mod tls;
 
@@ -31,6 +33,9 @@ enum Cli {
     /// Membership changes etcdctl has no command for (adding a witness).
     #[command(subcommand)]
     Member(member::Command),
+    /// Snapshot files (restore, as etcdutl's).
+    #[command(subcommand)]
+    Snapshot(snapshot::Command),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -41,5 +46,6 @@ fn main() -> anyhow::Result<()> {
         Cli::Bench(args) => runtime.block_on(bench::run(args)),
         Cli::Status(args) => runtime.block_on(status::run(args)),
         Cli::Member(command) => runtime.block_on(member::run(command)),
+        Cli::Snapshot(command) => snapshot::run(command),
     }
 }

@@ -97,6 +97,10 @@ pub struct TreeIndex {
 }
 
 impl TreeIndex {
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
     pub fn get(&self, key: &[u8]) -> Option<&KeyHistory> {
         self.keys.get(key)
     }

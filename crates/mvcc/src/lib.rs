@@ -21,7 +21,7 @@ mod store;
 pub use error::{Error, Result};
 pub use request::*;
 pub use revision::Revision;
-pub use store::{AppliedBatch, Outcome, Store, StoreStatus};
+pub use store::{AppliedBatch, ExportSink, Importer, Outcome, Store, StoreStatus};
 
 /// The most operations one txn may hold (etcd's `--max-txn-ops` default).
 pub const MAX_TXN_OPS_DEFAULT: usize = 128;

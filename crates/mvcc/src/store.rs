@@ -505,6 +505,61 @@ impl Store {
         Ok(meta_value)
     }
 
+    /// Hands a consistent point-in-time copy of the keyspace to `sink`, record by record in
+    /// key order (etcd's backup format is written from this, `etcd-db`). Returns the caller's
+    /// meta value `meta_key` as of that same point.
+    pub fn export(&self, sink: &mut dyn ExportSink, meta_key: &str) -> Result<Option<Vec<u8>>> {
+        let (tx, current, compacted) = {
+            let inner = self.read();
+            (inner.db.begin_read()?, inner.current, inner.compacted)
+        };
+        let meta = tx.open_table(META)?;
+        let external = format!("{META_EXTERNAL_PREFIX}{meta_key}");
+        let meta_value = meta.get(external.as_str())?.map(|v| v.value().to_vec());
+        sink.revisions(current, compacted)?;
+        for item in tx.open_table(KV)?.iter()? {
+            let (k, v) = item?;
+            sink.kv(k.value(), v.value())?;
+        }
+        for item in tx.open_table(LEASE)?.iter()? {
+            let (k, v) = item?;
+            sink.lease(k.value(), v.value())?;
+        }
+        let auth = match meta.get(META_AUTH)? {
+            Some(v) => decode_auth(v.value())?,
+            None => AuthState::default(),
+        };
+        sink.auth(&auth)?;
+        let alarms = match meta.get(META_ALARMS)? {
+            Some(v) => postcard::from_bytes::<Vec<Alarm>>(v.value())
+                .map_err(|e| Error::Corrupt(format!("alarms: {e}")))?,
+            None => Vec::new(),
+        };
+        sink.alarms(&alarms)?;
+        Ok(meta_value)
+    }
+
+    /// Starts filling this keyspace, which must be empty, from a copy kept elsewhere (a backup
+    /// being restored, `etcd-db`): see [`Importer`].
+    pub fn importer(&self) -> Result<Importer<'_>> {
+        let empty = {
+            let inner = self.read();
+            inner.index.is_empty() && inner.leases.is_empty() && inner.compacted == 0
+        };
+        if !empty {
+            return Err(Error::Storage(
+                "a keyspace is imported only into an empty one".into(),
+            ));
+        }
+        Ok(Importer {
+            store: self,
+            kvs: Vec::new(),
+            leases: Vec::new(),
+            pending_bytes: 0,
+            last_main: 0,
+        })
+    }
+
     /// Replaces the whole keyspace with a copy written by [`Store::snapshot_to`], durably.
     pub fn restore_from(&self, r: &mut dyn Read) -> Result<()> {
         let mut inner = self.write();
@@ -731,6 +786,109 @@ fn range_in(
         count,
         revision: current,
     })
+}
+
+/// Receives a copy of the keyspace from [`Store::export`]: the revisions first, then every
+/// stored change in revision order, every lease in id order, the auth state and the alarms.
+pub trait ExportSink {
+    /// The store's revision and the last compaction's.
+    fn revisions(&mut self, current: i64, compacted: i64) -> Result<()>;
+    /// One stored change: etcd's revision bytes and its `mvccpb.KeyValue` bytes.
+    fn kv(&mut self, revision: &[u8], value: &[u8]) -> Result<()>;
+    /// One lease and its granted TTL in seconds.
+    fn lease(&mut self, id: i64, ttl: i64) -> Result<()>;
+    fn auth(&mut self, auth: &AuthState) -> Result<()>;
+    fn alarms(&mut self, alarms: &[Alarm]) -> Result<()>;
+}
+
+/// Records are written once this many key and value bytes wait (bounds an import's memory).
+const IMPORT_BATCH_BYTES: usize = 8 << 20;
+
+/// Fills an empty keyspace record by record ([`Store::importer`]): every stored change in
+/// revision order, every lease, then [`Importer::finish`] with the compaction point, the auth
+/// state and the alarms, which commits durably and loads the keyspace as opening it would.
+pub struct Importer<'a> {
+    store: &'a Store,
+    kvs: Vec<(Vec<u8>, Vec<u8>)>,
+    leases: Vec<(i64, i64)>,
+    pending_bytes: usize,
+    /// The highest main revision imported so far.
+    last_main: i64,
+}
+
+impl Importer<'_> {
+    /// One stored change: etcd's revision bytes and its `mvccpb.KeyValue` bytes, checked.
+    pub fn kv(&mut self, revision: &[u8], value: &[u8]) -> Result<()> {
+        let (rev, _) = Revision::from_key(revision)
+            .ok_or_else(|| Error::Corrupt(format!("revision key {revision:?}")))?;
+        decode_kv(value)?;
+        self.last_main = self.last_main.max(rev.main);
+        self.pending_bytes += revision.len() + value.len();
+        self.kvs.push((revision.to_vec(), value.to_vec()));
+        self.flush_if_full()
+    }
+
+    /// One lease and its granted TTL in seconds.
+    pub fn lease(&mut self, id: i64, ttl: i64) -> Result<()> {
+        self.pending_bytes += 16;
+        self.leases.push((id, ttl));
+        self.flush_if_full()
+    }
+
+    fn flush_if_full(&mut self) -> Result<()> {
+        if self.pending_bytes >= IMPORT_BATCH_BYTES {
+            self.flush(None)?;
+        }
+        Ok(())
+    }
+
+    /// Writes what waits; with `meta`, also the meta records, durably.
+    fn flush(&mut self, meta: Option<&[(&str, Vec<u8>)]>) -> Result<()> {
+        let inner = self.store.write();
+        let mut tx = inner.db.begin_write()?;
+        if meta.is_some() {
+            tx.set_durability(Durability::Immediate)?;
+        } else {
+            tx.set_durability(Durability::None)?;
+        }
+        {
+            let mut kv = tx.open_table(KV)?;
+            for (k, v) in self.kvs.drain(..) {
+                kv.insert(k.as_slice(), v.as_slice())?;
+            }
+            let mut lease = tx.open_table(LEASE)?;
+            for (id, ttl) in self.leases.drain(..) {
+                lease.insert(id, ttl)?;
+            }
+            let mut metat = tx.open_table(META)?;
+            for (k, v) in meta.unwrap_or_default() {
+                metat.insert(*k, v.as_slice())?;
+            }
+        }
+        tx.commit()?;
+        self.pending_bytes = 0;
+        Ok(())
+    }
+
+    /// Writes the rest: the revision is the highest imported (at least the compaction's), as
+    /// etcd's is after a restore.
+    pub fn finish(mut self, compacted: i64, auth: &AuthState, alarms: &[Alarm]) -> Result<()> {
+        let current = self.last_main.max(compacted);
+        let alarms = postcard::to_stdvec(alarms).map_err(|e| Error::Storage(e.to_string()))?;
+        let meta = [
+            (META_CURRENT, current.to_be_bytes().to_vec()),
+            (META_COMPACTED, compacted.to_be_bytes().to_vec()),
+            (META_ALARMS, alarms),
+            (META_AUTH, encode_auth(auth)?),
+        ];
+        self.flush(Some(&meta))?;
+        let mut inner = self.store.write();
+        inner.load()?;
+        self.store
+            .auth_enabled
+            .store(inner.auth.enabled, Ordering::Release);
+        Ok(())
+    }
 }
 
 /// Version byte of the stored auth state.

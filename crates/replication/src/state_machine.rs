@@ -26,7 +26,7 @@ use crate::types::{
 };
 
 /// The keyspace meta key of the applied state.
-const META_APPLIED: &str = "applied";
+pub const META_APPLIED: &str = "applied";
 /// Entries applied between two durable keyspace commits (etcd commits its backend every 10,000
 /// writes or 100 ms; we stay clock-free). redb reuses the pages a commit frees only after a
 /// durable commit, so this also bounds how much the file grows between two of them.
@@ -64,6 +64,11 @@ impl codec::Stored for AppliedState {
             membership: codec::stored_membership_from_v1(v1.membership),
         })
     }
+}
+
+/// The applied state from its stored bytes (the meta value under [`META_APPLIED`]).
+pub fn decode_applied(b: &[u8]) -> anyhow::Result<AppliedState> {
+    Ok(codec::decode_stored(b)?)
 }
 
 /// The applied position and membership stored in `store` (a stopped member's, for recovery

@@ -36,13 +36,14 @@ fn refuse_etcd_files(data_dir: &Path) -> Result<()> {
         .unwrap_or(0);
     if db.exists() || wal_files > 0 {
         bail!(
-            "refusing to start: the data dir {} holds an etcd data directory ({}), which tandem \
-             does not read; starting on it would serve an empty keyspace beside etcd's data. \
-             Start tandem on another --data-dir; to bring the keys over, run etcd on this one \
-             and copy them with `etcdctl make-mirror <tandem's client URL>` (tandem cannot \
-             restore etcd's files or snapshots yet)",
-            data_dir.display(),
-            if db.exists() {
+            "refusing to start: the data dir {dir} holds an etcd data directory ({what}), which \
+             tandem does not read in place; starting on it would serve an empty keyspace beside \
+             etcd's data. To migrate it, take a snapshot (`etcdctl snapshot save FILE` from the \
+             running etcd, or a copy of {dir}/member/snap/db with --skip-hash-check), then run \
+             `tandem-ctl snapshot restore FILE --data-dir NEW_DIR --name NAME --initial-cluster \
+             ...` and start tandem on NEW_DIR (docs/migration.md)",
+            dir = data_dir.display(),
+            what = if db.exists() {
                 "member/snap/db"
             } else {
                 "member/wal/*.wal"

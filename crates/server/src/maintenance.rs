@@ -1,6 +1,6 @@
 //! The Maintenance service: status, hashes, alarms, defragmentation and snapshots.
 
-use std::io::{Read, Seek, Write};
+use std::io::Read;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -202,27 +202,47 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
         require_admin_unconverted(&self.node, &request)?;
         let store = Arc::clone(&self.node.store);
         let dir = self.node.config.data_dir.join("member");
-        // Dump to a temporary file first: its size gives `remaining_bytes`, and the keyspace is
-        // held only while dumping, not while a slow client reads.
+        let members = self.node.replica.members();
+        let term = self.node.replica.status().term;
+        // Written to a temporary bbolt file first (etcd's format, `etcd-db`): its size gives
+        // `remaining_bytes`, and the keyspace is held only while writing, not while a slow
+        // client reads. The file is unlinked at once; the open handle keeps it readable.
         let mut file = tokio::task::spawn_blocking(move || -> Result<std::fs::File, Status> {
-            let mut f = tempfile::tempfile_in(&dir).map_err(|e| Status::internal(e.to_string()))?;
-            {
-                let mut w = std::io::BufWriter::new(&mut f);
-                store
-                    .snapshot_to(&mut w, "")
-                    .map_err(crate::errors::from_mvcc)?;
-                w.flush().map_err(|e| Status::internal(e.to_string()))?;
-            }
-            // etcd clients expect a body of whole 512-byte pages (bbolt's) before the SHA-256
-            // trailer and refuse anything else; the snapshot reader ignores the zero padding.
-            let len = f
-                .metadata()
-                .map_err(|e| Status::internal(e.to_string()))?
-                .len();
-            let pad = (SNAPSHOT_ALIGN_BYTES - len % SNAPSHOT_ALIGN_BYTES) % SNAPSHOT_ALIGN_BYTES;
-            f.write_all(&vec![0u8; pad as usize])
-                .map_err(|e| Status::internal(e.to_string()))?;
-            f.rewind().map_err(|e| Status::internal(e.to_string()))?;
+            let internal = |e: &dyn std::fmt::Display| Status::internal(e.to_string());
+            let tmp = tempfile::tempdir_in(&dir).map_err(|e| internal(&e))?;
+            let path = tmp.path().join("snapshot.db");
+            let mut w = etcd_db::Writer::create(&path).map_err(|e| internal(&e))?;
+            let applied = store
+                .export(&mut w, replication::state_machine::META_APPLIED)
+                .map_err(crate::errors::from_mvcc)?;
+            let consistent_index = match applied {
+                Some(b) => replication::state_machine::decode_applied(&b)
+                    .map_err(|e| internal(&e))?
+                    .last_applied
+                    .map_or(0, |l| l.index),
+                None => 0,
+            };
+            let info = etcd_db::ClusterInfo {
+                consistent_index,
+                term,
+                members: members
+                    .into_iter()
+                    .map(|(id, m, is_learner)| etcd_db::Member {
+                        id,
+                        name: m.name,
+                        peer_urls: m.peer_urls,
+                        client_urls: m.client_urls,
+                        is_learner,
+                    })
+                    .collect(),
+            };
+            w.finish(&info).map_err(|e| internal(&e))?;
+            let f = std::fs::File::open(&path).map_err(|e| internal(&e))?;
+            // etcd clients expect whole 512-byte pages before the SHA-256 trailer: bbolt's
+            // pages are larger multiples of it.
+            let len = f.metadata().map_err(|e| internal(&e))?.len();
+            assert_eq!(len % SNAPSHOT_ALIGN_BYTES, 0, "a bbolt file is whole pages");
+            drop(tmp);
             Ok(f)
         })
         .await
