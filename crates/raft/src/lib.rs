@@ -33,6 +33,7 @@ pub mod member;
 pub mod membership;
 pub mod mutants;
 pub mod network;
+pub mod peer_metrics;
 pub mod policy;
 pub mod prevote;
 pub mod transfers;

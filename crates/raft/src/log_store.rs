@@ -47,8 +47,11 @@ enum Job<C: Types> {
 }
 
 /// Counters of the writer thread: how much work each durable flush covered.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct LogStats {
+    /// Each fdatasync of the log, in seconds (etcd's `etcd_disk_wal_fsync_duration_seconds`,
+    /// with its buckets).
+    pub fsync_seconds: prometheus_client::metrics::histogram::Histogram,
     /// Durable flushes (each one fdatasync of the log).
     pub commits: AtomicU64,
     /// Entries made durable.
@@ -59,6 +62,26 @@ pub struct LogStats {
     pub disk_full: Arc<crate::disk::DiskFull>,
     /// When the flush under way started ([`crate::flushes::now_micros`] + 1; 0: none).
     pub flush_started: AtomicU64,
+}
+
+/// etcd's buckets for disk latencies: 1 ms to about 8 s, doubling.
+pub fn disk_seconds_buckets() -> impl Iterator<Item = f64> {
+    prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 14)
+}
+
+impl Default for LogStats {
+    fn default() -> Self {
+        LogStats {
+            fsync_seconds: prometheus_client::metrics::histogram::Histogram::new(
+                disk_seconds_buckets(),
+            ),
+            commits: AtomicU64::default(),
+            entries: AtomicU64::default(),
+            commit_micros: AtomicU64::default(),
+            disk_full: Arc::default(),
+            flush_started: AtomicU64::default(),
+        }
+    }
 }
 
 impl LogStats {
@@ -296,7 +319,11 @@ impl<C: Types> Shared<C> {
         };
         // The flush runs without the lock, so readers are not held up by it.
         let through = pending.through;
+        let synced = Instant::now();
         pending.finish()?;
+        self.stats
+            .fsync_seconds
+            .observe(synced.elapsed().as_secs_f64());
         lock(&self.wal).note_durable(through);
         Ok(locs)
     }

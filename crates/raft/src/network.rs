@@ -353,15 +353,29 @@ impl PeerClient {
             data_floor,
         ));
         request.set_timeout(option.hard_ttl());
+        let metrics = crate::peer_metrics::peers();
+        let to = crate::peer_metrics::label("To", self.target);
+        let bytes = request.get_ref().payload.len() as u64;
+        let sent = std::time::Instant::now();
         let reply = match kind {
             Kind::Append => client.append_entries(request).await,
             Kind::Vote => client.vote(request).await,
             Kind::Snapshot => client.install_snapshot(request).await,
         };
-        let reply = reply.map_err(|s| match s.code() {
-            tonic::Code::Unavailable => RPCError::Unreachable(Unreachable::new(&s)),
-            _ => RPCError::Network(NetworkError::new(&s)),
+        let reply = reply.map_err(|s| {
+            metrics.sent_failures.get_or_create(&to).inc();
+            match s.code() {
+                tonic::Code::Unavailable => RPCError::Unreachable(Unreachable::new(&s)),
+                _ => RPCError::Network(NetworkError::new(&s)),
+            }
         })?;
+        metrics.sent_bytes.get_or_create(&to).inc_by(bytes);
+        if let Kind::Append = kind {
+            metrics
+                .round_trip
+                .get_or_create(&to)
+                .observe(sent.elapsed().as_secs_f64());
+        }
         let reply = reply.into_inner();
         if let Kind::Append = kind {
             self.peer_flushes.note(self.target, reply.flush_micros);
@@ -624,6 +638,10 @@ impl<C: Types> PeerService<C> {
         self.incarnations
             .check(m.sender, m.incarnation)
             .map_err(tonic::Status::failed_precondition)?;
+        crate::peer_metrics::peers()
+            .received_bytes
+            .get_or_create(&crate::peer_metrics::label("From", m.sender))
+            .inc_by(m.payload.len() as u64);
         codec::decode(&m.payload).map_err(|e| tonic::Status::invalid_argument(e.to_string()))
     }
 

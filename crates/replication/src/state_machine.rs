@@ -34,6 +34,14 @@ const DURABLE_EVERY_ENTRIES: usize = 1_000;
 /// Bytes of keys and values applied between two durable keyspace commits (same reason).
 const DURABLE_EVERY_BYTES: usize = 4 << 20;
 
+/// Each keyspace commit (one per applied batch), in seconds: etcd's
+/// `etcd_disk_backend_commit_duration_seconds`, per process as etcd keeps it.
+pub static BACKEND_COMMIT_SECONDS: std::sync::LazyLock<
+    prometheus_client::metrics::histogram::Histogram,
+> = std::sync::LazyLock::new(|| {
+    prometheus_client::metrics::histogram::Histogram::new(raft::log_store::disk_seconds_buckets())
+});
+
 /// Receives what the keyspace did, right after each applied batch (the watch hub).
 pub trait ApplyListener: Send + Sync + 'static {
     /// A batch was applied: the events of each command in order, and the revision after it.
@@ -227,10 +235,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             self.since_durable_bytes = 0;
         }
         let meta = [(META_APPLIED, codec::encode(&self.state))];
+        let started = std::time::Instant::now();
         let batch = self.store.apply(&cmds, &meta, durable).map_err(|e| {
             self.disk_full.note(&e.to_string());
             sm_err(ErrorVerb::Write, e)
         })?;
+        BACKEND_COMMIT_SECONDS.observe(started.elapsed().as_secs_f64());
         let mut outcomes = batch.outcomes.into_iter();
         let mut events = Vec::with_capacity(cmds.len());
         let mut responses = Vec::with_capacity(sizes.len());

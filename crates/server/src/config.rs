@@ -194,6 +194,10 @@ pub struct Flags {
     /// Maximum concurrent streams that each client can open at a time.
     #[arg(long, env = "ETCD_MAX_CONCURRENT_STREAMS", default_value_t = u32::MAX)]
     pub max_concurrent_streams: u32,
+    /// Set level of detail for exported metrics, specify 'extensive' to include server side
+    /// grpc histogram metrics.
+    #[arg(long, env = "ETCD_METRICS", default_value = "basic")]
+    pub metrics: String,
 }
 
 /// etcd's TLS flags (client side, peer side, and what both share).
@@ -469,7 +473,6 @@ inert_flags! {
     enable_log_rotation = "enable-log-rotation", "ETCD_ENABLE_LOG_ROTATION", "tandem does not rotate its log files";
     log_rotation_config_json = "log-rotation-config-json", "ETCD_LOG_ROTATION_CONFIG_JSON", "tandem does not rotate its log files";
     grpc_keepalive_min_time = "grpc-keepalive-min-time", "ETCD_GRPC_KEEPALIVE_MIN_TIME", "tandem's HTTP/2 server limits client pings by its own rules";
-    metrics = "metrics", "ETCD_METRICS", "per-method gRPC latency histograms (extensive) are not served yet";
     experimental_backend_bbolt_freelist_type = "experimental-backend-bbolt-freelist-type", "ETCD_EXPERIMENTAL_BACKEND_BBOLT_FREELIST_TYPE", "the keyspace is in redb, not bbolt";
     debug = "debug", "ETCD_DEBUG", "etcd 3.4's debug switch; --log-level=debug sets tandem's level";
     log_package_levels = "log-package-levels", "ETCD_LOG_PACKAGE_LEVELS", "etcd 3.4's per-package levels (capnslog); --log-level sets tandem's";
@@ -517,6 +520,8 @@ pub struct Config {
     pub grpc_keepalive: (Duration, Duration),
     /// `--max-concurrent-streams`: HTTP/2 streams one client connection may have open.
     pub max_concurrent_streams: u32,
+    /// `--metrics=extensive`: per-method gRPC latency histograms too.
+    pub extensive_metrics: bool,
     /// How long a token lives unused, in seconds (`--auth-token-ttl`).
     pub auth_token_ttl_secs: u64,
     /// `--bcrypt-cost`, within bcrypt's bounds.
@@ -755,11 +760,11 @@ impl Flags {
         if let Some((flag, env)) = self.unsupported.first_given() {
             bail!("--{flag} ({env}) is not supported by tandem yet; remove it to start");
         }
-        if let Some(m) = &self.inert.metrics {
-            if m != "basic" && m != "extensive" {
-                bail!("--metrics={m}: unknown metrics type (must be basic or extensive)");
-            }
-        }
+        let extensive_metrics = match self.metrics.as_str() {
+            "basic" => false,
+            "extensive" => true,
+            m => bail!("--metrics={m}: unknown metrics type (must be basic or extensive)"),
+        };
         let inert_flags = self
             .inert
             .given()
@@ -962,6 +967,7 @@ impl Flags {
             inert_flags,
             grpc_keepalive,
             max_concurrent_streams: self.max_concurrent_streams,
+            extensive_metrics,
             auth_token_ttl_secs: self.auth_token_ttl,
             bcrypt_cost: crate::authn::bcrypt_cost(self.bcrypt_cost),
             auto_compaction,

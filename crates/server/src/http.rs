@@ -173,16 +173,29 @@ pub(crate) fn version_body(server_version: &str) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "application/json")], body)
 }
 
-/// prometheus-client appends a period to every help text; etcd's texts are given verbatim
-/// (some end with one, some do not), so the added period is taken off again.
+/// prometheus-client writes OpenMetrics; etcd serves Prometheus's text format. Two
+/// differences show: every help text gets a period appended (etcd's are given verbatim, some end
+/// with one, some do not: the added one is taken off), and a counter's HELP and TYPE lines name
+/// it without its `_total` suffix (in Prometheus's format they name the sample, as etcd's do).
 pub(crate) fn verbatim_help(encoded: &str) -> String {
+    let counters: std::collections::HashSet<&str> = encoded
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
     let mut out = String::with_capacity(encoded.len());
     for line in encoded.lines() {
         let line = match line.starts_with("# HELP ") {
             true => line.strip_suffix('.').unwrap_or(line),
             false => line,
         };
-        out.push_str(line);
+        let named = ["# HELP ", "# TYPE "].iter().find_map(|p| {
+            let rest = line.strip_prefix(p)?;
+            let name = rest.split(' ').next()?;
+            counters
+                .contains(name)
+                .then(|| format!("{p}{name}_total{}", &rest[name.len()..]))
+        });
+        out.push_str(named.as_deref().unwrap_or(line));
         out.push('\n');
     }
     out
@@ -251,6 +264,62 @@ pub(crate) fn render(registry: &Registry) -> axum::response::Response {
         verbatim_help(&encoded),
     )
         .into_response()
+}
+
+/// etcd's disk latency histograms and the server counters counted as things happen.
+fn disk_and_server_metrics(registry: &mut Registry, node: &Node) {
+    registry.register(
+        "etcd_disk_wal_fsync_duration_seconds",
+        "The latency distributions of fsync called by WAL.",
+        node.replica.log_stats().fsync_seconds.clone(),
+    );
+    registry.register(
+        "etcd_disk_backend_commit_duration_seconds",
+        "The latency distributions of commit called by backend.",
+        replication::state_machine::BACKEND_COMMIT_SECONDS.clone(),
+    );
+    let m = &node.metrics;
+    m.grpc.register(registry);
+    registry.register(
+        "etcd_server_leader_changes_seen",
+        "The number of leader changes seen.",
+        m.leader_changes.clone(),
+    );
+    registry.register(
+        "etcd_server_proposals_failed",
+        "The total number of failed proposals seen.",
+        m.proposals_failed.clone(),
+    );
+    registry.register(
+        "etcd_server_proposals_pending",
+        "The current number of pending proposals to commit.",
+        m.proposals_pending.clone(),
+    );
+}
+
+/// etcd's peer network metrics (`raft::peer_metrics`), on every member, the witness included.
+pub(crate) fn peer_metrics(registry: &mut Registry) {
+    let p = raft::peer_metrics::peers();
+    registry.register(
+        "etcd_network_peer_sent_bytes",
+        "The total number of bytes sent to peers.",
+        p.sent_bytes.clone(),
+    );
+    registry.register(
+        "etcd_network_peer_received_bytes",
+        "The total number of bytes received from peers.",
+        p.received_bytes.clone(),
+    );
+    registry.register(
+        "etcd_network_peer_sent_failures",
+        "The total number of send failures from peers.",
+        p.sent_failures.clone(),
+    );
+    registry.register(
+        "etcd_network_peer_round_trip_time_seconds",
+        "Round-Trip-Time histogram between peers",
+        p.round_trip.clone(),
+    );
 }
 
 /// tandem's own: every member's role, whether the witness is engaged, how far each follower
@@ -444,6 +513,8 @@ async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
         "Time spent in durable commits of the raft log.",
         load(&log.commit_micros),
     );
+    disk_and_server_metrics(&mut registry, &node);
+    peer_metrics(&mut registry);
     two_node_metrics(&mut registry, &node);
     snapshot_transfer_metrics(&mut registry, &node);
     crate::process_metrics::register(&mut registry);

@@ -17,6 +17,7 @@ pub mod disk_guard;
 pub mod errors;
 pub mod fence;
 pub mod goaway;
+pub mod grpc_metrics;
 pub mod http;
 pub mod identity;
 pub mod kv;
@@ -263,6 +264,7 @@ pub async fn run(
             .http2_keepalive_timeout(Some(node.config.grpc_keepalive.1))
             .max_concurrent_streams(Some(node.config.max_concurrent_streams))
             .layer(NameUnknownMethods)
+            .layer(grpc_metrics::CountCalls(Arc::clone(&node.metrics.grpc)))
             .add_routes(routes)
             .serve_with_incoming_shutdown(
                 client_incoming(listener, serving_tls.client.as_ref()),

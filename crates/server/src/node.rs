@@ -43,6 +43,57 @@ pub struct Node {
     pub fence_armed: Arc<std::sync::atomic::AtomicBool>,
     /// Authentication tokens (`--auth-token`, `--auth-token-ttl`).
     pub tokens: crate::authn::Tokens,
+    pub metrics: ServerMetrics,
+}
+
+/// etcd's server counters that are counted as things happen (the rest of `/metrics` is read
+/// from state when scraped).
+pub struct ServerMetrics {
+    /// `grpc_server_*` (`crate::grpc_metrics`).
+    pub grpc: Arc<crate::grpc_metrics::GrpcMetrics>,
+    /// `etcd_server_leader_changes_seen_total`: each time this member saw a new leader.
+    pub leader_changes: prometheus_client::metrics::counter::Counter,
+    /// `etcd_server_proposals_failed_total`: proposals that did not commit (no leader, timed
+    /// out, leader changed).
+    pub proposals_failed: prometheus_client::metrics::counter::Counter,
+    /// `etcd_server_proposals_pending`: proposals under way.
+    pub proposals_pending: prometheus_client::metrics::gauge::Gauge,
+}
+
+/// One proposal under way in `etcd_server_proposals_pending`.
+struct Pending<'a>(&'a prometheus_client::metrics::gauge::Gauge);
+
+impl<'a> Pending<'a> {
+    fn new(g: &'a prometheus_client::metrics::gauge::Gauge) -> Self {
+        g.inc();
+        Pending(g)
+    }
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// Counts every change to a new leader this member sees, as etcd's raft loop does.
+fn count_leader_changes(
+    mut status: watch::Receiver<ReplicaStatus>,
+    changes: prometheus_client::metrics::counter::Counter,
+) {
+    tokio::spawn(async move {
+        let mut last = None;
+        loop {
+            let leader = status.borrow_and_update().leader;
+            if leader.is_some() && leader != last {
+                changes.inc();
+            }
+            last = leader;
+            if status.changed().await.is_err() {
+                return;
+            }
+        }
+    });
 }
 
 /// How many bytes may be written before the file or in-use size is measured again.
@@ -107,7 +158,17 @@ impl Node {
             Duration::from_secs(config.auth_token_ttl_secs),
             config.tls.client.client_cert_auth,
         );
+        let metrics = ServerMetrics {
+            grpc: Arc::new(crate::grpc_metrics::GrpcMetrics::new(
+                config.extensive_metrics,
+            )),
+            leader_changes: Default::default(),
+            proposals_failed: Default::default(),
+            proposals_pending: Default::default(),
+        };
+        count_leader_changes(status.clone(), metrics.leader_changes.clone());
         Arc::new(Self {
+            metrics,
             tokens,
             config,
             replica,
@@ -291,7 +352,13 @@ impl Node {
 
     async fn propose_unchecked(&self, cmd: Command) -> Result<CommandResponse, Status> {
         let timeout = request_timeout(self.config.election_timeout_ms);
-        match tokio::time::timeout(timeout, self.replica.propose(cmd)).await {
+        // Counted down however the request ends (a client that goes away cancels it).
+        let _pending = Pending::new(&self.metrics.proposals_pending);
+        let proposed = tokio::time::timeout(timeout, self.replica.propose(cmd)).await;
+        if matches!(proposed, Err(_) | Ok(Err(_))) {
+            self.metrics.proposals_failed.inc();
+        }
+        match proposed {
             Err(_) => Err(rpctypes::TIMEOUT.status()),
             Ok(Err(e)) => Err(errors::from_replica(e)),
             Ok(Ok(Err(e))) => Err(errors::from_mvcc(e)),

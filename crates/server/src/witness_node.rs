@@ -171,6 +171,7 @@ async fn metrics(State(node): State<Arc<WitnessNode>>) -> impl IntoResponse {
     let mut registry = Registry::default();
     let raft = node.witness.status();
     raft_gauges(&mut registry, &raft);
+    crate::http::peer_metrics(&mut registry);
     gauge(
         &mut registry,
         "tandem_server_is_witness",
