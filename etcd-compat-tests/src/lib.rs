@@ -318,6 +318,11 @@ impl Server {
         Ok(s)
     }
 
+    /// The `--initial-cluster` a member of a cluster starts with.
+    pub fn initial_cluster(&self) -> Option<&str> {
+        self.initial_cluster.as_deref()
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -623,7 +628,21 @@ impl Cluster {
         net: Option<&netns::Net>,
         prepare: &mut dyn FnMut(usize, &Path) -> Result<()>,
     ) -> Result<Self> {
-        Self::start_linked(kind, size, extra, net, false, prepare)
+        Self::start_linked(kind, size, extra, net, false, &mut |i, m| {
+            prepare(i, &m.data_dir())
+        })
+    }
+
+    /// Starts a cluster after `restore` has filled each member's (not yet created) data dir,
+    /// knowing the member's name, peer URL and `--initial-cluster` (a snapshot restore needs
+    /// them: etcd keeps the membership it is restored with).
+    pub fn start_restored(
+        kind: Kind,
+        size: usize,
+        extra: &[&str],
+        restore: &mut dyn FnMut(&Server) -> Result<()>,
+    ) -> Result<Self> {
+        Self::start_linked(kind, size, extra, None, false, &mut |_, m| restore(m))
     }
 
     /// As [`Cluster::start_prepared`] on loopback, every directed peer link through a
@@ -638,7 +657,9 @@ impl Cluster {
             kind == Kind::Tandem,
             "only tandem follows a fault proxy's routes"
         );
-        Self::start_linked(kind, size, extra, None, true, prepare)
+        Self::start_linked(kind, size, extra, None, true, &mut |i, m| {
+            prepare(i, &m.data_dir())
+        })
     }
 
     fn start_linked(
@@ -647,7 +668,7 @@ impl Cluster {
         extra: &[&str],
         net: Option<&netns::Net>,
         proxied: bool,
-        prepare: &mut dyn FnMut(usize, &Path) -> Result<()>,
+        prepare: &mut dyn FnMut(usize, &Server) -> Result<()>,
     ) -> Result<Self> {
         let mut members = Vec::new();
         for i in 1..=size {
@@ -691,7 +712,7 @@ impl Cluster {
         };
         for (i, m) in members.iter_mut().enumerate() {
             m.initial_cluster = Some(initial.join(","));
-            prepare(i, &m.data_dir())?;
+            prepare(i, m)?;
             m.spawn()?;
         }
         let cluster = Cluster { members, proxy };
