@@ -36,8 +36,10 @@ pub const BUCKETS: [&str; 10] = [
     "authRoles",
 ];
 /// Puts are committed once this many key and value bytes wait (bounds the memory a snapshot
-/// takes: bbolt keeps a transaction's dirty pages in memory until it commits).
+/// takes: bbolt keeps a transaction's dirty pages in memory until it commits, in a few copies).
 pub const BATCH_BYTES: usize = 8 << 20;
+/// bbolt's page size on the machines etcd runs on.
+const PAGE_BYTES: usize = 4096;
 /// The fill of bbolt pages: records arrive in key order, so pages are filled as bbolt fills
 /// them for sequential inserts, not half-empty.
 const FILL_PERCENT: f64 = 0.9;
@@ -96,7 +98,12 @@ impl Writer {
         if path.exists() {
             return Err(Error::Bolt(format!("{} already exists", path.display())));
         }
-        let mut db = bbolt_rs::Bolt::open(path)?;
+        // Batches are not synced one by one: the file is synced once, when finished.
+        let mut db = bbolt_rs::BoltOptions::builder()
+            .no_sync()
+            .page_size(PAGE_BYTES)
+            .build()
+            .open(path)?;
         db.update(|mut tx| {
             for b in BUCKETS {
                 tx.create_bucket(b)?;
