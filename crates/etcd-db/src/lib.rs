@@ -37,7 +37,7 @@ pub const BUCKETS: [&str; 10] = [
 ];
 /// Puts are committed once this many key and value bytes wait (bounds the memory a snapshot
 /// takes: bbolt keeps a transaction's dirty pages in memory until it commits, in a few copies).
-pub const BATCH_BYTES: usize = 8 << 20;
+pub const BATCH_BYTES: usize = 2 << 20;
 /// bbolt's page size on the machines etcd runs on.
 const PAGE_BYTES: usize = 4096;
 /// The fill of bbolt pages: records arrive in key order, so pages are filled as bbolt fills
