@@ -3,18 +3,25 @@
 //! pace (and `up` recorded from whether the scrape answered); the scrapes are replayed to
 //! promtool as one per minute, which evaluates the rules, `for` durations included, over the
 //! recording. The alerts that fired must be the same on both, and include the one the fault
-//! is for. Needs promtool (Debian's `prometheus` package; `scripts/install-deps`).
+//! is for: leader changes, a member down (also as only its peers see it), and a follower whose
+//! fdatasyncs take 600 ms (which fires the fsync and the backend commit alerts on both). Needs
+//! promtool (Debian's `prometheus` package; `scripts/install-deps`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_compat_tests::{http_get, run_command, workspace_path, Cluster, Kind};
+use etcd_compat_tests::{
+    http_get, run_command, steady_writer, strace_injecting, workspace_path, Cluster, Kind,
+};
 
 /// Each scrape is replayed as a minute (the rules' windows are minutes), so a rate in the
 /// replay is the real one divided by 60 s / pace: the pace of a recording must leave the
 /// counters a rule takes a rate of enough real time to move (a member retries a dead peer about
-/// twice a second; the rule wants more than one failure in two minutes).
+/// twice a second, and the rule wants more than one failure in two minutes; a slow disk syncs
+/// about twice a second, and an empty five-minute window has no quantile).
 const FAST: Duration = Duration::from_millis(250);
 const SLOW: Duration = Duration::from_secs(1);
 
@@ -145,6 +152,8 @@ enum Fault {
     LeaderChanges,
     /// A follower killed.
     MemberDown,
+    /// Nothing more (the fault was set up before recording).
+    None,
 }
 
 /// Records `scrapes` scrapes of `cluster`, one every `pace`, with `fault` after the first few.
@@ -171,6 +180,7 @@ async fn record(cluster: &mut Cluster, fault: Fault, scrapes: usize, pace: Durat
                 let victim = (leader + 1) % cluster.members.len();
                 cluster.members[victim].stop("KILL").expect("kill");
             }
+            Fault::None => {}
         }
     }
     rec
@@ -210,7 +220,36 @@ async fn alerts_of(kind: Kind, dir: &std::path::Path) -> Vec<(&'static str, BTre
         scrape.retain(|series, _| !series.starts_with("up{"));
     }
     out.push(("a member down, seen by its peers", rec.firing(dir, 27)));
+    drop(cluster);
+    out.push(("slow fsync on a follower", slow_fsync(kind, dir).await));
     out
+}
+
+/// A follower whose fdatasyncs take 600 ms each (strace), under a steady writer.
+async fn slow_fsync(kind: Kind, dir: &std::path::Path) -> BTreeSet<String> {
+    let mut cluster = Cluster::start(kind, 3, &[]).expect("cluster");
+    let leader = cluster
+        .wait_leader(Duration::from_secs(30))
+        .await
+        .expect("leader");
+    let slow = (leader + 1) % 3;
+    let m = &mut cluster.members[slow];
+    m.stop("TERM").expect("stop");
+    let strace = strace_injecting("fdatasync", "fdatasync:delay_enter=600000");
+    m.set_wrapper(&strace.iter().map(String::as_str).collect::<Vec<_>>());
+    m.restart().expect("restart under strace");
+    cluster.wait_healthy(slow).expect("healthy under strace");
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = tokio::spawn(steady_writer(
+        cluster.members[leader].url(),
+        "/fsync/",
+        Arc::clone(&stop),
+    ));
+    let rec = record(&mut cluster, Fault::None, 16, SLOW).await;
+    stop.store(true, Ordering::Relaxed);
+    writer.await.expect("writer");
+    // Slow from the start: the rate of 5 minutes and 10 minutes of `for` have passed by 15.
+    rec.firing(dir, 15)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -228,6 +267,7 @@ async fn the_etcd_mixin_alerts_fire_on_tandem_as_on_etcd() {
         ("leader changes", "etcdHighNumberOfLeaderChanges"),
         ("a member down", "etcdMembersDown"),
         ("a member down, seen by its peers", "etcdMembersDown"),
+        ("slow fsync on a follower", "etcdHighFsyncDurations"),
     ];
     for ((fault, alert), ((_, t), (_, o))) in want.iter().zip(theirs.iter().zip(&ours)) {
         assert!(
