@@ -574,6 +574,12 @@ impl Server {
 
     /// A Rust client of this server (over TLS, with the certificate [`use_client_tls`] gave,
     /// when the server has client TLS).
+    /// This member's id, as its `Status` names it.
+    pub async fn member_id(&self) -> Result<u64> {
+        let status = self.client().await?.status().await?;
+        Ok(status.header().context("a status header")?.member_id())
+    }
+
     pub async fn client(&self) -> Result<etcd_client::Client> {
         let options = match (self.client_tls(), CLIENT_TLS.get()) {
             (true, Some(files)) => {

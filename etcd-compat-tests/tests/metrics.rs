@@ -68,6 +68,13 @@ async fn put_and_get(url: &str) {
         .expect("connect");
     c.put("k", "v", None).await.expect("put");
     c.get("k", None).await.expect("get");
+    // Enough bytes that tandem commits its keyspace durably (every 4 MiB or 1,000 entries),
+    // which is what the backend commit histogram counts.
+    for i in 0..4 {
+        c.put(format!("big{i}"), vec![b'x'; 1 << 20], None)
+            .await
+            .expect("put a large value");
+    }
     let _ = c
         .get(
             "k",

@@ -195,13 +195,7 @@ async fn a_restart_never_shortens_a_lease() {
 /// Raises CORRUPT for `s`'s member through the Alarm API (as a corruption check does).
 async fn raise_corrupt(s: &Server) {
     let mut c = s.client().await.expect("connect");
-    let member = c
-        .status()
-        .await
-        .expect("status")
-        .header()
-        .expect("header")
-        .member_id();
+    let member = s.member_id().await.expect("member id");
     let mut opts = etcd_client::AlarmOptions::new();
     opts.with_member(member);
     c.alarm(

@@ -164,6 +164,51 @@ async fn view(c: &mut Client, compacted: i64) -> Vec<String> {
     out
 }
 
+/// `etcdctl snapshot save` (3.5) against `server`: the file's path.
+fn save_snapshot(server: &Server) -> String {
+    let ctl = Ctl::new(CtlVersion::V35, server);
+    let out = ctl.run(&["snapshot", "save", "snap.db"], None);
+    assert_eq!(out.code, 0, "snapshot save: {}", out.stderr);
+    ctl.cwd
+        .join("snap.db")
+        .to_str()
+        .expect("utf-8 path")
+        .to_string()
+}
+
+/// `etcdutl snapshot restore` (3.5.1) of `snap` into `dir`, for member `name` of
+/// `initial_cluster` advertising `peer`.
+fn restore_with_etcdutl(
+    snap: &str,
+    dir: &std::path::Path,
+    name: &str,
+    initial_cluster: &str,
+    peer: &str,
+) {
+    etcdutl(&[
+        "snapshot",
+        "restore",
+        snap,
+        "--data-dir",
+        dir.to_str().expect("utf-8 path"),
+        "--name",
+        name,
+        "--initial-cluster",
+        initial_cluster,
+        "--initial-advertise-peer-urls",
+        peer,
+    ]);
+}
+
+/// Every member of `cluster` serves what `want` shows.
+async fn every_member_serves(cluster: &Cluster, want: &[String], compacted: i64, what: &str) {
+    for m in &cluster.members {
+        let mut c = m.client().await.expect("client");
+        let got = view(&mut c, compacted).await;
+        assert_eq!(want, got.as_slice(), "{what} vs member {}", m.name());
+    }
+}
+
 fn etcdutl(args: &[&str]) -> String {
     let mut c = Command::new(etcdutl_bin());
     c.args(args);
@@ -179,11 +224,8 @@ async fn a_tandem_snapshot_restores_into_etcd_with_identical_data() {
     let (rev, compacted) = write_history(&mut c).await;
     let ours = view(&mut c, compacted).await;
 
-    let ctl = Ctl::new(CtlVersion::V35, &tandem);
-    let out = ctl.run(&["snapshot", "save", "snap.db"], None);
-    assert_eq!(out.code, 0, "snapshot save: {}", out.stderr);
-    let snap = ctl.cwd.join("snap.db");
-    let snap = snap.to_str().expect("utf-8 path");
+    let snap = save_snapshot(&tandem);
+    let snap = snap.as_str();
 
     let status = etcdutl(&["snapshot", "status", snap, "-w", "json"]);
     let status: serde_json::Value = serde_json::from_str(&status).expect("status json");
@@ -195,20 +237,7 @@ async fn a_tandem_snapshot_restores_into_etcd_with_identical_data() {
 
     let peer = "http://127.0.0.1:2380";
     let etcd = Server::start_prepared(Kind::Etcd35, |dir| {
-        let dir = dir.to_str().expect("utf-8 path");
-        etcdutl(&[
-            "snapshot",
-            "restore",
-            snap,
-            "--data-dir",
-            dir,
-            "--name",
-            "s1",
-            "--initial-cluster",
-            &format!("s1={peer}"),
-            "--initial-advertise-peer-urls",
-            peer,
-        ]);
+        restore_with_etcdutl(snap, dir, "s1", &format!("s1={peer}"), peer);
         Ok(())
     })
     .expect("etcd 3.5.1 on the restored data dir");
@@ -258,10 +287,7 @@ async fn etcd_snapshot() -> (Server, String, Vec<String>, i64) {
     let mut c = etcd.client().await.expect("client");
     let (_, compacted) = write_history(&mut c).await;
     let theirs = view(&mut c, compacted).await;
-    let ctl = Ctl::new(CtlVersion::V35, &etcd);
-    let out = ctl.run(&["snapshot", "save", "snap.db"], None);
-    assert_eq!(out.code, 0, "snapshot save: {}", out.stderr);
-    let snap = ctl.cwd.join("snap.db").to_str().expect("utf-8").to_string();
+    let snap = save_snapshot(&etcd);
     (etcd, snap, theirs, compacted)
 }
 
@@ -304,16 +330,7 @@ async fn an_etcd_snapshot_restores_into_three_tandem_members() {
         Ok(())
     })
     .expect("three tandem members on restored data dirs");
-    for m in &cluster.members {
-        let mut c = m.client().await.expect("client");
-        let ours = view(&mut c, compacted).await;
-        assert_eq!(
-            theirs,
-            ours,
-            "etcd before the snapshot vs tandem member {}",
-            m.name()
-        );
-    }
+    every_member_serves(&cluster, &theirs, compacted, "etcd before the snapshot").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -327,39 +344,14 @@ async fn a_three_member_tandem_snapshot_restores_into_three_etcd_members() {
     let (_, compacted) = write_history(&mut c).await;
     let ours = view(&mut c, compacted).await;
     // Taken from a follower: every member's keyspace is the same.
-    let follower = (leader + 1) % 3;
-    let ctl = Ctl::new(CtlVersion::V35, &tandem.members[follower]);
-    let out = ctl.run(&["snapshot", "save", "snap.db"], None);
-    assert_eq!(out.code, 0, "snapshot save: {}", out.stderr);
-    let snap = ctl.cwd.join("snap.db").to_str().expect("utf-8").to_string();
+    let snap = save_snapshot(&tandem.members[(leader + 1) % 3]);
     let etcd = Cluster::start_restored(Kind::Etcd35, 3, &[], &mut |m| {
-        let dir = m.data_dir();
-        etcdutl(&[
-            "snapshot",
-            "restore",
-            &snap,
-            "--data-dir",
-            dir.to_str().expect("utf-8 path"),
-            "--name",
-            m.name(),
-            "--initial-cluster",
-            m.initial_cluster().expect("a member of a cluster"),
-            "--initial-advertise-peer-urls",
-            &m.peer_url(),
-        ]);
+        let initial = m.initial_cluster().expect("a member of a cluster");
+        restore_with_etcdutl(&snap, &m.data_dir(), m.name(), initial, &m.peer_url());
         Ok(())
     })
     .expect("three etcd members on restored data dirs");
-    for m in &etcd.members {
-        let mut e = m.client().await.expect("etcd client");
-        let theirs = view(&mut e, compacted).await;
-        assert_eq!(
-            ours,
-            theirs,
-            "tandem before the snapshot vs etcd member {}",
-            m.name()
-        );
-    }
+    every_member_serves(&etcd, &ours, compacted, "tandem before the snapshot").await;
 }
 
 /// The short form of `scripts/snapshot-rss` (1 GiB there): a snapshot streams from disk, so
@@ -389,13 +381,9 @@ async fn a_snapshot_is_not_a_copy_in_memory() {
     let before = kib("VmRSS:");
     // Resets the peak (VmHWM) to the current RSS.
     std::fs::write(format!("/proc/{}/clear_refs", tandem.pid()), "5").expect("clear_refs");
-    let ctl = Ctl::new(CtlVersion::V35, &tandem);
-    let out = ctl.run(&["snapshot", "save", "snap.db"], None);
-    assert_eq!(out.code, 0, "snapshot save: {}", out.stderr);
+    let snap = save_snapshot(&tandem);
     let growth = kib("VmHWM:").saturating_sub(before);
-    let file = std::fs::metadata(ctl.cwd.join("snap.db"))
-        .expect("snapshot")
-        .len();
+    let file = std::fs::metadata(snap).expect("snapshot").len();
     assert!(
         file > (VALUES * VALUE_BYTES) as u64,
         "the snapshot holds every value"
