@@ -236,6 +236,9 @@ pub struct Server {
     env: Vec<(String, String)>,
 }
 
+/// How long a killed server's process group may take to be gone.
+const STOP_WAIT: Duration = Duration::from_secs(10);
+
 /// The flag naming a tandem cluster's witness.
 pub const WITNESS_FLAG: &str = "--initial-cluster-witness";
 
@@ -501,15 +504,28 @@ impl Server {
     }
 
     /// Sends a signal to the server's process group (a wrapped server with its wrapper) and
-    /// waits for the process to exit.
+    /// waits for the process to exit. After SIGKILL it also waits for the whole group to be
+    /// gone: a wrapper (strace) can be reaped before the server under it, which still holds its
+    /// ports, and a restart at once failed to bind them (seen in CI).
     pub fn stop(&mut self, signal: &str) -> Result<std::process::ExitStatus> {
         let mut child = self.child.take().context("server not running")?;
+        let group = format!("-{}", child.id());
         Command::new("kill")
             .arg(format!("-{signal}"))
             .arg("--")
-            .arg(format!("-{}", child.id()))
+            .arg(&group)
             .status()?;
-        Ok(child.wait()?)
+        let status = child.wait()?;
+        if signal == "KILL" && !self.wrapper.is_empty() {
+            wait_until("the server's process group to exit", STOP_WAIT, || {
+                !Command::new("kill")
+                    .args(["-0", "--", &group])
+                    .stderr(std::process::Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success())
+            })?;
+        }
+        Ok(status)
     }
 
     /// Whether the process has exited (it is reaped if so).
