@@ -21,6 +21,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_server(true)
         .bytes(".")
         .compile_protos(&files, std::slice::from_ref(&root))?;
+    // The protobuf JSON mapping (proto field names, 64-bit integers as strings, bytes as
+    // base64, enums by name, default values left out), as etcd's grpc-gateway speaks it.
+    let descriptors = std::fs::read(out.join("etcd_descriptor.bin"))?;
+    pbjson_build::Builder::new()
+        .register_descriptors(&descriptors)?
+        .preserve_proto_field_names()
+        .ignore_unknown_fields()
+        .build(&[
+            ".mvccpb",
+            ".authpb",
+            ".etcdserverpb",
+            ".v3electionpb",
+            ".v3lockpb",
+        ])?;
     println!("cargo:rerun-if-changed={}", root.display());
     Ok(())
 }

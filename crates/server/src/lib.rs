@@ -16,6 +16,7 @@ pub mod corrupt_check;
 pub mod disk_guard;
 pub mod errors;
 pub mod fence;
+pub mod gateway;
 pub mod goaway;
 pub mod grpc_metrics;
 pub mod http;
@@ -520,8 +521,9 @@ async fn join_existing(mut config: Config) -> anyhow::Result<Config> {
 
 fn client_routes(node: &Arc<Node>) -> tonic::service::Routes {
     let max = node.config.max_request_bytes as usize + GRPC_OVERHEAD_BYTES;
+    let http_node = Arc::clone(node);
     let node = Arc::clone(node);
-    tonic::service::Routes::from(http::router(Arc::clone(&node)))
+    let grpc = tonic::service::Routes::from(axum::Router::new())
         .add_service(
             KvServer::new(kv::KvService {
                 node: Arc::clone(&node),
@@ -570,6 +572,14 @@ fn client_routes(node: &Arc<Node>) -> tonic::service::Routes {
             )
             .max_decoding_message_size(max),
         )
+        .prepare()
+        .into_axum_router();
+    // etcd's JSON gateway calls the same gRPC services; it and the HTTP endpoints answer with
+    // etcd's CORS headers.
+    let http = http::router(Arc::clone(&http_node))
+        .merge(gateway::router(grpc.clone(), max))
+        .layer(axum::middleware::from_fn(gateway::cors));
+    tonic::service::Routes::from(grpc.merge(http))
 }
 
 /// gRPC-go's messages for a method or service that does not exist (etcd: `unknown method

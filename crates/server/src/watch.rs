@@ -495,13 +495,16 @@ async fn run_stream(
     // etcd cancels `hasleader` streams after about three election timeouts without a leader.
     let leaderless_max = Duration::from_millis(3 * s.node.config.election_timeout_ms);
     let mut leaderless_since: Option<tokio::time::Instant> = None;
+    // A client that closes its side of the stream (etcd's JSON gateway does after the requests
+    // in its body) still gets its events, as from etcd: the stream ends when the client goes.
+    let mut inbound_open = true;
     loop {
         let current = *revisions.borrow_and_update();
         let behind = s.behind(current);
         let leader_deadline = leaderless_since.map(|t| t + leaderless_max);
         tokio::select! {
             biased;
-            msg = inbound.message() => match msg {
+            msg = inbound.message(), if inbound_open => match msg {
                 Ok(Some(req)) => {
                     let current = *revisions.borrow();
                     if s.handle(req, current).await.is_err() { return; }
@@ -513,13 +516,19 @@ async fn run_stream(
                             Some(Ok(Some(req))) => {
                                 if s.handle(req, current).await.is_err() { return; }
                             }
-                            Some(Ok(None) | Err(_)) => return,
+                            Some(Ok(None)) => {
+                                inbound_open = false;
+                                break;
+                            }
+                            Some(Err(_)) => return,
                             None => break,
                         }
                     }
                 }
-                Ok(None) | Err(_) => return,
+                Ok(None) => inbound_open = false,
+                Err(_) => return,
             },
+            () = s.out.closed(), if !inbound_open => return,
             _ = std::future::ready(()), if behind => {}
             r = revisions.changed() => if r.is_err() { return },
             _ = ticker.tick() => {
