@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use etcd_compat_tests::{etcdutl_bin, normalize, wait_until, Kind, Server};
+use etcd_compat_tests::{etcdutl_bin, http_get, normalize, wait_until, Kind, Server};
 
 /// Fields whose values differ between two servers without meaning anything: hashes, sizes,
 /// versions, tokens, the random part of lock and election keys.
@@ -166,7 +166,7 @@ impl Gateway {
         dir: &Path,
         path: &str,
         body: &str,
-        lines: usize,
+        (ready, lines): (usize, usize),
         during: impl FnOnce(&mut Self),
     ) {
         let out = dir.join(format!("stream-{}", self.lines.len()));
@@ -178,19 +178,23 @@ impl Gateway {
             .stdout(Stdio::null())
             .spawn()
             .expect("curl");
-        let count = || {
+        let count = |with: &str| {
             std::fs::read_to_string(&out)
-                .map(|s| s.lines().filter(|l| l.starts_with('{')).count())
+                .map(|s| {
+                    s.lines()
+                        .filter(|l| l.starts_with('{') && l.contains(with))
+                        .count()
+                })
                 .unwrap_or(0)
         };
-        // The stream is open once its first answer (a watch's `created`) has arrived.
-        wait_until("the stream's first answer", Duration::from_secs(10), || {
-            count() >= 1
+        // `during` runs once `ready` watchers are created.
+        wait_until("the stream's watchers", Duration::from_secs(10), || {
+            count(r#""created":true"#) >= ready
         })
-        .expect("a first answer");
+        .expect("watchers created");
         during(self);
         wait_until("the stream's answers", Duration::from_secs(10), || {
-            count() >= lines
+            count("") >= lines
         })
         .expect("stream answers");
         let _ = child.kill();
@@ -296,7 +300,7 @@ fn scenario(server: &Server) -> Vec<String> {
         dir.path(),
         "/v3/watch",
         r#"{"create_request":{"key":"Zm9v","start_revision":3}}{"create_request":{"key":"Yg==","range_end":"Yw=="}}"#,
-        4,
+        (2, 4),
         |g| {
             // Both watchers are created before the put.
             g.post("/v3/kv/put", r#"{"key":"Yg==","value":"Mg=="}"#);
@@ -407,4 +411,31 @@ fn the_json_gateway_answers_as_etcd_3_5() {
         );
     }
     assert_eq!(reference.len(), ours.len());
+    // Gateway calls are gRPC calls: counted in grpc_server_* as etcd counts them.
+    for method in [
+        "Range",
+        "Put",
+        "Txn",
+        "Watch",
+        "LeaseGrant",
+        "Lock",
+        "Authenticate",
+    ] {
+        assert_eq!(
+            started(&tandem, method),
+            started(&etcd, method),
+            "grpc_server_started_total for {method}: tandem (left), etcd 3.5.1 (right)"
+        );
+    }
+}
+
+/// `grpc_server_started_total` for `method`, summed over services and types.
+fn started(server: &Server, method: &str) -> u64 {
+    let (_, metrics) = http_get(&format!("{}/metrics", server.url())).expect("/metrics");
+    let label = format!("grpc_method=\"{method}\"");
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("grpc_server_started_total{") && l.contains(&label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
 }

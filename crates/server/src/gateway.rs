@@ -565,8 +565,15 @@ async fn serve(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
     let grpc_body = if route.streaming_request {
         match streaming_request(route, body).await {
             Ok(b) => b,
-            // grpc-gateway sends a first request it cannot decode as a plain error.
-            Err(e) => return error_response(&Status::unknown(e)),
+            Err(e) => {
+                // grpc-gateway opens the stream before it reads the body, then closes it and
+                // answers a first request it cannot decode as a plain error.
+                let empty = grpc
+                    .body(Body::empty())
+                    .expect("a gRPC request from valid parts");
+                drop(tower::ServiceExt::oneshot(gw.grpc.clone(), empty).await);
+                return error_response(&Status::unknown(e));
+            }
         }
     } else {
         let bytes = match axum::body::to_bytes(body, gw.max_body).await {

@@ -577,7 +577,13 @@ fn client_routes(node: &Arc<Node>) -> tonic::service::Routes {
     // etcd's JSON gateway calls the same gRPC services; it and the HTTP endpoints answer with
     // etcd's CORS headers.
     let http = http::router(Arc::clone(&http_node))
-        .merge(gateway::router(grpc.clone(), max))
+        .merge(gateway::router(
+            // Gateway calls are gRPC calls, counted in the grpc_server_* metrics as on etcd.
+            grpc.clone().layer(grpc_metrics::CountCalls(Arc::clone(
+                &http_node.metrics.grpc,
+            ))),
+            max,
+        ))
         .layer(axum::middleware::from_fn(gateway::cors));
     tonic::service::Routes::from(grpc.merge(http))
 }
