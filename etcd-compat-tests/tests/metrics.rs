@@ -24,6 +24,8 @@ const ALERT_METRICS: &[&str] = &[
     "grpc_server_handled_total",
     "grpc_server_handling_seconds",
     "process_resident_memory_bytes",
+    "etcd_network_client_grpc_sent_bytes_total",
+    "etcd_network_client_grpc_received_bytes_total",
 ];
 
 fn metrics(url: &str) -> String {
@@ -126,6 +128,13 @@ async fn the_alerts_metrics_are_etcds() {
             "etcd_disk_wal_fsync_duration_seconds_bucket",
             &["le=\"+Inf\""],
         );
+        // The four 1 MiB values were received; every answer was sent.
+        let received = sample(body, "etcd_network_client_grpc_received_bytes_total", &[]);
+        assert!(
+            received.is_some_and(|v| v >= (4 << 20) as f64),
+            "{who}: bytes received from clients {received:?}"
+        );
+        at_least_one("etcd_network_client_grpc_sent_bytes_total", &[]);
     }
     // Basic metrics (the default) have no per-method latency histogram, as etcd's.
     let basic = Server::start(Kind::Tandem).expect("tandem, basic metrics");

@@ -17,6 +17,7 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use axum::http::{HeaderMap, Request, Response};
+use bytes::Buf;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -172,6 +173,10 @@ pub struct GrpcMetrics {
     handled: Family<Handled, Counter>,
     /// With `--metrics=extensive`.
     handling: Option<Family<Call, Histogram>>,
+    /// Bytes of etcd's calls sent to and received from clients (gRPC's 5-byte message prefixes
+    /// included; etcd counts what its codec marshals and unmarshals).
+    sent_bytes: Counter,
+    received_bytes: Counter,
 }
 
 fn handling_histogram() -> Histogram {
@@ -188,6 +193,8 @@ impl GrpcMetrics {
             handled: Family::default(),
             handling: extensive
                 .then(|| Family::new_with_constructor(handling_histogram as fn() -> Histogram)),
+            sent_bytes: Counter::default(),
+            received_bytes: Counter::default(),
         }
     }
 
@@ -201,6 +208,16 @@ impl GrpcMetrics {
             "grpc_server_handled",
             "Total number of RPCs completed on the server, regardless of success or failure.",
             self.handled.clone(),
+        );
+        registry.register(
+            "etcd_network_client_grpc_sent_bytes",
+            "The total number of bytes sent to grpc clients.",
+            self.sent_bytes.clone(),
+        );
+        registry.register(
+            "etcd_network_client_grpc_received_bytes",
+            "The total number of bytes received from grpc clients.",
+            self.received_bytes.clone(),
         );
         if let Some(h) = &self.handling {
             registry.register(
@@ -250,7 +267,7 @@ pub struct Counting<S> {
 
 impl<S, B, RB> tower::Service<Request<B>> for Counting<S>
 where
-    S: tower::Service<Request<B>, Response = Response<RB>>,
+    S: tower::Service<Request<CountedRequest<B>>, Response = Response<RB>>,
 {
     type Response = Response<CountedBody<RB>>;
     type Error = S::Error;
@@ -265,6 +282,8 @@ where
         if let Some(c) = &call {
             self.metrics.started.get_or_create(c).inc();
         }
+        let received = call.is_some().then(|| Arc::clone(&self.metrics));
+        let req = req.map(|inner| CountedRequest { inner, received });
         CountingFuture {
             inner: self.inner.call(req),
             call: call.map(|c| (c, Arc::clone(&self.metrics), Instant::now())),
@@ -333,9 +352,48 @@ impl<B: http_body::Body> http_body::Body for CountedBody<B> {
         let this = self.project();
         let frame = this.inner.poll_frame(cx);
         if let Poll::Ready(Some(Ok(f))) = &frame {
+            if let (Some(data), Some((_, m, _))) = (f.data_ref(), this.call.as_ref()) {
+                m.sent_bytes.inc_by(data.remaining() as u64);
+            }
             if let (Some(trailers), Some((c, m, t))) = (f.trailers_ref(), this.call.as_ref()) {
                 m.done(c, code_of(trailers).unwrap_or("OK"), *t);
                 *this.call = None;
+            }
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A request body of one of etcd's calls, counting the bytes received.
+    pub struct CountedRequest<B> {
+        #[pin]
+        inner: B,
+        received: Option<Arc<GrpcMetrics>>,
+    }
+}
+
+impl<B: http_body::Body> http_body::Body for CountedRequest<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let frame = this.inner.poll_frame(cx);
+        if let (Poll::Ready(Some(Ok(f))), Some(m)) = (&frame, this.received.as_ref()) {
+            if let Some(data) = f.data_ref() {
+                m.received_bytes.inc_by(data.remaining() as u64);
             }
         }
         frame
