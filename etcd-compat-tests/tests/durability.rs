@@ -237,3 +237,83 @@ async fn an_etcd_data_dir_is_refused_not_served_empty() {
         "etcd's files are left as they were"
     );
 }
+
+/// A data dir a newer tandem wrote (a format version this build does not know, in any of its
+/// files) is refused at start, naming the file and the version and saying how to move the
+/// data; with the file as it was, the member starts and serves what it held.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_data_dir_of_a_newer_format_is_refused_naming_the_file() {
+    let mut server = Server::start(Kind::Tandem).expect("tandem");
+    let mut c = server.client().await.expect("client");
+    c.put("kept", "v", None).await.expect("put");
+    drop(c);
+    server.stop("TERM").expect("stop");
+    let member = server.data_dir().join("member");
+    let segment = std::fs::read_dir(member.join("wal"))
+        .expect("wal dir")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|x| x == "seg"))
+        .expect("a log segment");
+    // A newer version in each file, at the place its format says (docs/durable-formats.md).
+    let newer_identity = |p: &std::path::Path| {
+        let text = std::fs::read_to_string(p).expect("identity");
+        std::fs::write(p, text.replace("\"version\":1", "\"version\":2")).expect("write");
+    };
+    let newer_word_at_8 = |p: &std::path::Path| {
+        let mut bytes = std::fs::read(p).expect("read");
+        bytes[8..12].copy_from_slice(&9u32.to_le_bytes());
+        std::fs::write(p, bytes).expect("write");
+    };
+    let newer_keyspace = |p: &std::path::Path| {
+        let db = redb::Database::open(p).expect("open the keyspace");
+        let w = db.begin_write().expect("write");
+        {
+            let meta: redb::TableDefinition<'_, &str, &[u8]> = redb::TableDefinition::new("meta");
+            let mut t = w.open_table(meta).expect("meta");
+            t.insert("format", 2u64.to_be_bytes().as_slice())
+                .expect("insert");
+        }
+        w.commit().expect("commit");
+    };
+    type MakeNewer<'a> = &'a dyn Fn(&std::path::Path);
+    let cases: [(&str, std::path::PathBuf, MakeNewer<'_>); 4] = [
+        (
+            "identity format 2",
+            member.join("identity"),
+            &newer_identity,
+        ),
+        ("raft log format 9", segment, &newer_word_at_8),
+        (
+            "raft log state format 9",
+            member.join("wal").join("state"),
+            &newer_word_at_8,
+        ),
+        ("has layout 2", member.join("tandem.db"), &newer_keyspace),
+    ];
+    for (what, file, make_newer) in cases {
+        let kept = std::fs::read(&file).expect("the file as it was");
+        make_newer(&file);
+        let (status, log) = server
+            .restart_refused(WAIT)
+            .expect("start on the newer file")
+            .unwrap_or_else(|| panic!("tandem refuses a data dir with {what}"));
+        assert!(!status.success(), "exited with {status}");
+        for said in [
+            "refusing to start",
+            what,
+            &file.display().to_string(),
+            "a newer tandem wrote it",
+            "tandem-ctl snapshot restore",
+        ] {
+            assert!(
+                log.contains(said),
+                "the refusal for {what} says {said:?}:\n{log}"
+            );
+        }
+        std::fs::write(&file, kept).expect("the file as it was");
+    }
+    server.restart().expect("restart on the data dir as it was");
+    let mut c = server.client().await.expect("client");
+    let got = c.get("kept", None).await.expect("get");
+    assert_eq!(got.kvs()[0].value(), b"v", "the data is all there");
+}

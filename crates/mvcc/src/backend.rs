@@ -20,6 +20,11 @@ pub const META_COMPACTED: &str = "compacted_revision";
 pub const META_ALARMS: &str = "alarms";
 /// The authentication state (`auth::AuthState`): a version byte (1), then postcard.
 pub const META_AUTH: &str = "auth";
+/// The keyspace's layout version (8-byte big-endian), written when the file is created; a file
+/// without it predates the marker and has layout 1.
+pub const META_FORMAT: &str = "format";
+/// The layout this build reads and writes (docs/durable-formats.md).
+pub const FORMAT_VERSION: u64 = 1;
 /// Prefix of the keys that callers (the replication layer) own.
 pub const META_EXTERNAL_PREFIX: &str = "ext/";
 

@@ -53,6 +53,9 @@ pub enum Error {
     AuthOldRevision,
     #[error("invalid auth management")]
     InvalidAuthMgmt,
+    /// The keyspace file has a layout this build does not know (a newer tandem wrote it).
+    #[error("{0}")]
+    UnsupportedFormat(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

@@ -155,6 +155,30 @@ fn check_integrity(db: &mut Database, path: &Path) -> Result<()> {
     }
 }
 
+/// Marks a new keyspace with this build's layout; refuses one of a layout it does not know.
+fn settle_format(meta: &mut redb::Table<'_, &str, &[u8]>, path: &Path) -> Result<()> {
+    let found = meta.get(META_FORMAT)?.map(|v| v.value().to_vec());
+    match found.as_deref().map(<[u8; 8]>::try_from) {
+        None => {
+            meta.insert(META_FORMAT, FORMAT_VERSION.to_be_bytes().as_slice())?;
+            Ok(())
+        }
+        Some(Ok(v)) if u64::from_be_bytes(v) == FORMAT_VERSION => Ok(()),
+        Some(v) => Err(Error::UnsupportedFormat(format!(
+            "refusing to start: the keyspace file {} has layout {}, which this version of \
+             tandem does not know (it reads layout {FORMAT_VERSION}); a newer tandem wrote it. \
+             Start the tandem release that wrote it, or move the data: with that release, take \
+             a snapshot (`etcdctl snapshot save FILE`), then `tandem-ctl snapshot restore FILE \
+             --data-dir NEW_DIR ...` and start this tandem on NEW_DIR (docs/migration.md)",
+            path.display(),
+            match v {
+                Ok(v) => u64::from_be_bytes(v).to_string(),
+                Err(_) => "unreadable".to_string(),
+            }
+        ))),
+    }
+}
+
 impl Store {
     /// Opens (or creates) the keyspace at `path` and rebuilds the key index from it.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
@@ -166,7 +190,7 @@ impl Store {
         let w = db.begin_write()?;
         w.open_table(KV)?;
         w.open_table(LEASE)?;
-        w.open_table(META)?;
+        settle_format(&mut w.open_table(META)?, &path)?;
         w.commit()?;
         let mut inner = Inner {
             db,

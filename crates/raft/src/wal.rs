@@ -67,6 +67,11 @@ const SCAN_CHUNK_BYTES: u64 = 1024 * 1024;
 const REBUILD_ADVICE: &str = "In a cluster, remove this member's data directory and add the \
      member back (etcdctl member remove, then member add) so that it copies the data from its \
      peers; a single member must be restored from a snapshot (tandem-ctl snapshot restore)";
+/// What to do with a data dir a newer tandem wrote.
+const NEWER_ADVICE: &str = "a newer tandem wrote it. Start the tandem release that wrote it, or \
+     move the data: with that release, take a snapshot (etcdctl snapshot save FILE), then \
+     tandem-ctl snapshot restore FILE --data-dir NEW_DIR ... and start this tandem on NEW_DIR \
+     (docs/migration.md)";
 /// Why a damaged log cannot simply be cut.
 const CORRUPTION_ADVICE: &str = "the raft log cannot be repaired without losing acknowledged \
      writes.";
@@ -489,7 +494,8 @@ impl Wal {
             1 => Format::V1,
             2 => Format::V2,
             v => bail!(
-                "{}: raft log format {v} is not supported by this version of tandem",
+                "refusing to start: {} has raft log format {v}, which this version of tandem \
+                 does not know (it reads formats 1 and 2); {NEWER_ADVICE}",
                 path.display()
             ),
         };
@@ -939,7 +945,8 @@ fn read_state(dir: &Path) -> Result<WalState> {
     let version = word(&bytes, 8);
     ensure!(
         version == STATE_FORMAT_VERSION,
-        "{}: raft log state format {version} is not supported by this version of tandem",
+        "refusing to start: {} has raft log state format {version}, which this version of \
+         tandem does not know (it reads format {STATE_FORMAT_VERSION}); {NEWER_ADVICE}",
         path.display()
     );
     let Some(payload) = bytes.get(20..20 + word(&bytes, 16) as usize) else {

@@ -30,7 +30,9 @@ pub fn mvcc_error(e: &mvcc::Error) -> RpcError {
         mvcc::Error::PermissionNotGranted => rpctypes::PERMISSION_NOT_GRANTED,
         mvcc::Error::AuthOldRevision => rpctypes::AUTH_OLD_REVISION,
         mvcc::Error::InvalidAuthMgmt => rpctypes::INVALID_AUTH_MGMT,
-        mvcc::Error::Storage(_) | mvcc::Error::Corrupt(_) => rpctypes::STOPPED,
+        mvcc::Error::Storage(_) | mvcc::Error::Corrupt(_) | mvcc::Error::UnsupportedFormat(_) => {
+            rpctypes::STOPPED
+        }
     }
 }
 

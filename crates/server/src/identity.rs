@@ -64,8 +64,8 @@ pub fn settle(mut config: Config) -> Result<(Config, bool)> {
     let path = dir.join(FILE);
     match std::fs::read(&path) {
         Ok(bytes) => {
-            let (member_id, cluster_id, witness) = parse(&bytes)
-                .with_context(|| format!("refusing to start: {} is damaged", path.display()))?;
+            let (member_id, cluster_id, witness) =
+                parse(&bytes).with_context(|| format!("refusing to start: {}", path.display()))?;
             let role = |w: bool| if w { "the witness" } else { "a data member" };
             if witness != config.is_witness {
                 bail!(
@@ -155,18 +155,28 @@ pub fn stored(data_dir: &Path) -> Result<(u64, u64, bool)> {
 /// The stored member id, cluster id, and whether the member is the witness (a file without a
 /// role is a data member's: the witness came later).
 fn parse(bytes: &[u8]) -> Result<(u64, u64, bool)> {
-    let v: serde_json::Value = serde_json::from_slice(bytes)?;
-    if v["version"].as_u64() != Some(VERSION) {
-        bail!("identity format {} is not supported", v["version"]);
+    let v: serde_json::Value = serde_json::from_slice(bytes).context("damaged")?;
+    match v["version"].as_u64() {
+        Some(VERSION) => {}
+        Some(newer) if newer > VERSION => bail!(
+            "identity format {newer}, which this version of tandem does not know (it reads \
+             format {VERSION}); a newer tandem wrote it. Start the tandem release that wrote it, \
+             or move the data: with that release, take a snapshot (etcdctl snapshot save FILE), \
+             then tandem-ctl snapshot restore FILE --data-dir NEW_DIR ... and start this tandem \
+             on NEW_DIR (docs/migration.md)"
+        ),
+        _ => bail!("damaged: identity format {}", v["version"]),
     }
     let id = |field: &str| -> Result<u64> {
-        let s = v[field].as_str().with_context(|| format!("no {field}"))?;
-        u64::from_str_radix(s, 16).with_context(|| format!("{field} {s:?}"))
+        let s = v[field]
+            .as_str()
+            .with_context(|| format!("damaged: no {field}"))?;
+        u64::from_str_radix(s, 16).with_context(|| format!("damaged: {field} {s:?}"))
     };
     let witness = match v["role"].as_str() {
         None | Some("data") => false,
         Some("witness") => true,
-        Some(other) => bail!("unknown role {other:?}"),
+        Some(other) => bail!("damaged: unknown role {other:?}"),
     };
     Ok((id("member_id")?, id("cluster_id")?, witness))
 }
