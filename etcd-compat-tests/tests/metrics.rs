@@ -136,6 +136,21 @@ async fn the_alerts_metrics_are_etcds() {
         );
         at_least_one("etcd_network_client_grpc_sent_bytes_total", &[]);
     }
+    // Messages per method as go-grpc-prometheus counts them for etcd: a unary call's request,
+    // and its answer when it succeeds.
+    for name in [
+        "grpc_server_msg_received_total",
+        "grpc_server_msg_sent_total",
+    ] {
+        assert_eq!(described(&ours, name), described(&theirs, name), "{name}");
+        for method in ["grpc_method=\"Put\"", "grpc_method=\"Range\""] {
+            assert_eq!(
+                sample(&ours, name, &[method]),
+                sample(&theirs, name, &[method]),
+                "{name} {method}: tandem (left), etcd (right)"
+            );
+        }
+    }
     // Basic metrics (the default) have no per-method latency histogram, as etcd's.
     let basic = Server::start(Kind::Tandem).expect("tandem, basic metrics");
     put_and_get(&basic.url()).await;

@@ -2,7 +2,9 @@
 //! (`grpc_server_started_total`), each call handled with its status code
 //! (`grpc_server_handled_total`, counted when the handler's last message and status leave, so a
 //! watch counts when it ends), and with `--metrics=extensive` the time each took
-//! (`grpc_server_handling_seconds`, Prometheus's default buckets). Labels are etcd's: service,
+//! (`grpc_server_handling_seconds`, Prometheus's default buckets); the messages received and
+//! sent per method (`grpc_server_msg_received_total`, `_sent_total`) and the bytes
+//! (`etcd_network_client_grpc_received_bytes_total`, `_sent_bytes_total`). Labels are etcd's: service,
 //! method and type (`unary`, `server_stream`, `bidi_stream`) of the methods etcd serves; calls
 //! to other paths are not counted.
 //!
@@ -17,7 +19,6 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use axum::http::{HeaderMap, Request, Response};
-use bytes::Buf;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -170,6 +171,9 @@ fn code_of(headers: &HeaderMap) -> Option<&'static str> {
 #[derive(Clone)]
 pub struct GrpcMetrics {
     started: Family<Call, Counter>,
+    /// Messages received and sent, per method (a unary call's request and answer count too).
+    msg_received: Family<Call, Counter>,
+    msg_sent: Family<Call, Counter>,
     handled: Family<Handled, Counter>,
     /// With `--metrics=extensive`.
     handling: Option<Family<Call, Histogram>>,
@@ -190,6 +194,8 @@ impl GrpcMetrics {
     pub fn new(extensive: bool) -> Self {
         GrpcMetrics {
             started: Family::default(),
+            msg_received: Family::default(),
+            msg_sent: Family::default(),
             handled: Family::default(),
             handling: extensive
                 .then(|| Family::new_with_constructor(handling_histogram as fn() -> Histogram)),
@@ -208,6 +214,16 @@ impl GrpcMetrics {
             "grpc_server_handled",
             "Total number of RPCs completed on the server, regardless of success or failure.",
             self.handled.clone(),
+        );
+        registry.register(
+            "grpc_server_msg_received",
+            "Total number of RPC stream messages received on the server.",
+            self.msg_received.clone(),
+        );
+        registry.register(
+            "grpc_server_msg_sent",
+            "Total number of gRPC stream messages sent by the server.",
+            self.msg_sent.clone(),
         );
         registry.register(
             "etcd_network_client_grpc_sent_bytes",
@@ -282,11 +298,21 @@ where
         if let Some(c) = &call {
             self.metrics.started.get_or_create(c).inc();
         }
-        let received = call.is_some().then(|| Arc::clone(&self.metrics));
+        let received = call.as_ref().map(|c| Traffic {
+            bytes: self.metrics.received_bytes.clone(),
+            messages: self.metrics.msg_received.get_or_create(c).clone(),
+            framing: Framing::default(),
+        });
+        let sent = call.as_ref().map(|c| Traffic {
+            bytes: self.metrics.sent_bytes.clone(),
+            messages: self.metrics.msg_sent.get_or_create(c).clone(),
+            framing: Framing::default(),
+        });
         let req = req.map(|inner| CountedRequest { inner, received });
         CountingFuture {
             inner: self.inner.call(req),
             call: call.map(|c| (c, Arc::clone(&self.metrics), Instant::now())),
+            sent,
         }
     }
 }
@@ -296,6 +322,66 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: F,
         call: Option<(Call, Arc<GrpcMetrics>, Instant)>,
+        sent: Option<Traffic>,
+    }
+}
+
+/// Where gRPC message boundaries fall in a stream of bytes: each message is a 5-byte prefix
+/// (its length in bytes 1..5, big-endian), then the message.
+#[derive(Default)]
+struct Framing {
+    prefix: [u8; 5],
+    prefix_len: usize,
+    /// Bytes of the current message still to come.
+    rest: usize,
+}
+
+impl Framing {
+    /// How many messages begin in `data`, the next bytes of the stream.
+    fn messages_in(&mut self, mut data: &[u8]) -> u64 {
+        let mut begun = 0;
+        while !data.is_empty() {
+            if self.rest > 0 {
+                let n = self.rest.min(data.len());
+                self.rest -= n;
+                data = &data[n..];
+                continue;
+            }
+            let n = (5 - self.prefix_len).min(data.len());
+            self.prefix[self.prefix_len..self.prefix_len + n].copy_from_slice(&data[..n]);
+            self.prefix_len += n;
+            data = &data[n..];
+            if self.prefix_len == 5 {
+                begun += 1;
+                let len = [
+                    self.prefix[1],
+                    self.prefix[2],
+                    self.prefix[3],
+                    self.prefix[4],
+                ];
+                self.rest = u32::from_be_bytes(len) as usize;
+                self.prefix_len = 0;
+            }
+        }
+        begun
+    }
+}
+
+/// One direction of a call's traffic: its bytes and its messages.
+pub struct Traffic {
+    bytes: Counter,
+    messages: Counter,
+    framing: Framing,
+}
+
+impl Traffic {
+    fn count<D: bytes::Buf>(&mut self, data: &D) {
+        self.bytes.inc_by(data.remaining() as u64);
+        // Request and response bodies are contiguous (`Bytes`) chunks.
+        let begun = self.framing.messages_in(data.chunk());
+        if begun > 0 {
+            self.messages.inc_by(begun);
+        }
     }
 }
 
@@ -312,13 +398,14 @@ where
             Poll::Ready(r) => r,
         };
         let mut call = this.call.take();
+        let sent = this.sent.take();
         Poll::Ready(res.map(|resp| {
             // A trailers-only answer (how errors leave) carries its status in the headers.
             if let (Some((c, m, t)), Some(code)) = (&call, code_of(resp.headers())) {
                 m.done(c, code, *t);
                 call = None;
             }
-            resp.map(|inner| CountedBody { inner, call })
+            resp.map(|inner| CountedBody { inner, call, sent })
         }))
     }
 }
@@ -330,6 +417,7 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: B,
         call: Option<(Call, Arc<GrpcMetrics>, Instant)>,
+        sent: Option<Traffic>,
     }
 
     impl<B> PinnedDrop for CountedBody<B> {
@@ -352,8 +440,8 @@ impl<B: http_body::Body> http_body::Body for CountedBody<B> {
         let this = self.project();
         let frame = this.inner.poll_frame(cx);
         if let Poll::Ready(Some(Ok(f))) = &frame {
-            if let (Some(data), Some((_, m, _))) = (f.data_ref(), this.call.as_ref()) {
-                m.sent_bytes.inc_by(data.remaining() as u64);
+            if let (Some(data), Some(sent)) = (f.data_ref(), this.sent.as_mut()) {
+                sent.count(data);
             }
             if let (Some(trailers), Some((c, m, t))) = (f.trailers_ref(), this.call.as_ref()) {
                 m.done(c, code_of(trailers).unwrap_or("OK"), *t);
@@ -377,7 +465,7 @@ pin_project_lite::pin_project! {
     pub struct CountedRequest<B> {
         #[pin]
         inner: B,
-        received: Option<Arc<GrpcMetrics>>,
+        received: Option<Traffic>,
     }
 }
 
@@ -391,9 +479,9 @@ impl<B: http_body::Body> http_body::Body for CountedRequest<B> {
     ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
         let this = self.project();
         let frame = this.inner.poll_frame(cx);
-        if let (Poll::Ready(Some(Ok(f))), Some(m)) = (&frame, this.received.as_ref()) {
+        if let (Poll::Ready(Some(Ok(f))), Some(received)) = (&frame, this.received.as_mut()) {
             if let Some(data) = f.data_ref() {
-                m.received_bytes.inc_by(data.remaining() as u64);
+                received.count(data);
             }
         }
         frame
@@ -413,6 +501,7 @@ impl<B: Default> Default for CountedBody<B> {
         CountedBody {
             inner: B::default(),
             call: None,
+            sent: None,
         }
     }
 }
@@ -420,6 +509,26 @@ impl<B: Default> Default for CountedBody<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn messages_are_counted_where_they_begin_whatever_the_chunks() {
+        let mut stream = Vec::new();
+        for len in [0usize, 3, 70_000, 1] {
+            stream.push(0);
+            stream.extend_from_slice(&(len as u32).to_be_bytes());
+            stream.extend(std::iter::repeat_n(7u8, len));
+        }
+        for chunk in [1, 2, 5, 6, 4096, stream.len()] {
+            let mut f = Framing::default();
+            let begun: u64 = stream.chunks(chunk).map(|c| f.messages_in(c)).sum();
+            assert_eq!(begun, 4, "chunks of {chunk}");
+            assert_eq!(
+                (f.rest, f.prefix_len),
+                (0, 0),
+                "chunks of {chunk}: at a boundary"
+            );
+        }
+    }
 
     #[test]
     fn paths_name_etcds_methods_only() {
