@@ -190,9 +190,37 @@ fn snapshot_meta(applied: AppliedState, revision: i64) -> SnapshotMeta {
     }
 }
 
+impl SnapshotBuilder {
+    /// The keyspace, made durable, as a snapshot with its meta alone: what openraft keeps of a
+    /// snapshot it builds to purge its log (openraft 0.9.25 `sm::worker::build_snapshot` keeps
+    /// `snap.meta` and drops the data). The data is made when a follower needs it
+    /// (`get_current_snapshot`), from the keyspace as it is then; building it here copied the
+    /// whole keyspace into memory every `--snapshot-count` entries.
+    fn durable_meta(&self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let applied: AppliedState = match self
+            .store
+            .meta(META_APPLIED)
+            .map_err(|e| snap_err(ErrorVerb::Read, e))?
+        {
+            Some(b) => codec::decode_stored(&b).map_err(|e| snap_err(ErrorVerb::Read, e))?,
+            None => AppliedState::default(),
+        };
+        let revision = self.store.current_revision();
+        // The log behind this meta may be purged once openraft has it: everything applied up to
+        // it must be on disk first.
+        self.store
+            .sync()
+            .map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        Ok(Snapshot {
+            meta: snapshot_meta(applied, revision),
+            snapshot: Box::new(Cursor::new(Vec::new())),
+        })
+    }
+}
+
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        self.build()
+        self.durable_meta()
     }
 }
 
