@@ -573,6 +573,30 @@ async fn the_witness_holds_no_keyspace_and_serves_no_client() {
         "{text}"
     );
     assert!(text.contains("m2"), "{text}");
+    // etcd's JSON gateway on it: the same error, as the gateway's JSON body.
+    let out = std::process::Command::new("curl")
+        .args([
+            "-sS",
+            "-X",
+            "POST",
+            "-d",
+            r#"{"key":"dy9rMA=="}"#,
+            "-w",
+            "\n%{http_code}",
+        ])
+        .arg(format!("{}/v3/kv/range", w.url()))
+        .output()
+        .expect("curl");
+    let out = String::from_utf8_lossy(&out.stdout);
+    let (body, code) = out.rsplit_once('\n').expect("a status line");
+    let v: serde_json::Value = serde_json::from_str(body).expect("a JSON error body");
+    assert_eq!((code, v["code"].as_i64()), ("503", Some(14)), "{out}");
+    assert!(
+        v["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("witness") && e.contains("m1")),
+        "{out}"
+    );
     // HTTP endpoints.
     let (code, body) = etcd_compat_tests::http_get(&format!("{}/health", w.url())).expect("health");
     assert_eq!(

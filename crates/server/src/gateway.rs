@@ -493,8 +493,13 @@ struct ErrorBody<'a> {
     message: &'a str,
 }
 
+/// Whether `path` is one of the gateway's (`/v3/...`, `/v3beta/...`).
+pub(crate) fn is_gateway_path(path: &str) -> bool {
+    path.starts_with("/v3/") || path.starts_with("/v3beta/")
+}
+
 /// A failed unary call: `{"error","code","message"}`.
-fn error_response(status: &Status) -> Response {
+pub(crate) fn error_response(status: &Status) -> Response {
     let body = ErrorBody {
         error: status.message(),
         code: status.code() as i32,

@@ -119,15 +119,22 @@ fn data_members(node: &WitnessNode) -> String {
     members.join(", ")
 }
 
-/// Any gRPC request on a client URL: `Unavailable`, naming the data members.
-async fn not_here(State(node): State<Arc<WitnessNode>>) -> axum::response::Response {
-    tonic::Status::unavailable(format!(
+/// Any gRPC request on a client URL: `Unavailable`, naming the data members; a request to
+/// etcd's JSON gateway (`/v3/...`) gets the same error as the gateway's JSON body (503).
+async fn not_here(
+    State(node): State<Arc<WitnessNode>>,
+    uri: axum::http::Uri,
+) -> axum::response::Response {
+    let status = tonic::Status::unavailable(format!(
         "this member ({}) is the cluster's witness: it holds no key-value data and serves no \
          client; use a data member: {}",
         node.config.name,
         data_members(&node)
-    ))
-    .into_http()
+    ));
+    if crate::gateway::is_gateway_path(uri.path()) {
+        return crate::gateway::error_response(&status);
+    }
+    status.into_http()
 }
 
 async fn health(State(node): State<Arc<WitnessNode>>) -> impl IntoResponse {
