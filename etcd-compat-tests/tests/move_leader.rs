@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use etcd_client::GetOptions;
 use etcd_compat_tests::{
-    assert_same, steady_writer, Cluster, Ctl, CtlVersion, Kind, Transcript, WITNESS_FLAG,
+    assert_same, steady_writer, wait_until_async, Cluster, Ctl, CtlVersion, Kind, Transcript,
+    WITNESS_FLAG,
 };
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -233,15 +234,16 @@ async fn a_move_overtaken_by_another_election_is_finished_by_the_new_leader() {
     let moving = tokio::spawn(async move { c.move_leader(target_id).await });
     // The third member wins the election the paused transferee cannot stand in.
     let third_url = cluster.members[third].url();
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let st = client(&third_url).await.status().await.expect("status");
-        if st.leader() == ids[third] {
-            break;
+    let third_id = ids[third];
+    wait_until_async("the third member to lead", WAIT, || {
+        let url = third_url.clone();
+        async move {
+            let st = client(&url).await.status().await.expect("status");
+            st.leader() == third_id
         }
-        assert!(Instant::now() < deadline, "the third member never led");
-        tokio::time::sleep(Duration::from_millis(50)).await; // poll interval
-    }
+    })
+    .await
+    .expect("the third member leads");
     signal(&cluster, target, "CONT");
     let moved = moving.await.expect("the move's task");
     assert!(moved.is_ok(), "the move failed: {moved:?}");

@@ -610,43 +610,41 @@ async fn serve(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
     }
 }
 
-/// The request stream: JSON values sent on as gRPC messages as they arrive; an error if the
-/// first cannot be decoded (later ones end the stream, as in grpc-gateway).
-async fn streaming_request(route: &'static Route, body: Body) -> Result<Body, String> {
-    let mut input = body.into_data_stream();
-    let mut buf = BytesMut::new();
-    // The first message decides between an error and a stream.
-    let first = loop {
-        match (route.decode)(&buf) {
+/// The next request of a streaming body, decoded and encoded for gRPC; `Ok(None)` at its end.
+async fn next_request(
+    route: &Route,
+    buf: &mut BytesMut,
+    input: &mut axum::body::BodyDataStream,
+) -> Result<Option<Bytes>, String> {
+    loop {
+        match (route.decode)(buf) {
             (Decoded::Message(m), used) => {
                 buf.advance(used);
-                break Some(m);
+                return Ok(Some(m));
             }
             (Decoded::Invalid(e), _) => return Err(e),
             (Decoded::End | Decoded::Incomplete, _) => match input.next().await {
                 Some(Ok(chunk)) => buf.extend_from_slice(&chunk),
-                _ if buf.iter().all(u8::is_ascii_whitespace) => break None,
+                _ if buf.iter().all(u8::is_ascii_whitespace) => return Ok(None),
                 _ => return Err("unexpected EOF".into()),
             },
         }
-    };
+    }
+}
+
+/// The request stream: JSON values sent on as gRPC messages as they arrive; an error if the
+/// first cannot be decoded (a later one ends the stream, as in grpc-gateway).
+async fn streaming_request(route: &'static Route, body: Body) -> Result<Body, String> {
+    let mut input = body.into_data_stream();
+    let mut buf = BytesMut::new();
+    let first = next_request(route, &mut buf, &mut input).await?;
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(16);
     if let Some(first) = first {
         let _ = tx.send(Ok(frame(&first))).await;
         tokio::spawn(async move {
-            loop {
-                match (route.decode)(&buf) {
-                    (Decoded::Message(m), used) => {
-                        buf.advance(used);
-                        if tx.send(Ok(frame(&m))).await.is_err() {
-                            return;
-                        }
-                    }
-                    (Decoded::Invalid(_), _) => return,
-                    (Decoded::End | Decoded::Incomplete, _) => match input.next().await {
-                        Some(Ok(chunk)) => buf.extend_from_slice(&chunk),
-                        _ => return,
-                    },
+            while let Ok(Some(m)) = next_request(route, &mut buf, &mut input).await {
+                if tx.send(Ok(frame(&m))).await.is_err() {
+                    return;
                 }
             }
         });
