@@ -100,8 +100,8 @@ pub struct StateMachine {
     /// Until openraft's first question for the current snapshot, which it asks at start-up for
     /// the snapshot's meta alone (openraft 0.9.25 `StorageHelper::get_initial_state`), before
     /// anything else touches the state machine: answered without building one (anything else
-    /// first, an apply or a snapshot installed, ends this). Building copied the whole keyspace into memory at every start
-    /// (~600 MiB of anonymous memory and 2.4 s for a 700 MB keyspace, kept by the allocator).
+    /// first, an apply or a snapshot installed, ends this). Building copied the whole keyspace
+    /// into memory at every start (~600 MiB and 2.4 s for a 700 MB keyspace).
     starting: bool,
 }
 
@@ -129,10 +129,7 @@ impl StateMachine {
         listener: Arc<dyn ApplyListener>,
         disk_full: Arc<raft::disk::DiskFull>,
     ) -> anyhow::Result<Self> {
-        let state = match store.meta(META_APPLIED)? {
-            Some(b) => codec::decode_stored(&b)?,
-            None => AppliedState::default(),
-        };
+        let state = stored_applied(&store)?;
         Ok(Self {
             store,
             listener,
@@ -175,6 +172,30 @@ impl SnapshotBuilder {
             snapshot: Box::new(Cursor::new(buf)),
         })
     }
+
+    /// The keyspace, made durable, as a snapshot with its meta alone: what openraft keeps of a
+    /// snapshot it builds to purge its log (openraft 0.9.25 `sm::worker::build_snapshot` keeps
+    /// `snap.meta` and drops the data). The data is made when a follower needs it
+    /// (`get_current_snapshot`), from the keyspace as it is then; building it here copied the
+    /// whole keyspace into memory every `--snapshot-count` entries.
+    fn durable_meta(&self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let applied = stored_applied(&self.store).map_err(|e| snap_err(ErrorVerb::Read, e))?;
+        let revision = self.store.current_revision();
+        // The log behind this meta may be purged once openraft has it: everything applied up to
+        // it must be on disk first.
+        self.store
+            .sync()
+            .map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        Ok(meta_only(snapshot_meta(applied, revision)))
+    }
+}
+
+/// A snapshot with `meta` and no data: the keyspace itself, durable, stands for it.
+fn meta_only(meta: SnapshotMeta) -> Snapshot<TypeConfig> {
+    Snapshot {
+        meta,
+        snapshot: Box::new(Cursor::new(Vec::new())),
+    }
 }
 
 /// The meta of a snapshot of the keyspace at `applied`, its revision `revision`.
@@ -187,34 +208,6 @@ fn snapshot_meta(applied: AppliedState, revision: i64) -> SnapshotMeta {
         last_log_id: applied.last_applied,
         last_membership: applied.membership,
         snapshot_id,
-    }
-}
-
-impl SnapshotBuilder {
-    /// The keyspace, made durable, as a snapshot with its meta alone: what openraft keeps of a
-    /// snapshot it builds to purge its log (openraft 0.9.25 `sm::worker::build_snapshot` keeps
-    /// `snap.meta` and drops the data). The data is made when a follower needs it
-    /// (`get_current_snapshot`), from the keyspace as it is then; building it here copied the
-    /// whole keyspace into memory every `--snapshot-count` entries.
-    fn durable_meta(&self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        let applied: AppliedState = match self
-            .store
-            .meta(META_APPLIED)
-            .map_err(|e| snap_err(ErrorVerb::Read, e))?
-        {
-            Some(b) => codec::decode_stored(&b).map_err(|e| snap_err(ErrorVerb::Read, e))?,
-            None => AppliedState::default(),
-        };
-        let revision = self.store.current_revision();
-        // The log behind this meta may be purged once openraft has it: everything applied up to
-        // it must be on disk first.
-        self.store
-            .sync()
-            .map_err(|e| snap_err(ErrorVerb::Write, e))?;
-        Ok(Snapshot {
-            meta: snapshot_meta(applied, revision),
-            snapshot: Box::new(Cursor::new(Vec::new())),
-        })
     }
 }
 
@@ -344,10 +337,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         if std::mem::take(&mut self.starting) {
             // The keyspace is the snapshot: its meta is what has been applied, nothing else
             // has happened yet.
-            return Ok(Some(Snapshot {
-                meta: snapshot_meta(self.state.clone(), self.store.current_revision()),
-                snapshot: Box::new(Cursor::new(Vec::new())),
-            }));
+            let revision = self.store.current_revision();
+            return Ok(Some(meta_only(snapshot_meta(self.state.clone(), revision))));
         }
         SnapshotBuilder {
             store: Arc::clone(&self.store),
