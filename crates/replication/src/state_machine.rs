@@ -5,8 +5,8 @@
 //! # Correctness
 //! - Applying is deterministic: the same entries give the same keyspace on every member.
 //! - Keyspace commits are not fsynced one by one (the log is the durable record and is replayed
-//!   after a crash); they are made durable every `DURABLE_EVERY_ENTRIES` entries or `DURABLE_EVERY_BYTES` bytes and always
-//!   before a snapshot is handed out, because openraft purges the log behind a snapshot.
+//!   after a crash); they are made durable as [`DurableCommits`] says (entries, bytes, time) and
+//!   always before a snapshot is handed out, because openraft purges the log behind a snapshot.
 //! - A snapshot carries the applied log id and membership of exactly the state it contains.
 
 use std::io::Cursor;
@@ -28,16 +28,61 @@ use crate::types::{
 /// The keyspace meta key of the applied state.
 pub const META_APPLIED: &str = "applied";
 /// Entries applied between two durable keyspace commits (etcd commits its backend every 10,000
-/// writes or 100 ms; we stay clock-free). redb reuses the pages a commit frees only after a
-/// durable commit, so this also bounds how much the file grows between two of them.
+/// writes or 100 ms). redb reuses the pages a commit frees only after a durable commit, so this
+/// also bounds how much the file grows between two of them.
 const DURABLE_EVERY_ENTRIES: usize = 1_000;
 /// Bytes of keys and values applied between two durable keyspace commits (same reason).
 const DURABLE_EVERY_BYTES: usize = 4 << 20;
+/// The longest a keyspace commit waits for the next durable one while writes are applied, as
+/// etcd's backend batch interval: a slow disk shows in the backend-commit histogram (and its
+/// alert) within this long of writes, however few they are, and a restart replays at most this
+/// much of the log besides the counts above.
+const DURABLE_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// When an applied batch's keyspace commit is made durable: once `DURABLE_EVERY_ENTRIES`
+/// entries or `DURABLE_EVERY_BYTES` bytes, or `DURABLE_EVERY` of time, have gone by since the
+/// last durable one. A pure policy: the caller gives the time.
+#[derive(Debug)]
+pub struct DurableCommits {
+    entries: usize,
+    bytes: usize,
+    last: std::time::Instant,
+}
+
+impl DurableCommits {
+    pub fn new(now: std::time::Instant) -> Self {
+        Self {
+            entries: 0,
+            bytes: 0,
+            last: now,
+        }
+    }
+
+    /// A batch of `entries` commands of `bytes` is about to be committed at `now`: whether that
+    /// commit is durable (and if so, counting starts again).
+    pub fn batch(&mut self, entries: usize, bytes: usize, now: std::time::Instant) -> bool {
+        self.entries += entries;
+        self.bytes += bytes;
+        let durable = self.entries >= DURABLE_EVERY_ENTRIES
+            || self.bytes >= DURABLE_EVERY_BYTES
+            || now.saturating_duration_since(self.last) >= DURABLE_EVERY;
+        if durable {
+            self.made_durable(now);
+        }
+        durable
+    }
+
+    /// The keyspace was made durable at `now` by other means (a snapshot installed).
+    pub fn made_durable(&mut self, now: std::time::Instant) {
+        self.entries = 0;
+        self.bytes = 0;
+        self.last = now;
+    }
+}
 
 /// Each durable keyspace commit, in seconds: etcd's `etcd_disk_backend_commit_duration_seconds`,
-/// per process as etcd keeps it. etcd's backend commits (with an fsync) every 100 ms of writes;
-/// tandem's every `DURABLE_EVERY_ENTRIES` entries or `DURABLE_EVERY_BYTES` (the log is the
-/// durable record; the commits between are not synced and not counted here).
+/// per process as etcd keeps it (see [`DurableCommits`]; the log is the durable record, the
+/// commits between are not synced and not counted here).
 pub static BACKEND_COMMIT_SECONDS: std::sync::LazyLock<
     prometheus_client::metrics::histogram::Histogram,
 > = std::sync::LazyLock::new(|| {
@@ -95,8 +140,7 @@ pub struct StateMachine {
     listener: Arc<dyn ApplyListener>,
     disk_full: Arc<raft::disk::DiskFull>,
     state: AppliedState,
-    since_durable: usize,
-    since_durable_bytes: usize,
+    durable: DurableCommits,
     /// Until openraft's first question for the current snapshot, which it asks at start-up for
     /// the snapshot's meta alone (openraft 0.9.25 `StorageHelper::get_initial_state`), before
     /// anything else touches the state machine: answered without building one (anything else
@@ -135,8 +179,7 @@ impl StateMachine {
             listener,
             disk_full,
             state,
-            since_durable: 0,
-            since_durable_bytes: 0,
+            durable: DurableCommits::new(std::time::Instant::now()),
             starting: true,
         })
     }
@@ -257,16 +300,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         if sizes.is_empty() {
             return Ok(Vec::new());
         }
-        self.since_durable += cmds.len();
-        self.since_durable_bytes += cmds.iter().map(Command::approx_bytes).sum::<usize>();
-        let durable = self.since_durable >= DURABLE_EVERY_ENTRIES
-            || self.since_durable_bytes >= DURABLE_EVERY_BYTES;
-        if durable {
-            self.since_durable = 0;
-            self.since_durable_bytes = 0;
-        }
-        let meta = [(META_APPLIED, codec::encode(&self.state))];
+        let bytes = cmds.iter().map(Command::approx_bytes).sum::<usize>();
         let started = std::time::Instant::now();
+        let durable = self.durable.batch(cmds.len(), bytes, started);
+        let meta = [(META_APPLIED, codec::encode(&self.state))];
         let batch = self.store.apply(&cmds, &meta, durable).map_err(|e| {
             self.disk_full.note(&e.to_string());
             sm_err(ErrorVerb::Write, e)
@@ -319,8 +356,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.store
             .apply(&[], &m, true)
             .map_err(|e| snap_err(ErrorVerb::Write, e))?;
-        self.since_durable = 0;
-        self.since_durable_bytes = 0;
+        self.durable.made_durable(std::time::Instant::now());
         self.listener.reset(self.store.current_revision());
         tracing::info!(
             last_log_id = %meta.last_log_id.map_or("none".into(), |l| l.to_string()),
@@ -345,5 +381,43 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         .build()
         .map(Some)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    /// Each row: a batch (entries, bytes, milliseconds since the start) and whether its commit
+    /// is durable.
+    #[test]
+    fn durable_commits_come_by_entries_bytes_or_time() {
+        let t0 = Instant::now();
+        let mut d = DurableCommits::new(t0);
+        let rows: &[(usize, usize, u64, bool)] = &[
+            (1, 10, 1, false),
+            (998, 10, 2, false),
+            // The thousandth entry.
+            (1, 10, 3, true),
+            (10, 4 << 20, 4, true),
+            (10, 10, 50, false),
+            // 100 ms after the last durable commit (at 4 ms), however few the entries.
+            (1, 10, 103, false),
+            (1, 10, 104, true),
+            (1, 10, 105, false),
+            // A batch after an idle second.
+            (1, 10, 1_200, true),
+        ];
+        for (i, &(entries, bytes, ms, want)) in rows.iter().enumerate() {
+            let got = d.batch(entries, bytes, t0 + Duration::from_millis(ms));
+            assert_eq!(
+                got, want,
+                "row {i}: {entries} entries, {bytes} bytes at {ms} ms"
+            );
+        }
+        d.made_durable(t0 + Duration::from_millis(1_250));
+        assert!(!d.batch(999, 10, t0 + Duration::from_millis(1_300)));
+        assert!(d.batch(1, 10, t0 + Duration::from_millis(1_301)));
     }
 }
