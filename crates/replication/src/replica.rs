@@ -154,6 +154,8 @@ pub struct Replica {
     engagement: engagement::Handle,
     prevote: Option<PreVoter>,
     flush: Arc<raft::flushes::FlushClock>,
+    /// The keyspace's durable commits (see `state_machine::DurableCommits`).
+    commits: crate::state_machine::SharedCommits,
 }
 
 impl Replica {
@@ -185,6 +187,7 @@ impl Replica {
         let log_reader = log.clone();
         let log_stats = log.stats();
         let sm = StateMachine::new(Arc::clone(&store), listener, disk_full)?;
+        let commits = sm.spawn_idle_commits();
         let (election_timeout_min, election_timeout_max) = election_timeouts(&config);
         let raft_config = Config {
             cluster_name: format!("{:x}", config.cluster_id),
@@ -311,6 +314,7 @@ impl Replica {
             engagement,
             prevote,
             flush,
+            commits,
         })
     }
 
@@ -527,6 +531,7 @@ impl Replica {
             tracing::warn!(error = %e, "raft shutdown");
         }
         self.store.sync()?;
+        self.commits.made_durable();
         Ok(())
     }
 }

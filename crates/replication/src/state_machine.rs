@@ -39,14 +39,20 @@ const DURABLE_EVERY_BYTES: usize = 4 << 20;
 /// much of the log besides the counts above.
 const DURABLE_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
 
-/// When an applied batch's keyspace commit is made durable: once `DURABLE_EVERY_ENTRIES`
+/// When keyspace commits are made durable: an applied batch's commit once `DURABLE_EVERY_ENTRIES`
 /// entries or `DURABLE_EVERY_BYTES` bytes, or `DURABLE_EVERY` of time, have gone by since the
-/// last durable one. A pure policy: the caller gives the time.
+/// last durable one; and, with no batch applied, the commits left pending once `DURABLE_EVERY`
+/// has gone by (etcd's backend commits its pending batch every 100 ms the same way): a restart
+/// replays at most that much of the log, and redb, which keeps a non-durable commit's pages in
+/// its write buffer against its cache budget, gives them back once the writes stop. A pure
+/// policy: the caller gives the time.
 #[derive(Debug)]
 pub struct DurableCommits {
     entries: usize,
     bytes: usize,
     last: std::time::Instant,
+    /// A commit since the last durable one was not durable.
+    pending: bool,
 }
 
 impl DurableCommits {
@@ -55,7 +61,13 @@ impl DurableCommits {
             entries: 0,
             bytes: 0,
             last: now,
+            pending: false,
         }
+    }
+
+    /// With no batch to apply at `now`: whether the pending commits are to be made durable now.
+    pub fn idle(&self, now: std::time::Instant) -> bool {
+        self.pending && now.saturating_duration_since(self.last) >= DURABLE_EVERY
     }
 
     /// A batch of `entries` commands of `bytes` is about to be committed at `now`: whether that
@@ -68,15 +80,81 @@ impl DurableCommits {
             || now.saturating_duration_since(self.last) >= DURABLE_EVERY;
         if durable {
             self.made_durable(now);
+        } else {
+            self.pending = true;
         }
         durable
     }
 
-    /// The keyspace was made durable at `now` by other means (a snapshot installed).
+    /// The keyspace was made durable at `now` by other means (idle, or a snapshot installed).
     pub fn made_durable(&mut self, now: std::time::Instant) {
         self.entries = 0;
         self.bytes = 0;
         self.last = now;
+        self.pending = false;
+    }
+}
+
+/// When keyspace commits are made durable, shared by the state machine (which applies), the
+/// idle commits ([`commit_when_idle`]) and the replica's shutdown.
+#[derive(Clone)]
+pub struct SharedCommits(Arc<std::sync::Mutex<DurableCommits>>);
+
+impl SharedCommits {
+    fn new(now: std::time::Instant) -> Self {
+        Self(Arc::new(std::sync::Mutex::new(DurableCommits::new(now))))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, DurableCommits> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The keyspace was made durable (by a final sync): nothing is pending any more, and no idle
+    /// commit touches the store again until a batch is applied.
+    pub fn made_durable(&self) {
+        self.lock().made_durable(std::time::Instant::now());
+    }
+
+    /// An idle commit, if one is due: `store` is only reached for then (so that a store being
+    /// closed is not held open by a check).
+    /// Whether it committed.
+    fn commit_if_idle(
+        &self,
+        store: &std::sync::Weak<Store>,
+        now: std::time::Instant,
+    ) -> Result<bool, mvcc::Error> {
+        let mut c = self.lock();
+        if !c.idle(now) {
+            return Ok(false);
+        }
+        let Some(store) = store.upgrade() else {
+            return Ok(false);
+        };
+        let started = std::time::Instant::now();
+        store.sync()?;
+        BACKEND_COMMIT_SECONDS.observe(started.elapsed().as_secs_f64());
+        c.made_durable(now);
+        Ok(true)
+    }
+}
+
+/// Makes the keyspace's pending commits durable once [`DurableCommits::idle`] says so, checking
+/// every `DURABLE_EVERY`; ends with the store.
+pub async fn commit_when_idle(store: std::sync::Weak<Store>, commits: SharedCommits) {
+    let mut tick = tokio::time::interval(DURABLE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    while store.strong_count() > 0 {
+        tick.tick().await;
+        let (store, commits) = (store.clone(), commits.clone());
+        let now = std::time::Instant::now();
+        match tokio::task::spawn_blocking(move || commits.commit_if_idle(&store, now)).await {
+            Ok(Ok(_)) => {}
+            // The next apply meets the same storage failure and stops the member.
+            Ok(Err(e)) => tracing::error!(error = %e, "making the keyspace durable failed"),
+            Err(e) => tracing::error!(error = %e, "the keyspace's idle commit did not finish"),
+        }
     }
 }
 
@@ -140,7 +218,7 @@ pub struct StateMachine {
     listener: Arc<dyn ApplyListener>,
     disk_full: Arc<raft::disk::DiskFull>,
     state: AppliedState,
-    durable: DurableCommits,
+    durable: SharedCommits,
     /// Until openraft's first question for the current snapshot, which it asks at start-up for
     /// the snapshot's meta alone (openraft 0.9.25 `StorageHelper::get_initial_state`), before
     /// anything else touches the state machine: answered without building one (anything else
@@ -179,13 +257,27 @@ impl StateMachine {
             listener,
             disk_full,
             state,
-            durable: DurableCommits::new(std::time::Instant::now()),
+            durable: SharedCommits::new(std::time::Instant::now()),
             starting: true,
         })
     }
 
     pub fn store(&self) -> &Arc<Store> {
         &self.store
+    }
+
+    /// Runs [`commit_when_idle`] for this state machine's keyspace (on the current runtime);
+    /// returns what the replica marks durable when it shuts down.
+    pub fn spawn_idle_commits(&self) -> SharedCommits {
+        tokio::spawn(commit_when_idle(
+            Arc::downgrade(&self.store),
+            self.durable.clone(),
+        ));
+        self.durable.clone()
+    }
+
+    fn commits(&self) -> std::sync::MutexGuard<'_, DurableCommits> {
+        self.durable.lock()
     }
 }
 
@@ -301,13 +393,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             return Ok(Vec::new());
         }
         let bytes = cmds.iter().map(Command::approx_bytes).sum::<usize>();
-        let started = std::time::Instant::now();
-        let durable = self.durable.batch(cmds.len(), bytes, started);
         let meta = [(META_APPLIED, codec::encode(&self.state))];
+        // Held through the commit, so that an idle commit does not count this one as durable.
+        let mut commits = self.commits();
+        let started = std::time::Instant::now();
+        let durable = commits.batch(cmds.len(), bytes, started);
         let batch = self.store.apply(&cmds, &meta, durable).map_err(|e| {
             self.disk_full.note(&e.to_string());
             sm_err(ErrorVerb::Write, e)
         })?;
+        drop(commits);
         if durable {
             BACKEND_COMMIT_SECONDS.observe(started.elapsed().as_secs_f64());
         }
@@ -356,7 +451,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.store
             .apply(&[], &m, true)
             .map_err(|e| snap_err(ErrorVerb::Write, e))?;
-        self.durable.made_durable(std::time::Instant::now());
+        self.commits().made_durable(std::time::Instant::now());
         self.listener.reset(self.store.current_revision());
         tracing::info!(
             last_log_id = %meta.last_log_id.map_or("none".into(), |l| l.to_string()),
@@ -419,5 +514,68 @@ mod tests {
         d.made_durable(t0 + Duration::from_millis(1_250));
         assert!(!d.batch(999, 10, t0 + Duration::from_millis(1_300)));
         assert!(d.batch(1, 10, t0 + Duration::from_millis(1_301)));
+    }
+
+    /// The idle commit reaches the store only when one is due, and not after a final sync.
+    #[test]
+    fn an_idle_commit_syncs_the_store_only_when_due() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Arc::new(Store::open(dir.path().join("kv.db")).expect("store"));
+        let weak = Arc::downgrade(&store);
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let commits = SharedCommits::new(t0);
+        assert!(
+            !commits.commit_if_idle(&weak, at(500)).expect("idle"),
+            "nothing pending"
+        );
+        assert!(commits.lock().batch(1, 10, at(500)));
+        assert!(!commits.lock().batch(1, 10, at(510)));
+        assert!(
+            !commits.commit_if_idle(&weak, at(550)).expect("idle"),
+            "not yet due"
+        );
+        assert!(commits.commit_if_idle(&weak, at(600)).expect("idle"), "due");
+        assert!(
+            !commits.commit_if_idle(&weak, at(900)).expect("idle"),
+            "done already"
+        );
+        assert!(!commits.lock().batch(1, 10, at(620)));
+        commits.made_durable();
+        assert!(
+            !commits.commit_if_idle(&weak, at(2_000)).expect("idle"),
+            "after a final sync"
+        );
+        assert!(!commits.lock().batch(1, 10, Instant::now()));
+        drop(store);
+        assert!(
+            !commits
+                .commit_if_idle(&weak, Instant::now() + Duration::from_secs(1))
+                .expect("idle"),
+            "the store is gone"
+        );
+    }
+
+    /// With no batch applied, pending commits become durable once 100 ms have gone by since the
+    /// last durable one; with none pending, nothing is committed.
+    #[test]
+    fn pending_commits_become_durable_when_idle() {
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let mut d = DurableCommits::new(t0);
+        assert!(!d.idle(at(500)), "nothing pending");
+        assert!(
+            d.batch(1, 10, at(500)),
+            "the first batch after an idle while"
+        );
+        assert!(!d.idle(at(700)), "the last commit was durable");
+        assert!(!d.batch(1, 10, at(520)));
+        assert!(
+            !d.idle(at(599)),
+            "pending, 99 ms after the last durable commit"
+        );
+        assert!(d.idle(at(600)), "pending, 100 ms after it");
+        d.made_durable(at(600));
+        assert!(!d.idle(at(900)), "made durable when idle");
     }
 }
