@@ -21,7 +21,9 @@ mod store;
 pub use error::{Error, Result};
 pub use request::*;
 pub use revision::Revision;
-pub use store::{AppliedBatch, ExportSink, Importer, Outcome, Store, StoreStatus};
+pub use store::{
+    AppliedBatch, ExportSink, Importer, Outcome, Store, StoreStatus, DEFAULT_CACHE_BYTES,
+};
 
 /// The most operations one txn may hold (etcd's `--max-txn-ops` default).
 pub const MAX_TXN_OPS_DEFAULT: usize = 128;

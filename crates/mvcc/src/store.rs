@@ -125,10 +125,11 @@ fn read_kv(
     decode_kv(v.value())
 }
 
-/// redb's page cache (its default is 1 GiB, which kept most of the database resident: RSS
-/// 186 MiB after 200k puts against etcd's 156 MiB). Pages beyond it are read back through the
-/// OS page cache.
-const CACHE_BYTES: usize = 8 * 1024 * 1024;
+/// redb's page cache by default (its own default is 1 GiB, which kept most of the database
+/// resident: RSS 186 MiB after 200k puts against etcd's 156 MiB). Pages beyond it are read back
+/// through the OS page cache, which costs reads CPU: the trade is in
+/// `docs/decisions/0014-keyspace-page-cache.md`.
+pub const DEFAULT_CACHE_BYTES: usize = 8 * 1024 * 1024;
 
 /// Verifies every page of the keyspace file against redb's checksums before anything is read
 /// from it, so that a damaged file refuses to start instead of serving wrong data (a flipped
@@ -182,9 +183,14 @@ fn settle_format(meta: &mut redb::Table<'_, &str, &[u8]>, path: &Path) -> Result
 impl Store {
     /// Opens (or creates) the keyspace at `path` and rebuilds the key index from it.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        Self::open_with_cache(path, DEFAULT_CACHE_BYTES)
+    }
+
+    /// [`Store::open`] with a page cache of `cache_bytes` (see [`DEFAULT_CACHE_BYTES`]).
+    pub fn open_with_cache(path: impl AsRef<Path>, cache_bytes: usize) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
         let mut db = Database::builder()
-            .set_cache_size(CACHE_BYTES)
+            .set_cache_size(cache_bytes)
             .create(&path)?;
         check_integrity(&mut db, &path)?;
         let w = db.begin_write()?;

@@ -161,9 +161,20 @@ pub struct Replica {
 impl Replica {
     /// Opens the keyspace of the member whose data directory is `data_dir`.
     pub fn open_store(data_dir: &std::path::Path) -> anyhow::Result<Arc<Store>> {
+        Self::open_store_with_cache(data_dir, mvcc::DEFAULT_CACHE_BYTES)
+    }
+
+    /// [`Replica::open_store`] with a page cache of `cache_bytes`.
+    pub fn open_store_with_cache(
+        data_dir: &std::path::Path,
+        cache_bytes: usize,
+    ) -> anyhow::Result<Arc<Store>> {
         let dir = data_dir.join("member");
         std::fs::create_dir_all(&dir)?;
-        Ok(Arc::new(Store::open(dir.join("tandem.db"))?))
+        Ok(Arc::new(Store::open_with_cache(
+            dir.join("tandem.db"),
+            cache_bytes,
+        )?))
     }
 
     /// Starts raft over the keyspace from [`Replica::open_store`] and the log beside it.

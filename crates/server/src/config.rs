@@ -100,6 +100,11 @@ pub struct Flags {
     /// Raise an alarm when the backend size exceeds this many bytes (0 = the default, 2 GiB).
     #[arg(long, env = "ETCD_QUOTA_BACKEND_BYTES", default_value_t = 0)]
     pub quota_backend_bytes: i64,
+    /// Memory for the keyspace's page cache, in bytes: more makes reads of a keyspace larger
+    /// than it cheaper, at that much more resident memory (tandem's flag; etcd maps its whole
+    /// backend file instead; docs/decisions/0014-keyspace-page-cache.md).
+    #[arg(long, env = "TANDEM_BACKEND_CACHE_BYTES", default_value_t = mvcc::DEFAULT_CACHE_BYTES)]
+    pub backend_cache_bytes: usize,
     /// Maximum client request size in bytes the server will accept.
     #[arg(long, env = "ETCD_MAX_REQUEST_BYTES", default_value_t = 1_572_864)]
     pub max_request_bytes: u32,
@@ -508,6 +513,8 @@ pub struct Config {
     pub self_node: MemberNode,
     pub bootstrap: bool,
     pub quota_backend_bytes: i64,
+    /// The keyspace's page cache (`--backend-cache-bytes`).
+    pub backend_cache_bytes: usize,
     /// The witness's payload cap (W4).
     pub witness_max_payload_bytes: u64,
     pub max_request_bytes: u32,
@@ -957,6 +964,7 @@ impl Flags {
             self_node,
             bootstrap,
             quota_backend_bytes: quota,
+            backend_cache_bytes: self.backend_cache_bytes,
             witness_max_payload_bytes: match self.witness_max_payload_bytes {
                 0 => quota as u64,
                 cap => cap,
@@ -1034,6 +1042,11 @@ mod tests {
         assert!(c.initial_members.contains_key(&c.member_id));
         assert_eq!(c.quota_backend_bytes, DEFAULT_QUOTA_BYTES);
         assert_eq!(c.progress_notify_interval, Duration::from_secs(600));
+        assert_eq!(c.backend_cache_bytes, 8 << 20);
+        let c = Flags::parse_from(["tandem", "--backend-cache-bytes", "67108864"])
+            .resolve()
+            .unwrap();
+        assert_eq!(c.backend_cache_bytes, 64 << 20);
     }
 
     #[test]

@@ -209,7 +209,7 @@ pub async fn run(
         )
         .await;
     }
-    let store = Replica::open_store(&config.data_dir)?;
+    let store = Replica::open_store_with_cache(&config.data_dir, config.backend_cache_bytes)?;
     let hub = watch::WatchHub::new(Arc::clone(&store));
     let replica_config = ReplicaConfig {
         data_dir: config.data_dir.clone(),
