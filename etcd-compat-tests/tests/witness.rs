@@ -666,6 +666,20 @@ async fn the_witness_holds_no_keyspace_and_serves_no_client() {
         "{text}"
     );
     assert!(text.contains("witness engaged: no"), "{text}");
+    // Into a reader that has gone (`| head -0`): no panic, exit status 0, as etcdctl.
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let out = std::process::Command::new(&ctl)
+        .args(["status", "--endpoints", &cluster.endpoints()])
+        .stdout(writer)
+        .output()
+        .expect("tandem-ctl status");
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "{:?}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
     // No keyspace on its disk.
     let member_dir = w.data_dir().join("member");
     assert!(member_dir.join("wal").exists());

@@ -38,6 +38,12 @@ enum Cli {
     Snapshot(snapshot::Command),
 }
 
+/// Writes `text` to standard output; a reader that went away (`| head`) is not an error worth a
+/// panic, as `println!` would make it.
+pub(crate) fn print_out(text: &str) {
+    let _ = std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes());
+}
+
 fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -198,18 +198,19 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             }
         }
     }
+    let mut text = String::new();
     for m in &members {
-        println!("{}", line(m, &leader_metrics, &args.tls).await);
+        text.push_str(&line(m, &leader_metrics, &args.tls).await);
+        text.push('\n');
     }
     if let Some(engaged) = leader_metrics.get("tandem_witness_engaged") {
-        println!(
-            "witness engaged: {}",
-            if *engaged == 1.0 {
-                "yes (a data member is behind)"
-            } else {
-                "no"
-            }
-        );
+        let engaged = if *engaged == 1.0 {
+            "yes (a data member is behind)"
+        } else {
+            "no"
+        };
+        text.push_str(&format!("witness engaged: {engaged}\n"));
     }
+    crate::print_out(&text);
     Ok(())
 }

@@ -338,8 +338,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     } else {
         report.render()
     };
-    // A closed pipe (`| head`) is not an error worth a panic.
-    let _ = std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes());
+    crate::print_out(&text);
     Ok(())
 }
 
