@@ -127,9 +127,9 @@ fn read_kv(
 
 /// redb's page cache by default (its own default is 1 GiB, which kept most of the database
 /// resident: RSS 186 MiB after 200k puts against etcd's 156 MiB). Pages beyond it are read back
-/// through the OS page cache, which costs reads CPU: the trade is in
+/// through the OS page cache, which costs reads CPU: the trade, and why 24 MiB, is in
 /// `docs/decisions/0014-keyspace-page-cache.md`.
-pub const DEFAULT_CACHE_BYTES: usize = 8 * 1024 * 1024;
+pub const DEFAULT_CACHE_BYTES: usize = 24 * 1024 * 1024;
 
 /// Verifies every page of the keyspace file against redb's checksums before anything is read
 /// from it, so that a damaged file refuses to start instead of serving wrong data (a flipped

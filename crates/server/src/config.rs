@@ -1042,7 +1042,7 @@ mod tests {
         assert!(c.initial_members.contains_key(&c.member_id));
         assert_eq!(c.quota_backend_bytes, DEFAULT_QUOTA_BYTES);
         assert_eq!(c.progress_notify_interval, Duration::from_secs(600));
-        assert_eq!(c.backend_cache_bytes, 8 << 20);
+        assert_eq!(c.backend_cache_bytes, 24 << 20);
         let c = Flags::parse_from(["tandem", "--backend-cache-bytes", "67108864"])
             .resolve()
             .unwrap();

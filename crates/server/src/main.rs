@@ -68,17 +68,18 @@ fn main() -> anyhow::Result<()> {
     let flags = Flags::parse_etcd_style();
     init_logging(&flags.log_level, &flags.log_outputs)?;
     let config = flags.resolve()?;
+    // No transparent huge pages: mimalloc asks for them on its arena when it starts (before
+    // main), so every touched 2 MiB of it would be a whole huge page — on the witness, which must
+    // stay small (issue 11: RSS ≤ 20 MiB), and on a data member, 23–29 MiB of its ~100 MiB after
+    // 200k puts for no measured throughput (docs/decisions/0014-keyspace-page-cache.md). Only
+    // mimalloc's MIMALLOC_ALLOW_THP=0, read at start-up, stops that: tandem starts itself again
+    // with it, before it has opened anything (an operator who sets the variable keeps theirs).
+    if std::env::var_os(NO_THP).is_none() {
+        return exec_self(Some((NO_THP, "0"))).context("restarting without transparent huge pages");
+    }
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if config.is_witness {
-        // The witness does little (votes, ids, heartbeats) and must stay small (issue 11: RSS
-        // ≤ 20 MiB): one worker thread, and no transparent huge pages. mimalloc asks for them
-        // on its arena when it starts (before main), so every touched 2 MiB of it would be a
-        // whole huge page; only its MIMALLOC_ALLOW_THP=0, read at start-up, stops that: the
-        // witness starts itself again with it, before it has opened anything.
-        if std::env::var_os(NO_THP).is_none() {
-            return exec_self(Some((NO_THP, "0")))
-                .context("restarting the witness without transparent huge pages");
-        }
+        // The witness does little (votes, ids, heartbeats): one worker thread.
         runtime.worker_threads(1);
     }
     let runtime = runtime.enable_all().build()?;
