@@ -117,9 +117,18 @@ impl SharedCommits {
         self.lock().made_durable(std::time::Instant::now());
     }
 
-    /// An idle commit, if one is due: `store` is only reached for then (so that a store being
-    /// closed is not held open by a check).
-    /// Whether it committed.
+    /// Whether an idle commit is due at `now`, without waiting: a batch being committed holds
+    /// the lock (and then none is).
+    fn idle_due(&self, now: std::time::Instant) -> bool {
+        match self.0.try_lock() {
+            Ok(c) => c.idle(now),
+            Err(std::sync::TryLockError::Poisoned(c)) => c.into_inner().idle(now),
+            Err(std::sync::TryLockError::WouldBlock) => false,
+        }
+    }
+
+    /// Makes the idle commit if one is due at `now`, and says whether it did: `store` is only
+    /// reached for then (so that a store being closed is not held open by a check).
     fn commit_if_idle(
         &self,
         store: &std::sync::Weak<Store>,
@@ -147,8 +156,11 @@ pub async fn commit_when_idle(store: std::sync::Weak<Store>, commits: SharedComm
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     while store.strong_count() > 0 {
         tick.tick().await;
-        let (store, commits) = (store.clone(), commits.clone());
         let now = std::time::Instant::now();
+        if !commits.idle_due(now) {
+            continue;
+        }
+        let (store, commits) = (store.clone(), commits.clone());
         match tokio::task::spawn_blocking(move || commits.commit_if_idle(&store, now)).await {
             Ok(Ok(_)) => {}
             // The next apply meets the same storage failure and stops the member.
