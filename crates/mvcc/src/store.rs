@@ -143,16 +143,24 @@ fn check_integrity(db: &mut Database, path: &Path) -> Result<()> {
             tracing::warn!(path = %path.display(), "keyspace file repaired by redb's integrity check");
             Ok(())
         }
-        Err(redb::DatabaseError::Storage(redb::StorageError::Corrupted(what))) => {
-            Err(Error::Corrupt(format!(
+        Err(e) => Err(refusal(e, path)),
+    }
+}
+
+/// A keyspace file redb finds corrupt (at open, or in its integrity check) refuses the start,
+/// naming the file and what to do; other errors pass as they are.
+fn refusal(e: redb::DatabaseError, path: &Path) -> Error {
+    match e {
+        redb::DatabaseError::Storage(redb::StorageError::Corrupted(what)) => {
+            Error::Corrupt(format!(
                 "refusing to start: the keyspace file {} fails its integrity check ({what}). In a \
-                 cluster, remove this member's data directory and add the member back (etcdctl \
-                 member remove, then member add) so that it copies the data from its peers; a \
-                 single member must be restored from a snapshot (tandem-ctl snapshot restore)",
+             cluster, remove this member's data directory and add the member back (etcdctl \
+             member remove, then member add) so that it copies the data from its peers; a \
+             single member must be restored from a snapshot (tandem-ctl snapshot restore)",
                 path.display()
-            )))
+            ))
         }
-        Err(e) => Err(e.into()),
+        e => e.into(),
     }
 }
 
@@ -189,9 +197,11 @@ impl Store {
     /// [`Store::open`] with a page cache of `cache_bytes` (see [`DEFAULT_CACHE_BYTES`]).
     pub fn open_with_cache(path: impl AsRef<Path>, cache_bytes: usize) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
+        // A file whose every commit root is damaged fails here, before the integrity check.
         let mut db = Database::builder()
             .set_cache_size(cache_bytes)
-            .create(&path)?;
+            .create(&path)
+            .map_err(|e| refusal(e, &path))?;
         check_integrity(&mut db, &path)?;
         let w = db.begin_write()?;
         w.open_table(KV)?;
