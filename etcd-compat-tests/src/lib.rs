@@ -922,7 +922,8 @@ fn tail(s: &str, lines: usize) -> String {
 }
 
 /// A wrapper (see [`Server::start_wrapped`]) that runs the server under strace, tracing only
-/// `syscalls` and injecting `inject` into them (e.g. `fdatasync:error=EIO:when=200`).
+/// `syscalls` and injecting `inject` into them (e.g. `fdatasync,fsync:delay_enter=2000`; to
+/// fail calls at a chosen moment, [`Strace::attach`]).
 pub fn strace_injecting(syscalls: &str, inject: &str) -> Vec<String> {
     let trace = format!("trace={syscalls}");
     let inject = format!("inject={inject}");
@@ -940,6 +941,125 @@ pub fn strace_injecting(syscalls: &str, inject: &str) -> Vec<String> {
     .iter()
     .map(|s| s.to_string())
     .collect()
+}
+
+/// strace attached to a running process, injecting faults into its syscalls from the moment
+/// [`Strace::attach`] returns until it is dropped (then it detaches). strace counts a `when=`
+/// per syscall *and per thread*, so a count from a process's start ("the 200th fdatasync")
+/// lands whenever one thread gets there, which under load was after the window the fault was
+/// meant for; attached in the window, `when=1` fails the first call of every thread.
+pub struct Strace {
+    child: Child,
+    output: PathBuf,
+}
+
+impl Strace {
+    /// Attaches to `pid`'s threads (all of them, or the one named `thread`), tracing `syscalls`
+    /// (only those on `path`, if given: strace's `-P`) and injecting `inject` (e.g.
+    /// `fdatasync:error=EIO:when=1`); returns once they are traced. strace's log (`-ttt`: unix
+    /// time) goes to `output`.
+    pub fn attach(
+        pid: u32,
+        thread: Option<&str>,
+        syscalls: &str,
+        inject: &str,
+        path: Option<&Path>,
+        output: &Path,
+    ) -> Result<Self> {
+        let mut cmd = Command::new("strace");
+        cmd.args(["-qq", "-ttt", "-e"])
+            .arg(format!("trace={syscalls}"))
+            .arg("-e")
+            .arg(format!("inject={inject}"))
+            .arg("-o")
+            .arg(output);
+        if let Some(path) = path {
+            cmd.arg("-P").arg(path);
+        }
+        let tasks = match thread {
+            None => {
+                cmd.args(["-f", "-p", &pid.to_string()]);
+                None
+            }
+            Some(name) => {
+                let tid = thread_named(pid, name)?;
+                cmd.args(["-p", &tid]);
+                Some(tid)
+            }
+        };
+        let child = cmd.stdin(Stdio::null()).spawn().context("strace")?;
+        let strace = Self {
+            child,
+            output: output.to_path_buf(),
+        };
+        wait_until("strace to trace the threads", START_DEADLINE, || {
+            traced(pid, tasks.as_deref())
+        })?;
+        Ok(strace)
+    }
+
+    /// Detaches and returns the wall-clock time (unix seconds) of the first call strace
+    /// tampered with, if any (its log is complete only once it has exited).
+    pub fn finish(mut self) -> Option<f64> {
+        self.stop();
+        std::fs::read_to_string(&self.output)
+            .ok()?
+            .lines()
+            .find(|l| l.contains("(INJECTED)"))?
+            .split_whitespace()
+            // "[PID] SECONDS.MICROS syscall(...)": the thread's id comes first with -f only.
+            .find(|w| w.contains('.'))?
+            .parse()
+            .ok()
+    }
+
+    /// SIGTERM: strace detaches from every thread and exits (SIGKILL would leave that to the
+    /// kernel).
+    fn stop(&mut self) {
+        if self.child.try_wait().is_ok_and(|s| s.is_some()) {
+            return;
+        }
+        let term = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        if !term.is_ok_and(|s| s.success()) {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Strace {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The id of `pid`'s thread named `name`.
+fn thread_named(pid: u32, name: &str) -> Result<String> {
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))?.flatten() {
+        if std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim_end() == name) {
+            return Ok(t.file_name().to_string_lossy().into_owned());
+        }
+    }
+    bail!("process {pid} has no thread named {name}")
+}
+
+/// Whether `pid`'s thread `tid` (or, without one, every thread of `pid`) has a tracer.
+fn traced(pid: u32, tid: Option<&str>) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks
+        .flatten()
+        .filter(|t| tid.is_none_or(|tid| t.file_name().to_str() == Some(tid)))
+        .all(|t| {
+            std::fs::read_to_string(t.path().join("status")).is_ok_and(|s| {
+                s.lines().any(|l| {
+                    l.starts_with("TracerPid:") && l.split_whitespace().nth(1) != Some("0")
+                })
+            })
+        })
 }
 
 /// A minimal HTTP/1.1 GET on loopback: (status code, body).

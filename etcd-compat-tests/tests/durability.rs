@@ -317,3 +317,121 @@ async fn a_data_dir_of_a_newer_format_is_refused_naming_the_file() {
     let got = c.get("kept", None).await.expect("get");
     assert_eq!(got.kvs()[0].value(), b"v", "the data is all there");
 }
+
+/// A keyspace flush that fails (fdatasync EIO on tandem.db, from strace attached to the running
+/// member) stops the member, as a failed raft log flush does: no write that began after the
+/// failure is acknowledged, every later write fails with `server stopped`, and after a restart
+/// every acknowledged write is there with its revision. Writes come every 60 ms; the failing
+/// flush is an applied batch's or an idle commit's (due 100 ms after the last durable one) as
+/// timing has it: `state_machine::tests::a_failed_idle_commit_ends_them_with_its_failure`
+/// covers the idle path alone (a failed idle commit was logged every 100 ms and the member went
+/// on until a write met the failure).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failed_keyspace_flush_stops_the_member() {
+    const ROUNDS: usize = 6;
+    let mut server = Server::start(Kind::Tandem).expect("tandem");
+    let traces = tempfile::tempdir().expect("tempdir");
+    let mut acked: BTreeMap<String, i64> = BTreeMap::new();
+    let (mut idle, mut applied) = (0, 0);
+    for round in 0..ROUNDS {
+        let mut c = server.client().await.expect("connect");
+        // Every other round starts from writes made just before the fault (then the first
+        // failed flush is an applied batch's, as a rule; without them, often an idle commit's).
+        for i in 0..if round % 2 == 0 { 20 } else { 0 } {
+            let key = format!("flush/{round}/before/{i:02}");
+            let r = c.put(key.clone(), "v", None).await.expect("put before");
+            acked.insert(key, r.header().expect("header").revision());
+        }
+        let db = server.data_dir().join("member/tandem.db");
+        let strace = Strace::attach(
+            server.pid(),
+            None,
+            "fdatasync",
+            "fdatasync:error=EIO",
+            Some(&db),
+            &traces.path().join(format!("strace-{round}")),
+        )
+        .expect("strace attached");
+        let idle_before = server
+            .log()
+            .matches("making the keyspace durable failed")
+            .count();
+        let mut tick = tokio::time::interval(Duration::from_millis(60));
+        let mut began_then_acked = Vec::new();
+        let mut refused = 0;
+        for seq in 0.. {
+            assert!(
+                seq < 500,
+                "round {round}: the member never stopped taking writes"
+            );
+            tick.tick().await;
+            let key = format!("flush/{round}/{seq:04}");
+            let began = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .expect("clock")
+                .as_secs_f64();
+            match tokio::time::timeout(WAIT, c.put(key.clone(), "v", None)).await {
+                Ok(Ok(r)) => {
+                    acked.insert(key.clone(), r.header().expect("header").revision());
+                    began_then_acked.push((began, key));
+                }
+                Ok(Err(e)) => {
+                    assert!(
+                        e.to_string().contains("etcdserver: server stopped"),
+                        "round {round}: a write after the failed flush: {e}"
+                    );
+                    refused += 1;
+                    if refused == 5 {
+                        break;
+                    }
+                }
+                Err(_) => panic!("round {round}: a write did not finish in {WAIT:?}"),
+            }
+        }
+        server.stop("KILL").expect("SIGKILL");
+        let failed_at = strace.finish().expect("strace injected a failure");
+        let after: Vec<_> = began_then_acked
+            .iter()
+            .filter(|(began, _)| *began > failed_at)
+            .collect();
+        assert!(
+            after.is_empty(),
+            "round {round}: acknowledged though begun after the failed flush: {after:?}"
+        );
+        if server
+            .log()
+            .matches("making the keyspace durable failed")
+            .count()
+            > idle_before
+        {
+            idle += 1;
+        } else {
+            applied += 1;
+        }
+
+        server.restart().expect("restart after the failed flush");
+        let mut c = server.client().await.expect("connect");
+        let all = c
+            .get("flush/", Some(GetOptions::new().with_prefix()))
+            .await
+            .expect("read back");
+        let found: BTreeMap<String, i64> = all
+            .kvs()
+            .iter()
+            .map(|kv| (kv.key_str().expect("utf8").to_string(), kv.mod_revision()))
+            .collect();
+        let lost: Vec<_> = acked
+            .iter()
+            .filter(|(k, rev)| found.get(*k) != Some(rev))
+            .collect();
+        assert!(
+            lost.is_empty(),
+            "round {round}: acknowledged writes lost: {lost:?}"
+        );
+    }
+    println!(
+        "{ROUNDS} failed keyspace flushes ({idle} in an idle commit, {applied} in an applied \
+         batch), {} acknowledged writes, 0 acknowledged after the failure, 0 lost",
+        acked.len()
+    );
+}

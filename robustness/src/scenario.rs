@@ -314,7 +314,7 @@ struct Rig {
     unsynced_dropped: usize,
     /// Each member's libfaketime clock file.
     clocks: tempfile::TempDir,
-    /// A failing fsync: while a member ran under strace.
+    /// A failing fsync: while strace was attached to a member.
     fsync_windows: Vec<Window>,
     /// Small filesystems under the data dirs, for a full disk.
     loops: Vec<LoopFs>,
@@ -632,20 +632,30 @@ async fn inject(cluster: &mut Cluster, rig: &mut Rig, s: &Scenario, rec: &Record
             }
         }
         Fault::FsyncEioLeader => {
-            let m = &mut cluster.members[leader];
-            m.stop("KILL")?;
-            // Starting takes a few dozen fdatasyncs; the failure comes under the workload.
-            let strace =
-                etcd_compat_tests::strace_injecting("fdatasync", "fdatasync:error=EIO:when=200");
-            m.set_wrapper(&strace.iter().map(String::as_str).collect::<Vec<_>>());
-            m.restart()?;
-            cluster.wait_healthy(leader)?;
-            let window_start = rec.now();
+            // From the moment strace has attached to the raft log's writer, its next
+            // fdatasync fails, once (later ones succeed: fsyncgate). Counted from the start
+            // instead ("the 200th", strace counts per thread), the failure came after the
+            // window or never under load (CI: no write failed at all). A failed keyspace flush
+            // is durability.rs's `a_failed_keyspace_flush_stops_the_member`.
+            let m = &cluster.members[leader];
+            let strace = etcd_compat_tests::Strace::attach(
+                m.pid(),
+                Some("raft-log-writer"),
+                "fdatasync",
+                "fdatasync:error=EIO:when=1",
+                None,
+                &rig.backing.path().join(format!("strace-{leader}")),
+            )?;
+            let (attached, attached_wall) = (rec.now(), unix_seconds());
             tokio::time::sleep(s.down).await; // the fault's duration
             let m = &mut cluster.members[leader];
             m.stop("KILL")?;
             let window_end = rec.now();
-            m.set_wrapper(&[]);
+            let failed = strace
+                .finish()
+                .context("no fdatasync failed while strace was attached")?;
+            // strace's clock is the wall clock: the failure in the run's time.
+            let window_start = attached + ((failed - attached_wall).max(0.0) * 1e9) as u64;
             m.restart()?;
             cluster.wait_healthy(leader)?;
             rig.fsync_windows.push((leader, window_start, window_end));
@@ -963,25 +973,24 @@ async fn finish(
     })
 }
 
-/// S13: once an fdatasync failed, the member acknowledges no write until it is restarted. On
-/// one member, every write fails from the first `server stopped` in the window to its end.
+/// S13: once an fdatasync failed, the member acknowledges no write until it is restarted: no
+/// write begun after the first failed fdatasync (`from`) is acknowledged, and writes fail with
+/// `server stopped`.
 fn check_stopped_after_eio(ops: &[history::Record], windows: &[Window], report: &mut Report) {
     for &(_, from, to) in windows {
-        let stopped = ops
+        let after = |r: &&history::Record| r.call > from && r.ret <= to;
+        if !ops
             .iter()
-            .filter(|r| r.call >= from && r.ret <= to)
-            .filter(|r| failed_with(r, "server stopped"))
-            .map(|r| r.ret)
-            .min();
-        let Some(stopped) = stopped else {
+            .filter(after)
+            .any(|r| failed_with(r, "server stopped"))
+        {
             report.fsync.push(format!(
-                "no write failed with `server stopped` while fdatasync failed ({:.1}–{:.1} s)",
+                "no write failed with `server stopped` after fdatasync failed ({:.1}–{:.1} s)",
                 from as f64 / 1e9,
                 to as f64 / 1e9
             ));
-            continue;
-        };
-        for r in ops.iter().filter(|r| r.call > stopped && r.ret <= to) {
+        }
+        for r in ops.iter().filter(after) {
             if !r.outcome.failed() && is_write(&r.op) {
                 report.fsync.push(format!(
                     "acknowledged after the failed fdatasync: client {} {:?} -> {:?}",
@@ -990,6 +999,13 @@ fn check_stopped_after_eio(ops: &[history::Record], windows: &[Window], report: 
             }
         }
     }
+}
+
+/// The wall clock in unix seconds (strace's `-ttt` clock).
+fn unix_seconds() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// S12: while one member's disk was full, it refused writes with etcd's NOSPACE error and

@@ -22,7 +22,8 @@ pub use error::{Error, Result};
 pub use request::*;
 pub use revision::Revision;
 pub use store::{
-    AppliedBatch, ExportSink, Importer, Outcome, Store, StoreStatus, DEFAULT_CACHE_BYTES,
+    AppliedBatch, ExportSink, Importer, Outcome, Store, StoreStatus, SyncFaults,
+    DEFAULT_CACHE_BYTES,
 };
 
 /// The most operations one txn may hold (etcd's `--max-txn-ops` default).

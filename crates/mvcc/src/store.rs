@@ -98,6 +98,11 @@ pub struct Store {
     /// Whether authentication is enabled, readable without the lock: with it off (the common
     /// case) a request needs nothing else of the auth state.
     auth_enabled: AtomicBool,
+    /// The first write that failed, after which every write is refused ([`Store::begin_write`]).
+    /// redb latches an I/O failure of its own, but a non-durable commit reaches no file and
+    /// would still succeed: over pages that the failed fdatasync may have let the kernel drop,
+    /// and without the member noticing until its next durable commit.
+    failed: std::sync::OnceLock<String>,
 }
 
 type KvTable<'t> = redb::Table<'t, &'static [u8], &'static [u8]>;
@@ -188,6 +193,48 @@ fn settle_format(meta: &mut redb::Table<'_, &str, &[u8]>, path: &Path) -> Result
     }
 }
 
+/// Makes the flushes of a [`Store::in_memory_with_sync_faults`] fail.
+#[derive(Clone, Debug, Default)]
+pub struct SyncFaults(Arc<AtomicBool>);
+
+impl SyncFaults {
+    /// Every flush from now on fails with EIO.
+    pub fn fail(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+#[derive(Debug)]
+struct FaultyMemory {
+    memory: redb::backends::InMemoryBackend,
+    fail_syncs: Arc<AtomicBool>,
+}
+
+impl redb::StorageBackend for FaultyMemory {
+    fn len(&self) -> std::io::Result<u64> {
+        self.memory.len()
+    }
+
+    fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
+        self.memory.read(offset, out)
+    }
+
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        self.memory.set_len(len)
+    }
+
+    fn sync_data(&self) -> std::io::Result<()> {
+        if self.fail_syncs.load(Ordering::Relaxed) {
+            return Err(std::io::Error::from_raw_os_error(5));
+        }
+        self.memory.sync_data()
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        self.memory.write(offset, data)
+    }
+}
+
 impl Store {
     /// Opens (or creates) the keyspace at `path` and rebuilds the key index from it.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
@@ -198,10 +245,26 @@ impl Store {
     pub fn open_with_cache(path: impl AsRef<Path>, cache_bytes: usize) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
         // A file whose every commit root is damaged fails here, before the integrity check.
-        let mut db = Database::builder()
+        let db = Database::builder()
             .set_cache_size(cache_bytes)
             .create(&path)
             .map_err(|e| refusal(e, &path))?;
+        Self::open_db(db, path)
+    }
+
+    /// A keyspace in memory whose flushes to disk fail once [`SyncFaults::fail`] is called: for
+    /// tests of what a failed fdatasync does (black-box tests meet it through strace).
+    pub fn in_memory_with_sync_faults() -> Result<(Self, SyncFaults)> {
+        let faults = SyncFaults::default();
+        let backend = FaultyMemory {
+            memory: redb::backends::InMemoryBackend::new(),
+            fail_syncs: Arc::clone(&faults.0),
+        };
+        let db = Database::builder().create_with_backend(backend)?;
+        Ok((Self::open_db(db, PathBuf::from("(in memory)"))?, faults))
+    }
+
+    fn open_db(mut db: Database, path: PathBuf) -> Result<Self> {
         check_integrity(&mut db, &path)?;
         let w = db.begin_write()?;
         w.open_table(KV)?;
@@ -223,7 +286,39 @@ impl Store {
             auth_enabled: AtomicBool::new(inner.auth.enabled),
             inner: RwLock::new(inner),
             path,
+            failed: std::sync::OnceLock::new(),
         })
+    }
+
+    /// A write transaction, unless an earlier write failed: then the failure, again (the
+    /// caller stops the member; only a restart, which checks the file, clears it).
+    fn begin_write(&self, inner: &Inner) -> Result<redb::WriteTransaction> {
+        if let Some(first) = self.failed.get() {
+            return Err(Error::Storage(format!(
+                "an earlier write to {} failed ({first}); the keyspace takes no more writes until \
+                 the member is restarted",
+                self.path.display()
+            )));
+        }
+        inner.db.begin_write().map_err(|e| self.failing(e.into()))
+    }
+
+    /// Commits `tx`; a failure refuses every later write.
+    fn commit(&self, tx: redb::WriteTransaction) -> Result<()> {
+        tx.commit().map_err(|e| self.failing(e.into()))
+    }
+
+    /// Notes `e`, a failed write, so that no later write is taken; returns it.
+    fn failing(&self, e: Error) -> Error {
+        if self.failed.set(e.to_string()).is_ok() {
+            tracing::error!(path = %self.path.display(), error = %e, "a keyspace write failed; no more are taken");
+        }
+        e
+    }
+
+    /// Whether a write has failed (and none is taken any more).
+    pub fn write_failed(&self) -> bool {
+        self.failed.get().is_some()
     }
 
     fn read(&self) -> RwLockReadGuard<'_, Inner> {
@@ -272,7 +367,20 @@ impl Store {
         durable: bool,
     ) -> Result<AppliedBatch> {
         let mut inner = self.write();
-        let mut tx = inner.db.begin_write()?;
+        let tx = self.begin_write(&inner)?;
+        // Any failure from here on leaves the batch partially applied in memory.
+        self.apply_in(&mut inner, tx, cmds, meta, durable)
+            .map_err(|e| self.failing(e))
+    }
+
+    fn apply_in(
+        &self,
+        inner: &mut Inner,
+        mut tx: redb::WriteTransaction,
+        cmds: &[Command],
+        meta: &[(&str, Vec<u8>)],
+        durable: bool,
+    ) -> Result<AppliedBatch> {
         tx.set_durability(if durable {
             Durability::Immediate
         } else {
@@ -286,7 +394,7 @@ impl Store {
             let mut metat = tx.open_table(META)?;
             for cmd in cmds {
                 let mut w = Writer {
-                    inner: &mut inner,
+                    inner: &mut *inner,
                     kv: &mut kv,
                     lease: &mut lease,
                     sub: 0,
@@ -325,10 +433,9 @@ impl Store {
     /// Makes every earlier commit durable.
     pub fn sync(&self) -> Result<()> {
         let inner = self.write();
-        let mut tx = inner.db.begin_write()?;
+        let mut tx = self.begin_write(&inner)?;
         tx.set_durability(Durability::Immediate)?;
-        tx.commit()?;
-        Ok(())
+        self.commit(tx)
     }
 
     /// A value the replication layer stored with [`Store::apply`].
@@ -498,9 +605,9 @@ impl Store {
     /// [`Error::Storage`] only on I/O failure; while readers hold snapshots it retries a while.
     pub fn defragment(&self) -> Result<()> {
         let mut inner = self.write();
-        let mut tx = inner.db.begin_write()?;
+        let mut tx = self.begin_write(&inner)?;
         tx.set_durability(Durability::Immediate)?;
-        tx.commit()?;
+        self.commit(tx)?;
         loop {
             match inner.db.compact() {
                 Ok(true) => continue,
@@ -603,7 +710,7 @@ impl Store {
     /// Replaces the whole keyspace with a copy written by [`Store::snapshot_to`], durably.
     pub fn restore_from(&self, r: &mut dyn Read) -> Result<()> {
         let mut inner = self.write();
-        let mut tx = inner.db.begin_write()?;
+        let mut tx = self.begin_write(&inner)?;
         tx.set_durability(Durability::Immediate)?;
         tx.delete_table(KV)?;
         tx.delete_table(LEASE)?;
@@ -638,7 +745,7 @@ impl Store {
                 }
             }
         }
-        tx.commit()?;
+        self.commit(tx)?;
         inner.load()?;
         self.auth_enabled
             .store(inner.auth.enabled, Ordering::Release);
@@ -885,7 +992,7 @@ impl Importer<'_> {
     /// Writes what waits; with `meta`, also the meta records, durably.
     fn flush(&mut self, meta: Option<&[(&str, Vec<u8>)]>) -> Result<()> {
         let inner = self.store.write();
-        let mut tx = inner.db.begin_write()?;
+        let mut tx = self.store.begin_write(&inner)?;
         if meta.is_some() {
             tx.set_durability(Durability::Immediate)?;
         } else {
@@ -905,7 +1012,7 @@ impl Importer<'_> {
                 metat.insert(*k, v.as_slice())?;
             }
         }
-        tx.commit()?;
+        self.store.commit(tx)?;
         self.pending_bytes = 0;
         Ok(())
     }

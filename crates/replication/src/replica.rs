@@ -83,6 +83,23 @@ async fn proposer(shared: Arc<Shared>, mut rx: tokio::sync::mpsc::Receiver<Propo
     }
 }
 
+/// Runs the keyspace's idle commits (`state_machine::commit_when_idle`); if one fails, stops
+/// raft as a failed apply does (etcd exits on a failed backend commit): the member's clients get
+/// "server stopped" from then on, and no write is acknowledged over a keyspace that failed to
+/// reach the disk. Only a restart, which checks the file and replays the log, brings it back.
+async fn stop_if_idle_commit_fails(
+    raft: Raft,
+    store: std::sync::Weak<mvcc::Store>,
+    commits: crate::state_machine::SharedCommits,
+) {
+    if let Err(error) = crate::state_machine::commit_when_idle(store, commits).await {
+        tracing::error!(%error, "making the keyspace durable failed; the member stops");
+        if let Err(e) = raft.shutdown().await {
+            tracing::warn!(error = %e, "raft shutdown");
+        }
+    }
+}
+
 /// A leader restored at start-up (openraft 0.9 restarts as leader when its vote was committed)
 /// has forgotten how far its log was committed and applies nothing until a new entry commits:
 /// it proposes an empty batch at once, so that everything acknowledged before the restart is
@@ -198,7 +215,7 @@ impl Replica {
         let log_reader = log.clone();
         let log_stats = log.stats();
         let sm = StateMachine::new(Arc::clone(&store), listener, disk_full)?;
-        let commits = sm.spawn_idle_commits();
+        let commits = sm.durable_commits();
         let (election_timeout_min, election_timeout_max) = election_timeouts(&config);
         let raft_config = Config {
             cluster_name: format!("{:x}", config.cluster_id),
@@ -301,6 +318,11 @@ impl Replica {
             ));
         }
         tokio::spawn(commit_on_restore(raft.clone(), config.member_id));
+        tokio::spawn(stop_if_idle_commit_fails(
+            raft.clone(),
+            Arc::downgrade(&store),
+            commits.clone(),
+        ));
         if config.fencing {
             tokio::spawn(raft::fence::promote_returning(Arc::clone(&shared)));
         }

@@ -150,8 +150,13 @@ impl SharedCommits {
 }
 
 /// Makes the keyspace's pending commits durable once [`DurableCommits::idle`] says so, checking
-/// every `DURABLE_EVERY`; ends with the store.
-pub async fn commit_when_idle(store: std::sync::Weak<Store>, commits: SharedCommits) {
+/// every `DURABLE_EVERY`. Ends with the store (`Ok`), or with the first commit that failed: the
+/// keyspace then takes no more writes ([`Store::write_failed`]) and the caller stops the member
+/// at once, as a failed apply does, instead of waiting for the next write to meet the failure.
+pub async fn commit_when_idle(
+    store: std::sync::Weak<Store>,
+    commits: SharedCommits,
+) -> Result<(), String> {
     let mut tick = tokio::time::interval(DURABLE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     while store.strong_count() > 0 {
@@ -163,11 +168,11 @@ pub async fn commit_when_idle(store: std::sync::Weak<Store>, commits: SharedComm
         let (store, commits) = (store.clone(), commits.clone());
         match tokio::task::spawn_blocking(move || commits.commit_if_idle(&store, now)).await {
             Ok(Ok(_)) => {}
-            // The next apply meets the same storage failure and stops the member.
-            Ok(Err(e)) => tracing::error!(error = %e, "making the keyspace durable failed"),
-            Err(e) => tracing::error!(error = %e, "the keyspace's idle commit did not finish"),
+            Ok(Err(e)) => return Err(e.to_string()),
+            Err(e) => return Err(format!("the keyspace's idle commit did not finish: {e}")),
         }
     }
+    Ok(())
 }
 
 /// Each durable keyspace commit, in seconds: etcd's `etcd_disk_backend_commit_duration_seconds`,
@@ -278,13 +283,9 @@ impl StateMachine {
         &self.store
     }
 
-    /// Runs [`commit_when_idle`] for this state machine's keyspace (on the current runtime);
-    /// returns what the replica marks durable when it shuts down.
-    pub fn spawn_idle_commits(&self) -> SharedCommits {
-        tokio::spawn(commit_when_idle(
-            Arc::downgrade(&self.store),
-            self.durable.clone(),
-        ));
+    /// When this state machine's keyspace commits are made durable, for [`commit_when_idle`]
+    /// and the replica's shutdown.
+    pub fn durable_commits(&self) -> SharedCommits {
         self.durable.clone()
     }
 
@@ -526,6 +527,34 @@ mod tests {
         d.made_durable(t0 + Duration::from_millis(1_250));
         assert!(!d.batch(999, 10, t0 + Duration::from_millis(1_300)));
         assert!(d.batch(1, 10, t0 + Duration::from_millis(1_301)));
+    }
+
+    /// An idle commit whose flush fails ends the idle commits with that failure (the replica
+    /// then stops raft), and the keyspace takes no more writes; they went on ticking, logging
+    /// the failure every 100 ms, while non-durable applies kept succeeding.
+    #[tokio::test]
+    async fn a_failed_idle_commit_ends_them_with_its_failure() {
+        let (store, faults) = Store::in_memory_with_sync_faults().expect("store");
+        let store = Arc::new(store);
+        let commits = SharedCommits::new(Instant::now());
+        let put = mvcc::Command::Put(mvcc::PutRequest {
+            key: b"k".to_vec(),
+            value: b"v".to_vec(),
+            ..Default::default()
+        });
+        let durable = commits.lock().batch(1, 10, Instant::now());
+        assert!(!durable, "pending: the policy was made just now");
+        store.apply(&[put], &[], durable).expect("apply");
+        faults.fail();
+        let ended = tokio::time::timeout(
+            Duration::from_secs(30),
+            commit_when_idle(Arc::downgrade(&store), commits),
+        )
+        .await
+        .expect("the idle commits end");
+        let error = ended.expect_err("with the failure");
+        assert!(error.contains("os error 5"), "{error}");
+        assert!(store.write_failed());
     }
 
     /// The idle commit reaches the store only when one is due, and not after a final sync.
