@@ -231,6 +231,7 @@ async fn a_move_overtaken_by_another_election_is_finished_by_the_new_leader() {
         .expect("connect");
     signal(&cluster, target, "STOP");
     let target_id = ids[target];
+    let began = std::time::Instant::now();
     let moving = tokio::spawn(async move { c.move_leader(target_id).await });
     // The third member wins the election the paused transferee cannot stand in.
     let third_url = cluster.members[third].url();
@@ -244,9 +245,36 @@ async fn a_move_overtaken_by_another_election_is_finished_by_the_new_leader() {
     })
     .await
     .expect("the third member leads");
+    let overtaken = began.elapsed();
     signal(&cluster, target, "CONT");
     let moved = moving.await.expect("the move's task");
-    assert!(moved.is_ok(), "the move failed: {moved:?}");
+    println!(
+        "the third member led after {overtaken:?}; the move answered after {:?}",
+        began.elapsed()
+    );
+    assert!(
+        moved.is_ok(),
+        "the move failed: {moved:?}\n{}",
+        transfer_lines(&cluster)
+    );
     let now = cluster.wait_leader(WAIT).await.expect("a leader");
     assert_eq!(now, target, "the transferee leads");
+}
+
+/// Each member's log lines about moves and elections: which member held the move, and where
+/// it stood, when one fails.
+fn transfer_lines(cluster: &Cluster) -> String {
+    let mut out = String::new();
+    for m in &cluster.members {
+        out.push_str(&format!("--- {}\n", m.name()));
+        for line in m.log().lines().filter(|l| {
+            ["transfer", "move", "overtook", "election", "vote", "leader"]
+                .iter()
+                .any(|w| l.contains(w))
+        }) {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
 }
