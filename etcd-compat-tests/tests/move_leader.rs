@@ -259,6 +259,19 @@ async fn a_move_overtaken_by_another_election_is_finished_by_the_new_leader() {
     );
     let now = cluster.wait_leader(WAIT).await.expect("a leader");
     assert_eq!(now, target, "the transferee leads");
+    // The first leader's requests to stand, sent while the transferee was stopped and read
+    // once it ran again, no longer stood: the transferee declined them instead of deposing the
+    // third member (which then moved its own leadership there).
+    let declined = cluster.members[target]
+        .log()
+        .matches("declining to stand for election")
+        .count();
+    assert!(
+        declined >= 1,
+        "the transferee declined none of the stale requests to stand\n{}",
+        transfer_lines(&cluster)
+    );
+    println!("the transferee declined {declined} stale requests to stand");
 }
 
 /// Each member's log lines about moves and elections: which member held the move, and where
@@ -268,9 +281,11 @@ fn transfer_lines(cluster: &Cluster) -> String {
     for m in &cluster.members {
         out.push_str(&format!("--- {}\n", m.name()));
         for line in m.log().lines().filter(|l| {
-            ["transfer", "move", "overtook", "election", "vote", "leader"]
-                .iter()
-                .any(|w| l.contains(w))
+            [
+                "transfer", "move", "overtook", "election", "stand", "leader",
+            ]
+            .iter()
+            .any(|w| l.contains(w))
         }) {
             out.push_str(line);
             out.push('\n');

@@ -142,7 +142,7 @@ impl<C: Types> Member<C> {
         );
         tracing::info!(to = %format!("{target:x}"), "leadership transfer starting");
         loop {
-            let (o, channel) = {
+            let (o, channel, term) = {
                 let m = metrics.borrow_and_update();
                 let matched = m
                     .replication
@@ -158,7 +158,7 @@ impl<C: Types> Member<C> {
                     target_matched: matched,
                 };
                 let node = m.membership_config.membership().get_node(&target).cloned();
-                (o, node.and_then(|n| self.channels.to(&n)))
+                (o, node.and_then(|n| self.channels.to(&n)), m.current_term)
             };
             match policy.observe(&o) {
                 Step::Wait => {}
@@ -169,7 +169,7 @@ impl<C: Types> Member<C> {
                         channel,
                         self.cluster_id,
                         &self.incarnations,
-                        &ForwardRequest::Campaign,
+                        &ForwardRequest::CampaignFor { term },
                         Duration::from_millis(self.election_timeout_ms),
                     )
                     .await;
@@ -236,6 +236,80 @@ impl<C: Types> Member<C> {
     }
 }
 
+/// Whether a member still asks `target` to stand for election, as asked in `term`: it leads in
+/// that term, and it is moving its leadership there or it is a witness (which hands over to
+/// whichever data node is caught up).
+pub fn still_asks(
+    leading: bool,
+    current_term: u64,
+    term: u64,
+    moving_to: Option<NodeId>,
+    target: NodeId,
+    witness: bool,
+) -> bool {
+    leading && current_term == term && (moving_to == Some(target) || witness)
+}
+
+/// This member was asked by `asker`, leading in `term`, to stand for election (a move of its
+/// leadership here, or a witness handing over). It stands once the asker confirms it still
+/// asks: a request that waited in the socket of a member that was stopped (SIGSTOP, a stalled
+/// VM) while another member won an election must not start an election against that leader.
+/// Unconfirmed, such requests deposed the new leader for seconds and a move overtaken that
+/// way ran out of time (move_leader.rs under load). `asked` runs before the election starts.
+pub async fn campaign_if_still_asked<C: Types>(
+    member: &Member<C>,
+    asker: NodeId,
+    term: u64,
+    asked: impl FnOnce(),
+) -> Result<network::ForwardResponse<C::R>, crate::member::ReplicaError> {
+    use network::ForwardResponse;
+    let (leading, current_term, node) = {
+        let m = member.raft.metrics();
+        let m = m.borrow();
+        (
+            m.state == ServerState::Leader,
+            m.current_term,
+            m.membership_config.membership().get_node(&asker).cloned(),
+        )
+    };
+    // Asked again after winning (the asker had not heard yet): a new election would only
+    // depose this member.
+    if leading {
+        return Ok(ForwardResponse::Campaigning);
+    }
+    let confirmed = match node.and_then(|n| member.channels.to(&n)) {
+        Some(channel) if current_term <= term => network::forward::<C::R>(
+            channel,
+            member.cluster_id,
+            &member.incarnations,
+            &ForwardRequest::StillAsking {
+                target: member.member_id,
+                term,
+            },
+            Duration::from_millis(member.election_timeout_ms),
+        )
+        .await
+        .is_ok_and(|a| matches!(a, ForwardResponse::StillAsking(true))),
+        _ => false,
+    };
+    if !confirmed {
+        tracing::info!(asker = %format!("{asker:x}"), term, current_term,
+            "declining to stand for election: the member that asked no longer asks");
+        return Ok(ForwardResponse::CampaignDeclined);
+    }
+    asked();
+    tracing::info!(
+        "asked by the leader to stand for election (the witness hands over, or etcd's MoveLeader)"
+    );
+    member
+        .raft
+        .trigger()
+        .elect()
+        .await
+        .map_err(|_| crate::member::ReplicaError::Stopped)?;
+    Ok(ForwardResponse::Campaigning)
+}
+
 /// A leader's log flushes this slow (µs, averaged over `flushes::WINDOW_MS`)…
 const SLOW_FLUSH_MICROS: u64 = 200_000;
 /// …and this many times slower than a follower's…
@@ -295,6 +369,33 @@ pub async fn hand_over_from_a_slow_disk<C: Types>(
         );
         if let Err(e) = member.move_leader(target, member.forward_timeout).await {
             tracing::warn!(error = ?e, "handing leadership over from a slow disk failed");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::still_asks;
+
+    /// Each row: leading, current term, the term asked in, where a move goes, the target,
+    /// witness; whether the asker still asks.
+    #[test]
+    fn a_request_to_stand_stands_while_its_asker_leads_in_its_term_and_still_moves_there() {
+        let rows = [
+            (true, 4, 4, Some(2), 2, false, true),
+            (true, 4, 4, None, 2, true, true),
+            (false, 4, 4, Some(2), 2, false, false),
+            (true, 5, 4, Some(2), 2, false, false),
+            (true, 4, 4, Some(3), 2, false, false),
+            (true, 4, 4, None, 2, false, false),
+            (false, 5, 4, None, 2, true, false),
+        ];
+        for (leading, current, term, moving, target, witness, expected) in rows {
+            assert_eq!(
+                still_asks(leading, current, term, moving, target, witness),
+                expected,
+                "leading {leading}, term {current} (asked in {term}), moving to {moving:?}, target {target}, witness {witness}"
+            );
         }
     }
 }

@@ -168,6 +168,7 @@ pub enum ForwardRequest {
     /// From a witness that leads: this data node is caught up and should stand for election
     /// now, so leadership returns to a data node; and from a leader moving its leadership here
     /// (etcd's MoveLeader, `crate::leadership`). openraft 0.9 has no leadership transfer.
+    /// Sent by the previous release; this one sends [`ForwardRequest::CampaignFor`].
     Campaign,
     /// From a member starting on a new data dir: whether its peers know it by another
     /// incarnation (W5). The answer is the check every message gets.
@@ -184,6 +185,13 @@ pub enum ForwardRequest {
     /// election instead (`crate::leadership`): move this member's leadership there, within
     /// `timeout_ms`.
     MoveLeader { target: NodeId, timeout_ms: u64 },
+    /// [`ForwardRequest::Campaign`] from a leader of `term`: the receiver stands only once the
+    /// asker has confirmed that it still asks ([`ForwardRequest::StillAsking`],
+    /// `crate::leadership::campaign_if_still_asked`).
+    CampaignFor { term: u64 },
+    /// From a member asked to stand by this one in `term`: does this member, leading in `term`,
+    /// still ask `target` to stand (moving its leadership there, or a witness handing over)?
+    StillAsking { target: NodeId, term: u64 },
 }
 
 /// The leader's answer to a [`ForwardRequest`].
@@ -207,6 +215,10 @@ pub enum ForwardResponse<R> {
     MembersChanged(Vec<(NodeId, MemberNode, bool)>),
     Members(MembersAnswer),
     LeadershipMoved(Result<(), crate::leadership::MoveError>),
+    /// The answer to [`ForwardRequest::StillAsking`].
+    StillAsking(bool),
+    /// A [`ForwardRequest::CampaignFor`] that no longer stands: not confirmed by its asker.
+    CampaignDeclined,
 }
 
 /// One member's answer to `ForwardRequest::Members`.
@@ -609,6 +621,24 @@ pub async fn serve_forward<C: Types>(
                 .move_leader(target, Duration::from_millis(timeout_ms))
                 .await,
         )),
+        ForwardRequest::StillAsking { target, term } => {
+            let m = raft.metrics().borrow().clone();
+            let witness = m
+                .membership_config
+                .membership()
+                .get_node(&member.member_id)
+                .is_some_and(|n| n.witness);
+            Ok(ForwardResponse::StillAsking(crate::leadership::still_asks(
+                m.state == openraft::ServerState::Leader,
+                m.current_term,
+                term,
+                leadership.moving_to(),
+                target,
+                witness,
+            )))
+        }
+        // Answered by the peer service, which knows who asks.
+        ForwardRequest::CampaignFor { .. } => Ok(ForwardResponse::CampaignDeclined),
         ForwardRequest::Campaign => {
             // Asked again after winning (the old leader had not heard yet): a new election
             // would only depose this member.
@@ -752,6 +782,21 @@ impl<C: Types> RaftPeer for PeerService<C> {
         let req: ForwardRequest = self.open(m)?;
         if let (ForwardRequest::Campaign, Some(p)) = (&req, &self.prevote) {
             p.contact.note_asked();
+        }
+        if let ForwardRequest::CampaignFor { term } = req {
+            let contact = self.prevote.as_ref().map(|p| Arc::clone(&p.contact));
+            let answer = crate::leadership::campaign_if_still_asked(
+                &self.member,
+                m.sender,
+                term,
+                move || {
+                    if let Some(c) = contact {
+                        c.note_asked();
+                    }
+                },
+            )
+            .await;
+            return Ok(self.reply(&answer));
         }
         if let (ForwardRequest::PreVote(candidate_last), Some(p)) = (&req, &self.prevote) {
             let m = self.raft.metrics().borrow().clone();

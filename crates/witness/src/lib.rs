@@ -264,7 +264,7 @@ async fn hand_off(member: Arc<Member<WitnessConfig>>, mut policy: Handoff) {
         if metrics.has_changed().is_err() {
             return;
         }
-        let (o, nodes) = {
+        let (o, nodes, term) = {
             let m = metrics.borrow();
             let membership = m.membership_config.membership();
             let replication = m.replication.as_ref();
@@ -291,6 +291,7 @@ async fn hand_off(member: Arc<Member<WitnessConfig>>, mut policy: Handoff) {
                     .nodes()
                     .map(|(i, n)| (*i, n.clone()))
                     .collect::<BTreeMap<_, _>>(),
+                m.current_term,
             )
         };
         let Some(target) = policy.observe(&o) else {
@@ -304,7 +305,7 @@ async fn hand_off(member: Arc<Member<WitnessConfig>>, mut policy: Handoff) {
             channel,
             member.cluster_id,
             &member.incarnations,
-            &ForwardRequest::Campaign,
+            &ForwardRequest::CampaignFor { term },
             HANDOFF_RETRY,
         )
         .await;
