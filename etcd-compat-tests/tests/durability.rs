@@ -34,6 +34,29 @@ async fn writer(url: String, cycle: usize, id: usize, acked: Acked) {
     }
 }
 
+/// The acknowledged writes (key → revision) under `prefix` that the server does not hold with
+/// that revision.
+async fn missing(
+    c: &mut Client,
+    prefix: &str,
+    acked: &BTreeMap<String, i64>,
+) -> Vec<(String, i64)> {
+    let all = c
+        .get(prefix, Some(GetOptions::new().with_prefix()))
+        .await
+        .expect("read back");
+    let found: BTreeMap<String, i64> = all
+        .kvs()
+        .iter()
+        .map(|kv| (kv.key_str().expect("utf8").to_string(), kv.mod_revision()))
+        .collect();
+    acked
+        .iter()
+        .filter(|(k, rev)| found.get(*k) != Some(*rev))
+        .map(|(k, rev)| (k.clone(), *rev))
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn acknowledged_writes_survive_sigkill() {
     let mut server = Server::start(Kind::Tandem).expect("tandem");
@@ -63,19 +86,7 @@ async fn acknowledged_writes_survive_sigkill() {
 
         let snapshot = acked.lock().expect("acked").clone();
         let mut c = server.client().await.expect("connect");
-        let all = c
-            .get("dur/", Some(GetOptions::new().with_prefix()))
-            .await
-            .expect("read back");
-        let found: BTreeMap<String, i64> = all
-            .kvs()
-            .iter()
-            .map(|kv| (kv.key_str().expect("utf8").to_string(), kv.mod_revision()))
-            .collect();
-        let lost: Vec<_> = snapshot
-            .iter()
-            .filter(|(k, rev)| found.get(*k) != Some(rev))
-            .collect();
+        let lost = missing(&mut c, "dur/", &snapshot).await;
         assert!(
             lost.is_empty(),
             "cycle {cycle}: {} acknowledged writes lost or changed, e.g. {:?}",
@@ -411,19 +422,7 @@ async fn a_failed_keyspace_flush_stops_the_member() {
 
         server.restart().expect("restart after the failed flush");
         let mut c = server.client().await.expect("connect");
-        let all = c
-            .get("flush/", Some(GetOptions::new().with_prefix()))
-            .await
-            .expect("read back");
-        let found: BTreeMap<String, i64> = all
-            .kvs()
-            .iter()
-            .map(|kv| (kv.key_str().expect("utf8").to_string(), kv.mod_revision()))
-            .collect();
-        let lost: Vec<_> = acked
-            .iter()
-            .filter(|(k, rev)| found.get(*k) != Some(rev))
-            .collect();
+        let lost = missing(&mut c, "flush/", &acked).await;
         assert!(
             lost.is_empty(),
             "round {round}: acknowledged writes lost: {lost:?}"
