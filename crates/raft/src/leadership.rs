@@ -272,8 +272,6 @@ pub async fn campaign_if_still_asked<C: Types>(
             m.membership_config.membership().get_node(&asker).cloned(),
         )
     };
-    // Asked again after winning (the asker had not heard yet): a new election would only
-    // depose this member.
     if leading {
         return Ok(ForwardResponse::Campaigning);
     }
@@ -298,6 +296,18 @@ pub async fn campaign_if_still_asked<C: Types>(
         return Ok(ForwardResponse::CampaignDeclined);
     }
     asked();
+    stand(member).await
+}
+
+/// Stands for election, as asked by the leader (the witness hands over, or etcd's MoveLeader);
+/// asked again after winning (the asker had not heard yet), it does not: a new election would
+/// only depose this member.
+pub async fn stand<C: Types>(
+    member: &Member<C>,
+) -> Result<network::ForwardResponse<C::R>, crate::member::ReplicaError> {
+    if member.raft.metrics().borrow().state == ServerState::Leader {
+        return Ok(network::ForwardResponse::Campaigning);
+    }
     tracing::info!(
         "asked by the leader to stand for election (the witness hands over, or etcd's MoveLeader)"
     );
@@ -307,7 +317,7 @@ pub async fn campaign_if_still_asked<C: Types>(
         .elect()
         .await
         .map_err(|_| crate::member::ReplicaError::Stopped)?;
-    Ok(ForwardResponse::Campaigning)
+    Ok(network::ForwardResponse::Campaigning)
 }
 
 /// A leader's log flushes this slow (µs, averaged over `flushes::WINDOW_MS`)…

@@ -622,7 +622,8 @@ pub async fn serve_forward<C: Types>(
                 .await,
         )),
         ForwardRequest::StillAsking { target, term } => {
-            let m = raft.metrics().borrow().clone();
+            let m = raft.metrics();
+            let m = m.borrow();
             let witness = m
                 .membership_config
                 .membership()
@@ -639,19 +640,7 @@ pub async fn serve_forward<C: Types>(
         }
         // Answered by the peer service, which knows who asks.
         ForwardRequest::CampaignFor { .. } => Ok(ForwardResponse::CampaignDeclined),
-        ForwardRequest::Campaign => {
-            // Asked again after winning (the old leader had not heard yet): a new election
-            // would only depose this member.
-            if raft.metrics().borrow().state == openraft::ServerState::Leader {
-                return Ok(ForwardResponse::Campaigning);
-            }
-            tracing::info!("asked by the leader to stand for election (the witness hands over, or etcd's MoveLeader)");
-            raft.trigger()
-                .elect()
-                .await
-                .map_err(|_| ReplicaError::Stopped)?;
-            Ok(ForwardResponse::Campaigning)
-        }
+        ForwardRequest::Campaign => crate::leadership::stand(member).await,
     }
 }
 
