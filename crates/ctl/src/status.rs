@@ -143,7 +143,11 @@ async fn line(m: &Member, leader_lags: &HashMap<String, f64>, tls: &TlsArgs) -> 
             )
         }
         Ok(_) => format!("{name:<12} {id:<16} ?        answers on {peer} but is not a witness"),
-        Err(e) => format!("{name:<12} {id:<16} witness  down       ({e:#})"),
+        // No client URL and no answer: a witness that is down, or a data member that has not
+        // published its client URLs yet (it does once it knows a leader).
+        Err(e) => {
+            format!("{name:<12} {id:<16} ?        down       (no client URL; its peer URL: {e:#})")
+        }
     }
 }
 
