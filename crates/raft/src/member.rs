@@ -27,10 +27,11 @@ const READ_INDEX_RETRY: Duration = Duration::from_millis(50);
 pub type ReadWaiter = Ask<()>;
 
 /// An ask to join the next ReadIndex round: how many reads it stands for (a member's batch
-/// counts as its reads: rounds are paced by load, `crate::policy::read_rounds`), and where the
-/// round's result goes.
+/// counts as its reads: rounds are paced by load, `crate::policy::read_rounds`), how many reads
+/// the asking member had in flight (0: not known), and where the round's result goes.
 pub struct Ask<T> {
     pub reads: usize,
+    pub in_flight: usize,
     pub answer: tokio::sync::oneshot::Sender<Result<T, ReplicaError>>,
 }
 
@@ -228,8 +229,8 @@ impl<C: Types> Member<C> {
 
     /// One ReadIndex round: returns once this member has applied everything committed before
     /// the round began.
-    /// `reads`: how many reads the round serves.
-    pub async fn read_index(&self, reads: usize) -> Result<(), ReplicaError> {
+    /// `reads`: how many reads the round serves; `in_flight`: how many this member has in flight.
+    pub async fn read_index(&self, reads: usize, in_flight: usize) -> Result<(), ReplicaError> {
         let req = ForwardRequest::ReadIndex {
             reads: reads.try_into().unwrap_or(u32::MAX),
         };
@@ -237,7 +238,7 @@ impl<C: Types> Member<C> {
             Ok(ForwardResponse::ReadIndex { index }) => self.applied(index).await,
             Ok(other) => Err(unexpected_answer(other)),
             Err(_) => {
-                let read = self.leader_reads.read_index(reads).await?;
+                let read = self.leader_reads.read_index(reads, in_flight).await?;
                 self.applied(read).await
             }
         }
@@ -335,7 +336,7 @@ pub fn read_error(e: RaftError<NodeId, CheckIsLeaderError<NodeId, MemberNode>>) 
 /// after it was asked, so the round's read index covers every write that completed before the
 /// read began.
 pub async fn read_barriers<C: Types>(shared: Arc<Member<C>>, rx: Rounds<()>) {
-    run_rounds(rx, |reads| shared.read_index(reads)).await
+    run_rounds(rx, |reads, in_flight| shared.read_index(reads, in_flight)).await
 }
 
 /// Where reads ask to join the next round; each is answered with the round's result.
@@ -346,10 +347,12 @@ pub type Rounds<T> = tokio::sync::mpsc::Receiver<Ask<T>>;
 async fn run_rounds<T, F, Fut>(mut rx: Rounds<T>, mut round: F)
 where
     T: Clone,
-    F: FnMut(usize) -> Fut,
+    F: FnMut(usize, usize) -> Fut,
     Fut: std::future::Future<Output = Result<T, ReplicaError>>,
 {
     let mut next = tokio::time::Instant::now();
+    let mut previous: Option<tokio::time::Instant> = None;
+    let mut pacer = crate::policy::read_rounds::Pacer::default();
     while let Some(first) = rx.recv().await {
         // (A sleep that is already over still waits for the timer's next tick: skipped.)
         if next > tokio::time::Instant::now() {
@@ -360,8 +363,17 @@ where
             waiters.push(w);
         }
         let reads = waiters.iter().map(|w| w.reads).sum();
-        next = tokio::time::Instant::now() + crate::policy::read_rounds::spacing(reads);
-        let result = round(reads).await;
+        let in_flight = waiters.iter().map(|w| w.in_flight).max().unwrap_or(0);
+        let began = tokio::time::Instant::now();
+        let since_previous = previous.map_or(Duration::ZERO, |p| began - p);
+        previous = Some(began);
+        next = began
+            + pacer.next(crate::policy::read_rounds::Round {
+                reads,
+                in_flight,
+                since_previous,
+            });
+        let result = round(reads, in_flight).await;
         for w in waiters {
             let _ = w.answer.send(result.clone());
         }
@@ -391,26 +403,31 @@ impl LeaderReads {
             election_timeout_ms,
         };
         let (asks, rx) = tokio::sync::mpsc::channel(4096);
-        tokio::spawn(async move { run_rounds(rx, |_| policy.leader_read_index(&raft)).await });
+        tokio::spawn(async move { run_rounds(rx, |_, _| policy.leader_read_index(&raft)).await });
         LeaderReads { asks }
     }
 
     /// This leader's read index, confirmed by a quorum in a round that started after the call,
-    /// for `reads` reads.
-    pub async fn read_index(&self, reads: usize) -> Result<u64, ReplicaError> {
-        join_round(&self.asks, reads).await
+    /// for `reads` reads, asked by a member with `in_flight` reads in flight (0: not known).
+    pub async fn read_index(&self, reads: usize, in_flight: usize) -> Result<u64, ReplicaError> {
+        join_round(&self.asks, reads, in_flight).await
     }
 }
 
-/// Asks to join the next round of the task reading `rounds`, for `reads` reads, and waits for
-/// that round's result.
+/// Asks to join the next round of the task reading `rounds`, for `reads` reads of a member with
+/// `in_flight` reads in flight (0: not known), and waits for that round's result.
 pub async fn join_round<T>(
     rounds: &tokio::sync::mpsc::Sender<Ask<T>>,
     reads: usize,
+    in_flight: usize,
 ) -> Result<T, ReplicaError> {
     let (answer, rx) = tokio::sync::oneshot::channel();
     rounds
-        .send(Ask { reads, answer })
+        .send(Ask {
+            reads,
+            in_flight,
+            answer,
+        })
         .await
         .map_err(|_| ReplicaError::Stopped)?;
     rx.await.map_err(|_| ReplicaError::Stopped)?
@@ -590,7 +607,7 @@ mod tests {
         let started = Arc::new(AtomicU64::new(0));
         let (release, released) = tokio::sync::watch::channel(0u64);
         let rounds = Arc::clone(&started);
-        tokio::spawn(run_rounds(rx, move |_| {
+        tokio::spawn(run_rounds(rx, move |_, _| {
             let round = rounds.fetch_add(1, Ordering::SeqCst) + 1;
             let mut released = released.clone();
             async move {
@@ -599,7 +616,7 @@ mod tests {
             }
         }));
         let ask = |asks: tokio::sync::mpsc::Sender<Ask<u64>>| {
-            tokio::spawn(async move { join_round(&asks, 1).await })
+            tokio::spawn(async move { join_round(&asks, 1, 0).await })
         };
         let first = ask(asks.clone());
         until("the first round starts", || {

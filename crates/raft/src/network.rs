@@ -600,7 +600,7 @@ pub async fn serve_forward<C: Types>(
             })
         }
         ForwardRequest::ReadIndex { reads } => Ok(ForwardResponse::ReadIndex {
-            index: member.leader_reads.read_index(reads as usize).await?,
+            index: member.leader_reads.read_index(reads as usize, 0).await?,
         }),
         ForwardRequest::SetNode(id, node) => {
             let nodes = std::collections::BTreeMap::from([(id, node)]);

@@ -419,12 +419,14 @@ impl Replica {
     }
 
     /// Waits until this member has applied everything committed before the call (ReadIndex,
-    /// shared with the other reads waiting for the same round).
-    pub async fn read_barrier(&self) -> Result<(), ReplicaError> {
+    /// shared with the other reads waiting for the same round). `in_flight`: how many reads the
+    /// member is serving now (this one included), which paces the rounds under load
+    /// (`raft::policy::read_rounds`).
+    pub async fn read_barrier(&self, in_flight: usize) -> Result<(), ReplicaError> {
         if self.sole_voter_caught_up() {
             return Ok(());
         }
-        join_round(&self.reads, 1).await
+        join_round(&self.reads, 1, in_flight).await
     }
 
     /// Whether the witness counts now (this member leads and a data follower is behind).

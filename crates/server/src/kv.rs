@@ -155,6 +155,7 @@ impl pb::kv_server::Kv for KvService {
         &self,
         request: Request<pb::RangeRequest>,
     ) -> Result<Response<pb::RangeResponse>, Status> {
+        let _reading = (!request.get_ref().serializable).then(|| self.node.reading());
         let caller = self.node.caller(&request)?;
         let r = request.into_inner();
         check_range(&r)?;

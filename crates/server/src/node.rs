@@ -1,6 +1,7 @@
 //! The running member as the gRPC services see it: the replica, the keyspace, the watch hub and
 //! the lessor, plus the checks every request shares (leader, quota, request size, timeouts).
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,6 +45,18 @@ pub struct Node {
     /// Authentication tokens (`--auth-token`, `--auth-token-ttl`).
     pub tokens: crate::authn::Tokens,
     pub metrics: ServerMetrics,
+    /// Linearizable ranges being served now, from their arrival to their answer: how loaded
+    /// the read path is, which paces the ReadIndex rounds (`raft::policy::read_rounds`).
+    reads_in_flight: AtomicUsize,
+}
+
+/// One linearizable range in [`Node::reads_in_flight`], from [`Node::reading`] until dropped.
+pub struct Reading<'a>(&'a AtomicUsize);
+
+impl Drop for Reading<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// etcd's server counters that are counted as things happen (the rest of `/metrics` is read
@@ -179,7 +192,15 @@ impl Node {
             quota: QuotaMeter::default(),
             disk_guard: Default::default(),
             fence_armed: Default::default(),
+            reads_in_flight: AtomicUsize::new(0),
         })
+    }
+
+    /// Counts a linearizable range as in flight until the guard is dropped (taken first thing
+    /// on arrival, so that the count includes the reads waiting for the CPU).
+    pub fn reading(&self) -> Reading<'_> {
+        self.reads_in_flight.fetch_add(1, Ordering::Relaxed);
+        Reading(&self.reads_in_flight)
     }
 
     pub fn status(&self) -> ReplicaStatus {
@@ -374,7 +395,13 @@ impl Node {
             return Ok(());
         }
         let timeout = request_timeout(self.config.election_timeout_ms);
-        match tokio::time::timeout(timeout, self.replica.read_barrier()).await {
+        match tokio::time::timeout(
+            timeout,
+            self.replica
+                .read_barrier(self.reads_in_flight.load(Ordering::Relaxed).max(1)),
+        )
+        .await
+        {
             Err(_) => Err(rpctypes::TIMEOUT.status()),
             Ok(r) => r.map_err(errors::from_replica),
         }
