@@ -38,6 +38,7 @@ pub mod policy;
 pub mod prevote;
 pub mod transfers;
 pub mod types;
+pub mod vote_backoff;
 pub mod wal;
 
 /// The generated peer protocol (`proto/tandempb/peer.proto`).

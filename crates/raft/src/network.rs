@@ -80,6 +80,7 @@ pub struct Network {
     pub transfers: Arc<Transfers>,
     pub leadership: Arc<Leadership>,
     pub peer_flushes: Arc<PeerFlushes>,
+    pub vote_backoff: Arc<crate::vote_backoff::VoteBackoff>,
 }
 
 impl<C: Types> RaftNetworkFactory<C> for Network {
@@ -96,6 +97,7 @@ impl<C: Types> RaftNetworkFactory<C> for Network {
             transfers: Arc::clone(&self.transfers),
             leadership: Arc::clone(&self.leadership),
             peer_flushes: Arc::clone(&self.peer_flushes),
+            vote_backoff: Arc::clone(&self.vote_backoff),
         }
     }
 }
@@ -114,6 +116,8 @@ pub struct Wiring {
     pub leadership: Arc<Leadership>,
     /// The peers' log flush times, from their answers (`crate::flushes`).
     pub peer_flushes: Arc<PeerFlushes>,
+    /// The greater logs refused votes met (`crate::vote_backoff`).
+    pub vote_backoff: Arc<crate::vote_backoff::VoteBackoff>,
 }
 
 impl Wiring {
@@ -132,6 +136,7 @@ impl Wiring {
         let transfers = Arc::new(Transfers::default());
         let leadership = Arc::new(Leadership::default());
         let peer_flushes = Arc::new(PeerFlushes::default());
+        let vote_backoff = Arc::new(crate::vote_backoff::VoteBackoff::default());
         let network = Network {
             cluster_id,
             channels: Arc::clone(&channels),
@@ -141,6 +146,7 @@ impl Wiring {
             transfers: Arc::clone(&transfers),
             leadership: Arc::clone(&leadership),
             peer_flushes: Arc::clone(&peer_flushes),
+            vote_backoff: Arc::clone(&vote_backoff),
         };
         Ok(Wiring {
             network,
@@ -151,6 +157,7 @@ impl Wiring {
             transfers,
             leadership,
             peer_flushes,
+            vote_backoff,
         })
     }
 }
@@ -326,6 +333,7 @@ pub struct PeerClient {
     transfers: Arc<Transfers>,
     leadership: Arc<Leadership>,
     peer_flushes: Arc<PeerFlushes>,
+    vote_backoff: Arc<crate::vote_backoff::VoteBackoff>,
 }
 
 /// The error for a message a leader moving its leadership away does not send.
@@ -532,7 +540,9 @@ impl<C: Types> RaftNetwork<C> for PeerClient {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> RpcResult<VoteResponse<NodeId>, openraft::error::Infallible> {
-        self.call(Kind::Vote, &rpc, 0, &option).await
+        let candidate_last = rpc.last_log_id;
+        let answer = self.call(Kind::Vote, &rpc, 0, &option).await?;
+        Ok(self.vote_backoff.answer(candidate_last, answer))
     }
 }
 

@@ -237,6 +237,7 @@ impl Replica {
             transfers,
             leadership,
             peer_flushes,
+            vote_backoff,
         } = Wiring::open(
             &dir,
             config.cluster_id,
@@ -273,6 +274,14 @@ impl Replica {
         });
         if prevote.is_some() {
             raft.runtime_config().elect(false);
+        } else {
+            // openraft's timer starts this member's elections: its backoff after a vote lost
+            // to a greater log, without openraft 0.9's stickiness (`raft::vote_backoff`).
+            tokio::spawn(raft::vote_backoff::drive(
+                raft.clone(),
+                vote_backoff,
+                Duration::from_millis(2 * election_timeout_max),
+            ));
         }
         let engage_after = Duration::from_millis(config.election_timeout_ms / 3);
         tokio::spawn(engagement::drive(
