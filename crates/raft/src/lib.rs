@@ -12,6 +12,8 @@
 //! - `membership`: etcd's membership changes on the leader; finishing a half-done change.
 //! - `engagement`: when the witness counts (W3), and what it is sent.
 //! - `policy`: leadership decisions as pure functions (leader loss).
+//! - `vote_backoff`: openraft 0.9's backoff after a vote lost to a greater log, without its
+//!   stickiness (kept only while this member's log is behind).
 //! - `disk`: whether a write failed because the disk is full (etcd's NOSPACE alarm).
 //! - `mutants`: deliberately broken variants for the robustness suite (feature `mutants`, off
 //!   by default, never in a release).
