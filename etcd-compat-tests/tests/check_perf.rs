@@ -14,13 +14,38 @@ fn verdicts(out: &str) -> Vec<String> {
         .collect()
 }
 
+/// The checks load the disk for a minute each: one at a time, or they measure each other.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// How often etcd's own run is tried before its verdicts are taken as the reference: on this
+/// machine's shared disk etcd itself now and then fails `check perf` (in CI, 3.4.23 and 3.5.1 at
+/// once: "Slowest request took too long: 0.578449s" against etcd's 0.5 s, while tandem passed), a
+/// moment of the disk rather than etcd's verdict.
+const REFERENCE_TRIES: usize = 3;
+
 /// Runs `etcdctl check <what> --load=s` against etcd of `version` and against tandem: it must
 /// pass on tandem with etcd's verdicts; tandem's verdicts.
 fn passes_like_etcd(version: CtlVersion, what: &str) -> Vec<String> {
+    let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let etcd = Server::start(version.reference()).expect("etcd");
     let tandem = Server::start(Kind::Tandem).expect("tandem");
     let run = |s: &Server| Ctl::new(version, s).run(&["check", what, "--load=s"], None);
-    let (reference, ours) = (run(&etcd), run(&tandem));
+    let mut reference = run(&etcd);
+    for _ in 1..REFERENCE_TRIES {
+        if verdicts(&reference.stdout)
+            .iter()
+            .all(|v| v.starts_with("PASS"))
+        {
+            break;
+        }
+        println!(
+            "{} failed its own check (tried again):\n{}",
+            etcd.kind.name(),
+            reference.stdout
+        );
+        reference = run(&etcd);
+    }
+    let ours = run(&tandem);
     println!(
         "{}:\n{}\ntandem:\n{}",
         etcd.kind.name(),
