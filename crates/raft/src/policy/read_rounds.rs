@@ -70,9 +70,8 @@ impl Pacer {
         self.time += round.since_previous;
         self.in_flight_us += round.since_previous.as_micros() * round.in_flight as u128;
         if self.time >= WINDOW {
-            self.heavy = heavy_spacing(self.reads, self.in_flight_us);
             *self = Pacer {
-                heavy: self.heavy,
+                heavy: heavy_spacing(self.reads, self.in_flight_us),
                 ..Pacer::default()
             };
         }
