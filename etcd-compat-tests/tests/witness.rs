@@ -3,8 +3,9 @@
 //! witness changes nothing (S3), a data node that returns after the other died gets what it
 //! missed from the witness (S9), losing the witness and then a data node stops writes (S7), a
 //! follower killed while installing a snapshot recovers consistent (S20), the witness holds
-//! payloads only up to its cap (W4), holds no keyspace and serves no client, and a witness's
-//! data dir is never taken for another role or another cluster.
+//! payloads only up to its cap (W4), holds no keyspace, serves no client and takes no part in
+//! linearizable reads (W3), and a witness's data dir is never taken for another role or another
+//! cluster.
 
 use std::time::{Duration, Instant};
 
@@ -835,6 +836,71 @@ async fn the_leader_killed_again_and_again_loses_no_acknowledged_write() {
             gaps[gaps.len() - 1]
         );
     }
+}
+
+/// W3 under a read load: a linearizable read is confirmed by the two data members alone (the
+/// leader and its follower are a quorum, `raft::policy::read_quorum`), so the witness sees only
+/// its heartbeats, not a heartbeat per ReadIndex round. 300 reads one after another on each data
+/// member (each its own round, one at a time): the leader's round trips to the witness grow by
+/// about its heartbeats over that time (10 a second), where a round to every voter made it at
+/// least one a read. Every read sees the write acknowledged before it.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_witness_takes_no_part_in_linearizable_reads() {
+    let cluster = start();
+    let urls: Vec<String> = cluster
+        .data_members()
+        .map(|i| cluster.members[i].url())
+        .collect();
+    wait_published(&urls[0]).await;
+    let witness = member_id(&urls[0], "m3").await;
+    let to_witness = |url: &str| peer_round_trips(url, witness);
+    let before: f64 = urls.iter().map(|u| to_witness(u)).sum();
+    let started = Instant::now();
+    const READS: usize = 300;
+    for (i, url) in urls.iter().enumerate() {
+        let mut c = client(url).await;
+        for n in 0..READS {
+            // A write acknowledged through the other member, then a read here that must see it.
+            let key = format!("r/{i}/{n}");
+            if n % 30 == 0 {
+                put_acknowledged(&urls[1 - i], &key).await;
+                let got = c.get(key.as_str(), None).await.expect("linearizable range");
+                assert_eq!(
+                    got.kvs().len(),
+                    1,
+                    "{key} acknowledged but not read on {url}"
+                );
+            } else {
+                c.get("r/none", None).await.expect("linearizable range");
+            }
+        }
+    }
+    let took = started.elapsed();
+    let after: f64 = urls.iter().map(|u| to_witness(u)).sum();
+    let heartbeats = took.as_secs_f64() * 10.0;
+    eprintln!(
+        "{} linearizable reads in {took:?}: {} round trips to the witness (heartbeats every 100 ms: ~{heartbeats:.0})",
+        2 * READS,
+        after - before
+    );
+    assert!(
+        after - before < heartbeats + 100.0,
+        "the witness took part in reads: {} round trips to it for {} reads in {took:?}",
+        after - before,
+        2 * READS
+    );
+}
+
+/// The round trips the member at `url` has timed to the peer `id`
+/// (`etcd_network_peer_round_trip_time_seconds_count{To="<id in hex>"}`; 0: none yet).
+fn peer_round_trips(url: &str, id: u64) -> f64 {
+    let name = "etcd_network_peer_round_trip_time_seconds_count{To=\"";
+    let (_, body) = etcd_compat_tests::http_get(&format!("{url}/metrics")).expect("metrics");
+    body.lines()
+        .filter_map(|l| l.strip_prefix(name)?.split_once("\"} "))
+        .filter(|(to, _)| u64::from_str_radix(to, 16) == Ok(id))
+        .filter_map(|(_, v)| v.trim().parse::<f64>().ok())
+        .sum()
 }
 
 /// Kills the leader `kills` times under a writer on each data member; the sorted times from

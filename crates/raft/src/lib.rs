@@ -11,7 +11,10 @@
 //! - `member`: routing to the leader, forwarding, ReadIndex rounds, publishing, status.
 //! - `membership`: etcd's membership changes on the leader; finishing a half-done change.
 //! - `engagement`: when the witness counts (W3), and what it is sent.
-//! - `policy`: leadership decisions as pure functions (leader loss).
+//! - `policy`: leadership decisions as pure functions (leader loss; which member confirms a
+//!   read index).
+//! - `read_confirm`: a read index confirmed by one data member instead of a round to every
+//!   voter (the witness kept out of reads, decision 0015).
 //! - `vote_backoff`: openraft 0.9's backoff after a vote lost to a greater log, without its
 //!   stickiness (kept only while this member's log is behind).
 //! - `disk`: whether a write failed because the disk is full (etcd's NOSPACE alarm).
@@ -38,6 +41,7 @@ pub mod network;
 pub mod peer_metrics;
 pub mod policy;
 pub mod prevote;
+pub mod read_confirm;
 pub mod transfers;
 pub mod types;
 pub mod vote_backoff;

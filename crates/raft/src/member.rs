@@ -22,6 +22,8 @@ const PUBLISH_RETRY: Duration = Duration::from_millis(500);
 const ROUTE_RECHECK: Duration = Duration::from_millis(100);
 /// The pause before a ReadIndex round that missed its quorum is tried again.
 const READ_INDEX_RETRY: Duration = Duration::from_millis(50);
+/// How long a leader waits for its read partner's answer before it starts openraft's round too.
+const PARTNER_HEDGE: Duration = Duration::from_millis(50);
 
 /// A read waiting for a ReadIndex round (see [`read_barriers`]).
 pub type ReadWaiter = Ask<()>;
@@ -121,7 +123,7 @@ impl<C: Types> Member<C> {
     /// connected to (it died; nothing was sent), for the next one (within the forward timeout).
     pub async fn forward_or_here(
         &self,
-        req: ForwardRequest,
+        mut req: ForwardRequest,
     ) -> Result<Result<ForwardResponse<C::R>, ForwardRequest>, ReplicaError> {
         let start = tokio::time::Instant::now();
         let mut deadline = start + Duration::from_millis(2 * self.election_timeout_ms);
@@ -159,6 +161,13 @@ impl<C: Types> Member<C> {
                     deadline = start + self.forward_timeout;
                 }
                 Err(ForwardFailure::Failed(e)) => return Err(e),
+                // A leader of an older release: a read index is asked for as it knows it.
+                Err(ForwardFailure::NotUnderstood) => match req {
+                    ForwardRequest::ReadIndexOf { reads, .. } => {
+                        req = ForwardRequest::ReadIndex { reads };
+                    }
+                    _ => return Err(ReplicaError::Timeout),
+                },
                 Err(ForwardFailure::NotSent) => {
                     tracing::debug!(leader = %format!("{leader:x}"), "leader unreachable; waiting for the next");
                     unreachable = Some(leader);
@@ -205,7 +214,7 @@ impl<C: Types> Member<C> {
         &self,
         req: ForwardRequest,
     ) -> Result<ForwardResponse<C::R>, ReplicaError> {
-        serve_forward(self, req).await
+        serve_forward(self, None, req).await
     }
 
     /// etcd's MemberAdd/Remove/Update/Promote: carried out by the leader; returns the
@@ -230,11 +239,28 @@ impl<C: Types> Member<C> {
     /// One ReadIndex round: returns once this member has applied everything committed before
     /// the round began.
     /// `reads`: how many reads the round serves; `in_flight`: how many this member has in flight.
+    ///
+    /// A follower that makes a quorum with the leader needs no round: the leader answers with
+    /// its read index and leadership, and the read index holds if this member's vote, read
+    /// after that answer, still names the same leadership (`crate::policy::read_quorum`).
     pub async fn read_index(&self, reads: usize, in_flight: usize) -> Result<(), ReplicaError> {
-        let req = ForwardRequest::ReadIndex {
-            reads: reads.try_into().unwrap_or(u32::MAX),
+        let reads32 = reads.try_into().unwrap_or(u32::MAX);
+        let req = ForwardRequest::ReadIndexOf {
+            reads: reads32,
+            in_flight: in_flight.try_into().unwrap_or(u32::MAX),
         };
-        match self.forward_or_here(req).await? {
+        let answer = match self.forward_or_here(req).await? {
+            Ok(ForwardResponse::ReadIndexIf { index, elected }) => {
+                if crate::read_confirm::elected_of(&self.raft).await == Some(elected) {
+                    return self.applied(index).await;
+                }
+                // This member's vote has moved on since: a round decides.
+                self.forward_or_here(ForwardRequest::ReadIndex { reads: reads32 })
+                    .await?
+            }
+            other => other,
+        };
+        match answer {
             Ok(ForwardResponse::ReadIndex { index }) => self.applied(index).await,
             Ok(other) => Err(unexpected_answer(other)),
             Err(_) => {
@@ -288,7 +314,36 @@ impl ReadPolicy {
     pub async fn leader_read_index<C: Types>(
         &self,
         raft: &openraft::Raft<C>,
+        partner: &crate::read_confirm::Confirmer,
     ) -> Result<u64, ReplicaError> {
+        // Confirmed by one data member when that is a quorum with this one
+        // (`crate::policy::read_quorum`), which keeps the witness out of read rounds. A partner
+        // slow to answer is raced by openraft's round.
+        let quick = partner.confirm(raft);
+        tokio::pin!(quick);
+        tokio::select! {
+            confirmed = &mut quick => {
+                if let Some(index) = confirmed {
+                    return Ok(index);
+                }
+                return self.round(raft).await;
+            }
+            () = tokio::time::sleep(PARTNER_HEDGE) => {
+                // Slow (or paused): asked again only after a while, so that rounds do not each
+                // wait for it first.
+                partner.rest();
+            }
+        }
+        let round = self.round(raft);
+        tokio::pin!(round);
+        tokio::select! {
+            Some(index) = &mut quick => Ok(index),
+            r = &mut round => r,
+        }
+    }
+
+    /// openraft's round: a heartbeat to every voter, confirmed by a quorum.
+    async fn round<C: Types>(&self, raft: &openraft::Raft<C>) -> Result<u64, ReplicaError> {
         let deadline = tokio::time::Instant::now() + self.timeout;
         let last = raft.metrics().borrow().last_log_index.unwrap_or(0);
         loop {
@@ -397,13 +452,16 @@ impl LeaderReads {
         raft: openraft::Raft<C>,
         timeout: Duration,
         election_timeout_ms: u64,
+        partner: crate::read_confirm::Confirmer,
     ) -> Self {
         let policy = ReadPolicy {
             timeout,
             election_timeout_ms,
         };
         let (asks, rx) = tokio::sync::mpsc::channel(4096);
-        tokio::spawn(async move { run_rounds(rx, |_, _| policy.leader_read_index(&raft)).await });
+        tokio::spawn(async move {
+            run_rounds(rx, |_, _| policy.leader_read_index(&raft, &partner)).await
+        });
         LeaderReads { asks }
     }
 

@@ -31,6 +31,8 @@ use crate::flushes::{FlushClock, PeerFlushes};
 use crate::incarnation::Incarnations;
 use crate::leadership::Leadership;
 use crate::member::ReplicaError;
+use crate::policy::read_quorum;
+use crate::read_confirm::leader_view;
 use crate::transfers::{Chunk, Direction, Transfers};
 use crate::types::{Entry, MemberNode, NodeId, Payload, Types};
 
@@ -199,6 +201,15 @@ pub enum ForwardRequest {
     /// From a member asked to stand by this one in `term`: does this member, leading in `term`,
     /// still ask `target` to stand (moving its leadership there, or a witness handing over)?
     StillAsking { target: NodeId, term: u64 },
+    /// [`ForwardRequest::ReadIndex`] from a follower that, with the leader, is a quorum
+    /// (`crate::policy::read_quorum`): the leader answers at once with its read index and its
+    /// leadership ([`ForwardResponse::ReadIndexIf`]), which the follower then checks its own vote
+    /// against; otherwise it answers [`ForwardResponse::ReadIndex`] after a round. `in_flight`:
+    /// the reads the follower has in flight (they pace the leader's rounds).
+    ReadIndexOf { reads: u32, in_flight: u32 },
+    /// From a leader confirming its read index with this member (`crate::read_confirm`): the
+    /// leadership this member's vote names.
+    VoteOf,
 }
 
 /// The leader's answer to a [`ForwardRequest`].
@@ -226,6 +237,14 @@ pub enum ForwardResponse<R> {
     StillAsking(bool),
     /// A [`ForwardRequest::CampaignFor`] that no longer stands: not confirmed by its asker.
     CampaignDeclined,
+    /// The answer to [`ForwardRequest::ReadIndexOf`] with no round: the read index holds if the
+    /// asker's vote, checked after this answer came, still names `elected`.
+    ReadIndexIf {
+        index: u64,
+        elected: crate::read_confirm::Elected,
+    },
+    /// The answer to [`ForwardRequest::VoteOf`].
+    Vote(crate::read_confirm::Elected),
 }
 
 /// One member's answer to `ForwardRequest::Members`.
@@ -253,6 +272,8 @@ pub enum ForwardFailure {
     /// it may be sent again (to the next leader).
     NotSent,
     Failed(ReplicaError),
+    /// The peer could not read the request: it runs an older release (nothing was done).
+    NotUnderstood,
 }
 
 /// A message of this member: `payload` with the cluster id, this member's id and incarnation.
@@ -304,6 +325,9 @@ pub async fn forward<R: DeserializeOwned>(
         .map_err(|s| {
             if never_connected(&s) {
                 return ForwardFailure::NotSent;
+            }
+            if s.code() == tonic::Code::InvalidArgument {
+                return ForwardFailure::NotUnderstood;
             }
             tracing::debug!(status = %s, "forwarding to the leader failed");
             ForwardFailure::Failed(ReplicaError::Timeout)
@@ -587,6 +611,7 @@ pub struct PreVoter {
 /// waits for the next leader (nothing was appended, so sending it again is safe).
 pub async fn serve_forward<C: Types>(
     member: &crate::member::Member<C>,
+    from: Option<NodeId>,
     req: ForwardRequest,
 ) -> Result<ForwardResponse<C::R>, ReplicaError> {
     let (raft, leadership) = (&member.raft, &member.leadership);
@@ -594,6 +619,7 @@ pub async fn serve_forward<C: Types>(
         Some(to),
         ForwardRequest::Propose(_)
         | ForwardRequest::ReadIndex { .. }
+        | ForwardRequest::ReadIndexOf { .. }
         | ForwardRequest::SetNode(..)
         | ForwardRequest::ChangeMembers(_),
     ) = (leadership.moving_to(), &req)
@@ -612,6 +638,28 @@ pub async fn serve_forward<C: Types>(
         ForwardRequest::ReadIndex { reads } => Ok(ForwardResponse::ReadIndex {
             index: member.leader_reads.read_index(reads as usize, 0).await?,
         }),
+        ForwardRequest::ReadIndexOf { reads, in_flight } => {
+            let me = member.member_id;
+            if let (Some(from), Some(view)) = (from, leader_view(raft, me).await) {
+                if read_quorum::pair_is_quorum(&view.configs, me, from) {
+                    return Ok(ForwardResponse::ReadIndexIf {
+                        index: view.read_index,
+                        elected: view.elected,
+                    });
+                }
+            }
+            Ok(ForwardResponse::ReadIndex {
+                index: member
+                    .leader_reads
+                    .read_index(reads as usize, in_flight as usize)
+                    .await?,
+            })
+        }
+        ForwardRequest::VoteOf => Ok(ForwardResponse::Vote(
+            crate::read_confirm::elected_of(raft)
+                .await
+                .ok_or(ReplicaError::Stopped)?,
+        )),
         ForwardRequest::SetNode(id, node) => {
             let nodes = std::collections::BTreeMap::from([(id, node)]);
             raft.change_membership(openraft::ChangeMembers::SetNodes(nodes), true)
@@ -818,6 +866,7 @@ impl<C: Types> RaftPeer for PeerService<C> {
             req,
             ForwardRequest::Propose(_)
                 | ForwardRequest::ReadIndex { .. }
+                | ForwardRequest::ReadIndexOf { .. }
                 | ForwardRequest::SetNode(..)
                 | ForwardRequest::ChangeMembers(_)
         );
@@ -845,7 +894,7 @@ impl<C: Types> RaftPeer for PeerService<C> {
             let refused: Result<ForwardResponse<C::R>, ReplicaError> = Err(ReplicaError::NoLeader);
             return Ok(self.reply(&refused));
         }
-        let served = serve_forward(&self.member, req).await;
+        let served = serve_forward(&self.member, Some(m.sender), req).await;
         Ok(self.reply(&served))
     }
 }
@@ -905,5 +954,6 @@ pub async fn ask_members_of(url: &str, timeout: Duration) -> Result<MembersAnswe
         Ok(other) => Err(format!("{url}: unexpected answer {other:?}")),
         Err(ForwardFailure::NotSent) => Err(format!("{url}: unreachable")),
         Err(ForwardFailure::Failed(e)) => Err(format!("{url}: {e}")),
+        Err(ForwardFailure::NotUnderstood) => Err(format!("{url}: request not understood")),
     }
 }

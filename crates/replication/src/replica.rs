@@ -298,10 +298,10 @@ impl Replica {
             raft: raft.clone(),
             member_id: config.member_id,
             cluster_id: config.cluster_id,
-            channels,
+            channels: Arc::clone(&channels),
             forward_timeout: config.forward_timeout,
             election_timeout_ms: config.election_timeout_ms,
-            incarnations,
+            incarnations: Arc::clone(&incarnations),
             contact: prevote.as_ref().map(|p| Arc::clone(&p.contact)),
             transfers,
             leadership,
@@ -310,6 +310,13 @@ impl Replica {
                 raft.clone(),
                 config.forward_timeout,
                 config.election_timeout_ms,
+                raft::read_confirm::Confirmer::new(
+                    config.member_id,
+                    config.cluster_id,
+                    Arc::clone(&channels),
+                    Arc::clone(&incarnations),
+                    Duration::from_millis(config.election_timeout_ms / 2),
+                ),
             ),
         });
         let (proposals, rx) = tokio::sync::mpsc::channel(PROPOSAL_QUEUE_MAX);

@@ -141,10 +141,10 @@ impl Witness {
             raft: raft.clone(),
             member_id: options.member_id,
             cluster_id: options.cluster_id,
-            channels,
+            channels: Arc::clone(&channels),
             forward_timeout: options.forward_timeout,
             election_timeout_ms: options.election_timeout_ms,
-            incarnations,
+            incarnations: Arc::clone(&incarnations),
             contact: None,
             transfers,
             leadership,
@@ -153,6 +153,13 @@ impl Witness {
                 raft.clone(),
                 options.forward_timeout,
                 options.election_timeout_ms,
+                raft::read_confirm::Confirmer::new(
+                    options.member_id,
+                    options.cluster_id,
+                    Arc::clone(&channels),
+                    Arc::clone(&incarnations),
+                    Duration::from_millis(options.election_timeout_ms / 2),
+                ),
             ),
         });
         let data_floor = Arc::new(AtomicU64::new(0));

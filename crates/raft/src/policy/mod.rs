@@ -6,6 +6,7 @@ pub mod fence;
 pub mod handoff;
 pub mod leader_loss;
 pub mod membership;
+pub mod read_quorum;
 pub mod read_rounds;
 pub mod slow_disk;
 pub mod transfer;
