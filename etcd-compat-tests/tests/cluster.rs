@@ -607,9 +607,12 @@ async fn read_through_follower_pause(kind: Kind, waited_for: &str) -> String {
         signal(&cluster, *f, "CONT");
     }
     if let Err(e) = waited {
+        let log = cluster.members[leader].log();
+        let tail: Vec<&str> = log.lines().rev().take(40).collect();
         panic!(
-            "{}: the round went unanswered while the followers were paused: {e}",
-            kind.name()
+            "{}: the round went unanswered while the followers were paused: {e}; the leader's log ends:\n{}",
+            kind.name(),
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
         );
     }
     let got = tokio::time::timeout(WAIT, read)

@@ -25,8 +25,9 @@ const READ_INDEX_RETRY: Duration = Duration::from_millis(50);
 /// How long a leader waits for its read partner's answer before it starts openraft's round too.
 const PARTNER_HEDGE: Duration = Duration::from_millis(50);
 
-/// A read waiting for a ReadIndex round (see [`read_barriers`]).
-pub type ReadWaiter = Ask<()>;
+/// A read waiting for a ReadIndex round (see [`read_barriers`]), answered with the round's read
+/// index; the read then waits until its member has applied that index.
+pub type ReadWaiter = Ask<u64>;
 
 /// An ask to join the next ReadIndex round: how many reads it stands for (a member's batch
 /// counts as its reads: rounds are paced by load, `crate::policy::read_rounds`), how many reads
@@ -236,14 +237,16 @@ impl<C: Types> Member<C> {
         }
     }
 
-    /// One ReadIndex round: returns once this member has applied everything committed before
-    /// the round began.
+    /// One ReadIndex round: the index this member must have applied to hold everything
+    /// committed before the round began (the reads wait for it themselves, so that a round
+    /// never waits for an apply: a write that cannot commit holds up only the reads that need
+    /// it, not the next round).
     /// `reads`: how many reads the round serves; `in_flight`: how many this member has in flight.
     ///
     /// A follower that makes a quorum with the leader needs no round: the leader answers with
     /// its read index and leadership, and the read index holds if this member's vote, read
     /// after that answer, still names the same leadership (`crate::policy::read_quorum`).
-    pub async fn read_index(&self, reads: usize, in_flight: usize) -> Result<(), ReplicaError> {
+    pub async fn read_index(&self, reads: usize, in_flight: usize) -> Result<u64, ReplicaError> {
         let reads32 = reads.try_into().unwrap_or(u32::MAX);
         let req = ForwardRequest::ReadIndexOf {
             reads: reads32,
@@ -252,7 +255,7 @@ impl<C: Types> Member<C> {
         let answer = match self.forward_or_here(req).await? {
             Ok(ForwardResponse::ReadIndexIf { index, elected }) => {
                 if crate::read_confirm::elected_of(&self.raft).await == Some(elected) {
-                    return self.applied(index).await;
+                    return Ok(index);
                 }
                 // This member's vote has moved on since: a round decides.
                 self.forward_or_here(ForwardRequest::ReadIndex { reads: reads32 })
@@ -261,12 +264,9 @@ impl<C: Types> Member<C> {
             other => other,
         };
         match answer {
-            Ok(ForwardResponse::ReadIndex { index }) => self.applied(index).await,
+            Ok(ForwardResponse::ReadIndex { index }) => Ok(index),
             Ok(other) => Err(unexpected_answer(other)),
-            Err(_) => {
-                let read = self.leader_reads.read_index(reads, in_flight).await?;
-                self.applied(read).await
-            }
+            Err(_) => self.leader_reads.read_index(reads, in_flight).await,
         }
     }
 }
@@ -390,7 +390,7 @@ pub fn read_error(e: RaftError<NodeId, CheckIsLeaderError<NodeId, MemberNode>>) 
 /// ReadIndex question (to raft here, or to the leader). A read joins only a round that starts
 /// after it was asked, so the round's read index covers every write that completed before the
 /// read began.
-pub async fn read_barriers<C: Types>(shared: Arc<Member<C>>, rx: Rounds<()>) {
+pub async fn read_barriers<C: Types>(shared: Arc<Member<C>>, rx: Rounds<u64>) {
     run_rounds(rx, |reads, in_flight| shared.read_index(reads, in_flight)).await
 }
 

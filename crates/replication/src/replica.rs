@@ -442,7 +442,8 @@ impl Replica {
         if self.sole_voter_caught_up() {
             return Ok(());
         }
-        join_round(&self.reads, 1, in_flight).await
+        let index = join_round(&self.reads, 1, in_flight).await?;
+        self.shared.applied(index).await
     }
 
     /// Whether the witness counts now (this member leads and a data follower is behind).
