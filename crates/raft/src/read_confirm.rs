@@ -40,7 +40,7 @@ pub struct LeaderView {
     /// The voters of each configuration in force.
     pub configs: Vec<BTreeSet<NodeId>>,
     /// The data member that confirms this leader's own reads, when one can.
-    pub partner: Option<(NodeId, MemberNode)>,
+    pub partner: Option<MemberNode>,
 }
 
 /// This member's state, if it leads (its vote committed, no membership change in flight).
@@ -62,7 +62,7 @@ pub async fn leader_view<C: Types>(raft: &Raft<C>, me: NodeId) -> Option<LeaderV
             .map(|(id, _)| *id)
             .collect();
         let partner = read_quorum::partner(&configs, me, &witnesses)
-            .and_then(|p| Some((p, membership.get_node(&p)?.clone())));
+            .and_then(|p| membership.get_node(&p).cloned());
         Some(LeaderView {
             elected: elected(vote),
             read_index: st.committed.map_or(0, |l| l.index),
@@ -128,8 +128,7 @@ impl Confirmer {
             return None;
         }
         let view = leader_view(raft, self.member_id).await?;
-        let (_, node) = view.partner?;
-        let channel = self.channels.to(&node)?;
+        let channel = self.channels.to(&view.partner?)?;
         let asked = network::forward::<C::R>(
             channel,
             self.cluster_id,
