@@ -107,14 +107,15 @@ impl Confirmer {
         cluster_id: u64,
         channels: Arc<Channels>,
         incarnations: Arc<Incarnations>,
-        timeout: Duration,
+        election_timeout_ms: u64,
     ) -> Self {
         Confirmer {
             member_id,
             cluster_id,
             channels,
             incarnations,
-            timeout,
+            // Half an election timeout: a partner that slow is raced by a round long before.
+            timeout: Duration::from_millis(election_timeout_ms / 2),
             resting_until: Mutex::new(None),
         }
     }

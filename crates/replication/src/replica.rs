@@ -315,7 +315,7 @@ impl Replica {
                     config.cluster_id,
                     Arc::clone(&channels),
                     Arc::clone(&incarnations),
-                    Duration::from_millis(config.election_timeout_ms / 2),
+                    config.election_timeout_ms,
                 ),
             ),
         });

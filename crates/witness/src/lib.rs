@@ -158,7 +158,7 @@ impl Witness {
                     options.cluster_id,
                     Arc::clone(&channels),
                     Arc::clone(&incarnations),
-                    Duration::from_millis(options.election_timeout_ms / 2),
+                    options.election_timeout_ms,
                 ),
             ),
         });
